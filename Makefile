@@ -1,0 +1,28 @@
+# Two entry points (see README.md): `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.gencc-installed
+OUT    ?= out/demo
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+# torch==2.13.0 is the CPU wheel on this kind of machine's disk; asking pip for it first keeps the
+# project's `torch>=` range from pulling a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/gencc demo --out $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

@@ -1,0 +1,111 @@
+"""What each CLI command does, in terms of the library: load, call, write, report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from gencc.runtime.atomic import atomic_path
+from gencc.runtime.errors import GenccError
+
+
+def _check_out_file(path: Path, suffix: str | None = None) -> None:
+    if not path.parent.is_dir():
+        raise GenccError(f"output folder {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise GenccError(f"output {str(path)!r} is a directory")
+    if suffix and path.suffix != suffix:
+        raise GenccError(f"output {str(path)!r} must end in {suffix}")
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, seed, width, resume,
+                  image_size, channels) -> None:
+    from dataclasses import replace
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from gencc.models.data import load_dataset
+    from gencc.models.train import default_config, train
+
+    dataset = load_dataset(data, seed=seed, image_size=image_size, channels=channels)
+    overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr).items() if v is not None}
+    cfg = replace(default_config(model, dataset.kind), seed=seed, **overrides)
+    columns = (TextColumn("[bold]train {task.fields[model]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("train", total=cfg.steps, model=model, losses="")
+
+        def progress(step: int, total: int, losses: dict) -> None:
+            if step % 20 == 0 or step == total:
+                text = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
+                bar.update(task, completed=step, losses=text)
+
+        result = train(model, dataset, out, cfg, width=width, resume=resume, progress=progress)
+    losses = " ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
+    typer.echo(f"wrote {result.path} (step {result.steps}, {losses}, {result.seconds:.1f} s)")
+
+
+def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend) -> None:
+    import gencc
+
+    _check_out_file(out, ".npz")
+    if png is not None:
+        _check_out_file(png, ".png")
+    model = gencc.load(path, backend=backend)
+    samples = model.sample(n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size)
+    save_npz(out, samples=samples)
+    typer.echo(f"wrote {out} ({n} samples, shape {samples.shape[1:]}, backend {model.backend})")
+    if png is not None:
+        write_png(png, samples, model.info)
+        typer.echo(f"wrote {png}")
+
+
+def write_png(png: Path, samples: np.ndarray, info: dict) -> None:
+    """2-D samples are drawn over held-out data of the same built-in set, when there is one."""
+    from gencc.runtime.render import save_png
+
+    reference = None
+    if samples.ndim == 2 and samples.shape[1] == 2:
+        from gencc.models.data import BUILTIN_2D, load_dataset
+
+        if info.get("data", {}).get("name") in BUILTIN_2D:
+            reference = load_dataset(info["data"]["name"], split="test", n=len(samples)).data
+    save_png(png, samples, reference)
+
+
+def info_text(path: Path) -> str:
+    from gencc.models.checkpoint import load_config
+
+    c = load_config(path)
+    d = c["data"]
+    lines = [f"{path}: gencc checkpoint (format version {c['version']})",
+             f"  model:      {c['model']} ({c['net'].get('arch')})",
+             f"  network:    {json.dumps({k: v for k, v in c['net'].items() if k != 'arch'})}",
+             f"  data:       {d['name']} ({d['kind']}, sample shape {tuple(d['sample_shape'])})",
+             f"  trained:    {c['step']} steps; last losses {json.dumps(c.get('losses', {}))}",
+             f"  training:   {json.dumps(c.get('train', {}))}"]
+    if "sde" in c:
+        lines.append(f"  sde:        {json.dumps(c['sde'])}")
+    lines.append(f"  versions:   {json.dumps(c.get('versions', {}))}")
+    return "\n".join(lines)
+
+
+def data_command(name: str, n, seed: int, split: str, out: Path) -> None:
+    from gencc.models.data import BUILTIN_2D, BUILTIN_IMAGES, load_dataset
+
+    if name not in BUILTIN_2D + BUILTIN_IMAGES:
+        raise GenccError(f"unknown dataset {name!r}; built-in sets are {', '.join(BUILTIN_2D + BUILTIN_IMAGES)}")
+    if n is not None and n <= 0:
+        raise GenccError(f"n must be a positive integer, got {n}")
+    _check_out_file(out, ".npz")
+    ds = load_dataset(name, n=n, seed=seed, split=split)
+    arrays = {"data": ds.data} if ds.labels is None else {"data": ds.data, "labels": ds.labels}
+    save_npz(out, **arrays)
+    typer.echo(f"wrote {out} ({len(ds.data)} samples of shape {ds.data.shape[1:]})")

@@ -1,0 +1,112 @@
+"""The `gencc` command line: argument parsing only; each command calls one library function."""
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from gencc.runtime.errors import GenccError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train generative models in PyTorch, compile them with TVM, and sample them.")
+
+
+def _user_errors(fn):
+    """Turn a GenccError into one line on stderr and exit status 2; nothing else is caught."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GenccError as e:
+            typer.echo(f"gencc: error: {e}", err=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+@app.command()
+@_user_errors
+def train(
+    model: str = typer.Argument(..., help="diffusion or gan"),
+    data: str = typer.Option(..., "--data", help="built-in name (moons, swissroll, gaussians8, checkerboard, "
+                             "digits) or a .npy/.npz file or image folder"),
+    out: Path = typer.Option(..., "--out", help="checkpoint directory to write"),
+    steps: Optional[int] = typer.Option(None, help="training steps (default: sized per dataset)"),
+    batch_size: Optional[int] = typer.Option(None, help="minibatch size"),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate"),
+    seed: int = typer.Option(0, help="seed for init, minibatches and noise"),
+    width: Optional[int] = typer.Option(None, help="network width (MLP units or UNet/DCGAN channels)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out"),
+    image_size: Optional[int] = typer.Option(None, help="resize images in a folder to this side"),
+    channels: Optional[int] = typer.Option(None, help="1 or 3 channels for an image folder"),
+):
+    """Train a diffusion model or a GAN.  Example: gencc train diffusion --data moons --out moons.ckpt"""
+    from gencc.cli.commands import train_command
+
+    train_command(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
+                  resume=resume, image_size=image_size, channels=channels)
+
+
+@app.command()
+@_user_errors
+def sample(
+    path: Path = typer.Argument(..., help="checkpoint directory"),
+    n: int = typer.Option(..., "--n", help="number of samples"),
+    out: Path = typer.Option(..., "--out", help="output .npz (key 'samples')"),
+    steps: int = typer.Option(200, help="sampler steps (diffusion)"),
+    sampler: str = typer.Option("em", help="em, ode-euler, ode-heun or ddim"),
+    seed: int = typer.Option(0, help="sample i depends only on (seed, i)"),
+    batch_size: int = typer.Option(1024, help="samples per network call"),
+    png: Optional[Path] = typer.Option(None, help="also write an image grid or 2-D scatter plot"),
+    backend: Optional[str] = typer.Option(None, help="torch (checkpoints)"),
+):
+    """Draw samples.  Example: gencc sample moons.ckpt --n 2000 --out s.npz --png s.png"""
+    from gencc.cli.commands import sample_command
+
+    sample_command(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
+                   png=png, backend=backend)
+
+
+@app.command()
+@_user_errors
+def info(path: Path = typer.Argument(..., help="checkpoint directory")):
+    """Describe a checkpoint.  Example: gencc info moons.ckpt"""
+    from gencc.cli.commands import info_text
+
+    typer.echo(info_text(path))
+
+
+@app.command()
+@_user_errors
+def data(
+    name: str = typer.Argument(..., help="built-in dataset name"),
+    n: Optional[int] = typer.Option(None, "--n", help="number of points (2-D sets)"),
+    seed: int = typer.Option(0),
+    split: str = typer.Option("train", help="train or test"),
+    out: Path = typer.Option(..., "--out", help="output .npz (keys 'data' and, if any, 'labels')"),
+):
+    """Write a built-in dataset.  Example: gencc data moons --n 1000 --out moons.npz"""
+    from gencc.cli.commands import data_command
+
+    data_command(name, n, seed, split, out)
+
+
+@app.command()
+@_user_errors
+def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="folder for checkpoints, samples, PNGs"),
+         quick: bool = typer.Option(False, "--quick", help="tiny budgets, for smoke tests")):
+    """Train diffusion and GAN on digits and diffusion on moons, sample each, write PNGs."""
+    from gencc.cli.demo import run_demo
+
+    run_demo(out, quick=quick)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

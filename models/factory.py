@@ -1,0 +1,50 @@
+"""Build networks from the config dicts stored in checkpoints, and pick defaults per dataset."""
+from __future__ import annotations
+
+from torch import nn
+
+from gencc.runtime.errors import GenccError
+
+from .gan import Discriminator, GANConfig, Generator
+from .nets import MLPConfig, MLPEps
+from .unet import UNetConfig, UNetEps
+
+
+def eps_net_config(sample_shape: tuple[int, ...], width: int | None = None) -> MLPConfig | UNetConfig:
+    """An MLP for (D,) vectors, a UNet for (C, H, W) images."""
+    if len(sample_shape) == 1:
+        return MLPConfig(data_dim=sample_shape[0], **({"width": width} if width else {}))
+    c, h, w = sample_shape
+    if h != w or h % 4:
+        raise GenccError(f"the UNet needs square images with a side divisible by 4, got {h}x{w}")
+    mults = (1, 2) if h <= 8 else (1, 2, 2)
+    return UNetConfig(channels=c, size=h, mults=mults, **({"width": width} if width else {}))
+
+
+def gan_config(sample_shape: tuple[int, ...], width: int | None = None) -> GANConfig:
+    if len(sample_shape) == 3:
+        return GANConfig(sample_shape=sample_shape, latent_dim=64, width=width or 128)
+    return GANConfig(sample_shape=sample_shape, latent_dim=16, width=width or 256)
+
+
+def config_from_dict(d: dict) -> MLPConfig | UNetConfig | GANConfig:
+    d = dict(d)
+    arch = d.pop("arch", None)
+    try:
+        if arch == "mlp":
+            return MLPConfig(**d)
+        if arch == "unet":
+            return UNetConfig(**{**d, "mults": tuple(d["mults"])})
+        if arch == "gan":
+            return GANConfig(**{**d, "sample_shape": tuple(d["sample_shape"])})
+    except (TypeError, KeyError) as e:
+        raise GenccError(f"malformed {arch} network config {d!r}: {e}") from None
+    raise GenccError(f"unknown network architecture {arch!r}; expected 'mlp', 'unet' or 'gan'")
+
+
+def build_eps_net(cfg: MLPConfig | UNetConfig) -> nn.Module:
+    return MLPEps(cfg) if isinstance(cfg, MLPConfig) else UNetEps(cfg)
+
+
+def build_gan(cfg: GANConfig) -> tuple[Generator, Discriminator]:
+    return Generator(cfg), Discriminator(cfg)

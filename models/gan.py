@@ -1,0 +1,96 @@
+"""GAN networks and losses (Goodfellow et al. 2014): MLPs for vectors, DCGAN-style conv nets for images.
+
+The discriminator outputs a logit. D minimises -log D(x) - log(1 - D(G(z))); G minimises the
+non-saturating -log D(G(z)). Both are BCE-with-logits, which is the numerically stable form.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    sample_shape: tuple[int, ...] = (2,)   # (D,) for vectors, (C, H, W) for images
+    latent_dim: int = 16                   # z ~ N(0, I) of this size
+    width: int = 256                       # MLP hidden units, or channels of the first conv layer
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.sample_shape) == 3
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["sample_shape"] = list(self.sample_shape)
+        return {"arch": "gan", **d}
+
+
+def _mlp(n_in: int, width: int, n_out: int, act: nn.Module) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, width), act, nn.Linear(width, width), act,
+                         nn.Linear(width, width), act, nn.Linear(width, n_out))
+
+
+class Generator(nn.Module):
+    """z -> x in model space. Image outputs end in tanh because images are normalised to [-1, 1]."""
+
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        self.cfg = cfg
+        if not cfg.is_image:
+            self.net = _mlp(cfg.latent_dim, cfg.width, cfg.sample_shape[0], nn.ReLU())
+            return
+        c, size, _ = cfg.sample_shape
+        n_up = _num_upsamplings(size)
+        ch = [max(cfg.width >> i, 16) for i in range(n_up + 1)]
+        layers: list[nn.Module] = [nn.Linear(cfg.latent_dim, ch[0] * 16), nn.Unflatten(1, (ch[0], 4, 4)),
+                                   nn.BatchNorm2d(ch[0]), nn.ReLU()]
+        for i in range(n_up):   # each transposed conv doubles the resolution: 4 -> 8 -> 16 ...
+            layers += [nn.ConvTranspose2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.BatchNorm2d(ch[i + 1]), nn.ReLU()]
+        layers += [nn.Conv2d(ch[-1], c, 3, padding=1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class Discriminator(nn.Module):
+    """x -> logit of 'real'. LeakyReLU and strided convs, as DCGAN; no normalisation on the input layer."""
+
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        if not cfg.is_image:
+            self.net = _mlp(cfg.sample_shape[0], cfg.width, 1, nn.LeakyReLU(0.2))
+            return
+        c, size, _ = cfg.sample_shape
+        n_down = _num_upsamplings(size)
+        ch = [max(cfg.width >> (n_down - i), 16) for i in range(n_down + 1)]
+        layers: list[nn.Module] = [nn.Conv2d(c, ch[0], 3, padding=1), nn.LeakyReLU(0.2)]
+        for i in range(n_down):   # halve the resolution down to 4x4
+            layers += [nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        layers += [nn.Flatten(), nn.Linear(ch[-1] * 16, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+def _num_upsamplings(size: int) -> int:
+    n = int(round(math.log2(size / 4)))
+    if size < 8 or 4 * 2 ** n != size:
+        raise ValueError(f"GAN image size must be 4 * 2^k >= 8, got {size}")
+    return n
+
+
+def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """-log D(x) - log(1 - D(G(z))), averaged over the batch."""
+    return (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+            + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+
+
+def generator_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating -log D(G(z)): label 1 for fakes, strong gradients while D still wins."""
+    return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))

@@ -1,0 +1,237 @@
+"""Training loops: denoising score matching for the VP-SDE, and the minimax GAN game.
+
+Every minibatch, t and noise draw comes from a generator seeded by (seed, step), so a run resumed from
+a checkpoint continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from gencc.runtime.errors import GenccError
+from gencc.runtime.normalize import Normalization
+from gencc.runtime.sde import VPSDE
+
+from . import checkpoint as ckpt
+from .data import Dataset
+from .factory import build_eps_net, build_gan, config_from_dict, eps_net_config, gan_config
+from .gan import discriminator_loss, generator_loss
+
+MODELS = ("diffusion", "gan")
+Progress = Callable[[int, int, dict], None]   # (step, total steps, latest losses)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 6000
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    ema_decay: float = 0.999   # diffusion only: the EMA weights are what gets sampled
+    grad_clip: float = 1.0     # max global grad norm; keeps early DSM steps at small t from exploding
+    ckpt_every: int = 1000     # steps between checkpoints, so an interrupted run loses little
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "ckpt_every"):
+            if getattr(self, name) <= 0:
+                raise GenccError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise GenccError(f"lr must be a positive number, got {self.lr}")
+
+
+# Budgets sized for 2 CPU cores: about a minute for 2-D sets, a few minutes per digits model.
+_DEFAULTS = {
+    ("diffusion", "vector"): TrainConfig(steps=6000, batch_size=512, lr=2e-3),
+    ("diffusion", "image"): TrainConfig(steps=4000, batch_size=128, lr=2e-3),
+    ("gan", "vector"): TrainConfig(steps=6000, batch_size=256, lr=2e-4),
+    ("gan", "image"): TrainConfig(steps=4000, batch_size=64, lr=2e-4),
+}
+
+
+def default_config(model: str, kind: str) -> TrainConfig:
+    if model not in MODELS:
+        raise GenccError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    return _DEFAULTS[(model, kind)]
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    steps: int
+    losses: dict
+    seconds: float
+
+
+def train(model: str, data: Dataset, out: str | Path, cfg: TrainConfig, *, width: int | None = None,
+          resume: bool = False, progress: Progress | None = None) -> TrainResult:
+    """Train a diffusion model or a GAN on `data`, writing a checkpoint to `out` as it goes."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise GenccError(f"output folder {str(out.parent)!r} does not exist")
+    if out.exists() and not resume:
+        raise GenccError(f"{str(out)!r} already exists; pass --resume to continue it or choose another --out")
+    run = _DiffusionRun if model == "diffusion" else _GANRun
+    if model not in MODELS:
+        raise GenccError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    r = run.resume(out, data, cfg) if resume and out.exists() else run.new(data, cfg, width)
+    return r.fit(out, progress)
+
+
+class _Run:
+    """Shared loop: per-step seeded draws, checkpoints every `ckpt_every` steps and at the end."""
+
+    model: str
+
+    def __init__(self, data: Dataset, cfg: TrainConfig, norm: Normalization, net_cfg, step: int = 0):
+        self.data, self.cfg, self.norm, self.net_cfg, self.step = data, cfg, norm, net_cfg, step
+        self.x = torch.from_numpy(norm.encode(data.data))
+        self.losses: dict = {}
+
+    def fit(self, out: Path, progress: Progress | None) -> TrainResult:
+        start = time.perf_counter()
+        torch.manual_seed(self.cfg.seed)   # only for any op we do not seed explicitly
+        while self.step < self.cfg.steps:
+            g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
+            idx = torch.randint(len(self.x), (self.cfg.batch_size,), generator=g)
+            self.losses = self.train_step(self.x[idx], g)
+            if not all(math.isfinite(v) for v in self.losses.values()):
+                raise GenccError(f"training diverged at step {self.step}: losses {self.losses}; "
+                                 f"try a smaller --lr than {self.cfg.lr}")
+            self.step += 1
+            if progress:
+                progress(self.step, self.cfg.steps, self.losses)
+            if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
+                self.save(out)
+        return TrainResult(out, self.step, self.losses, time.perf_counter() - start)
+
+    def config(self) -> dict:
+        return {
+            "model": self.model,
+            "net": self.net_cfg.to_dict(),
+            "data": {"name": self.data.name, "kind": self.data.kind,
+                     "sample_shape": list(self.data.data.shape[1:]), "normalization": self.norm.to_dict()},
+            "train": asdict(self.cfg),
+            "step": self.step,
+            "losses": self.losses,
+            "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        }
+
+    @staticmethod
+    def _clip_and_step(params, opt: torch.optim.Optimizer, clip: float) -> None:
+        nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+
+    @classmethod
+    def _load(cls, out: Path, data: Dataset, cfg: TrainConfig):
+        config = ckpt.load_config(out)
+        if config["model"] != cls.model:
+            raise GenccError(f"{str(out)!r} holds a {config['model']} checkpoint, not a {cls.model}")
+        shape = list(data.data.shape[1:])
+        if config["data"]["sample_shape"] != shape:
+            raise GenccError(f"checkpoint {str(out)!r} was trained on shape {config['data']['sample_shape']}, "
+                             f"the data given has shape {shape}")
+        norm = Normalization.from_dict(config["data"]["normalization"])
+        return config, norm, config_from_dict(config["net"]), ckpt.load_train_state(out)
+
+
+class _DiffusionRun(_Run):
+    model = "diffusion"
+
+    def __init__(self, data, cfg, norm, net_cfg, sde: VPSDE, step: int = 0):
+        super().__init__(data, cfg, norm, net_cfg, step)
+        self.sde = sde
+        self.net = build_eps_net(net_cfg)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+
+    @classmethod
+    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None):
+        norm = Normalization.fit(data.data, data.kind)
+        return cls(data, cfg, norm, eps_net_config(data.data.shape[1:], width), VPSDE())
+
+    @classmethod
+    def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
+        config, norm, net_cfg, state = cls._load(out, data, cfg)
+        r = cls(data, cfg, norm, net_cfg, VPSDE.from_dict(config["sde"]), step=int(state["step"]))
+        r.net.load_state_dict(state["net"])
+        r.ema.load_state_dict(ckpt.load_weights(out))
+        r.opt.load_state_dict(state["opt"])
+        return r
+
+    def train_step(self, x0: torch.Tensor, g: torch.Generator) -> dict:
+        # Denoising score matching with lambda_t = sigma_t^2: regress eps_theta(x_t, t) on eps.
+        t = self.sde.t_eps + (1.0 - self.sde.t_eps) * torch.rand(len(x0), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        loss = ((self.net(self.sde.marginal(x0, t, eps), t) - eps) ** 2).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._clip_and_step(self.net.parameters(), self.opt, self.cfg.grad_clip)
+        self._update_ema()
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Warm-up (1+n)/(10+n): early EMA weights would otherwise be dominated by the random init.
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        for e, p in zip(self.ema.parameters(), self.net.parameters()):
+            e.lerp_(p, 1.0 - decay)
+
+    def save(self, out: Path) -> None:
+        config = {**self.config(), "sde": self.sde.to_dict()}
+        ckpt.save_checkpoint(out, config, self.ema.state_dict(),
+                             {"step": self.step, "net": self.net.state_dict(), "opt": self.opt.state_dict()})
+
+
+class _GANRun(_Run):
+    model = "gan"
+
+    def __init__(self, data, cfg, norm, net_cfg, step: int = 0):
+        super().__init__(data, cfg, norm, net_cfg, step)
+        self.G, self.D = build_gan(net_cfg)
+        # beta1 = 0.5, as DCGAN: momentum at 0.9 makes the two-player game oscillate.
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+
+    @classmethod
+    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None):
+        norm = Normalization.fit(data.data, data.kind)
+        return cls(data, cfg, norm, gan_config(tuple(data.data.shape[1:]), width))
+
+    @classmethod
+    def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
+        _, norm, net_cfg, state = cls._load(out, data, cfg)
+        r = cls(data, cfg, norm, net_cfg, step=int(state["step"]))
+        r.G.load_state_dict(ckpt.load_weights(out))
+        r.D.load_state_dict(state["D"])
+        r.opt_g.load_state_dict(state["opt_g"])
+        r.opt_d.load_state_dict(state["opt_d"])
+        return r
+
+    def train_step(self, x: torch.Tensor, g: torch.Generator) -> dict:
+        z = torch.randn(len(x), self.net_cfg.latent_dim, generator=g)
+        fake = self.G(z)
+        # 1) D step: minimise -log D(x) - log(1 - D(G(z))), with G held fixed.
+        d_loss = discriminator_loss(self.D(x), self.D(fake.detach()))
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self._clip_and_step(self.D.parameters(), self.opt_d, self.cfg.grad_clip * 10)
+        # 2) G step against the updated D: non-saturating -log D(G(z)).
+        g_loss = generator_loss(self.D(fake))
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self._clip_and_step(self.G.parameters(), self.opt_g, self.cfg.grad_clip * 10)
+        return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+
+    def save(self, out: Path) -> None:
+        ckpt.save_checkpoint(out, self.config(), self.G.state_dict(),
+                             {"step": self.step, "D": self.D.state_dict(),
+                              "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()})

@@ -1,0 +1,48 @@
+"""Torch backend: a checkpoint's sampling weights (EMA eps-network or generator) as numpy callables.
+
+torch and gencc.models are imported inside `load_checkpoint`, so the runtime stays importable without them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .model import Model
+from .normalize import Normalization
+from .sde import VPSDE
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
+    import torch
+
+    from gencc.models import checkpoint as ckpt
+    from gencc.models.factory import build_eps_net, build_gan, config_from_dict
+
+    config = ckpt.load_config(path)
+    net_cfg = config_from_dict(config["net"])
+    norm = Normalization.from_dict(config["data"]["normalization"])
+    shape = tuple(config["data"]["sample_shape"])
+    net = build_eps_net(net_cfg) if config["model"] == "diffusion" else build_gan(net_cfg)[0]
+    try:
+        net.load_state_dict(ckpt.load_weights(path))
+    except RuntimeError as e:
+        from .errors import GenccError
+        raise GenccError(f"weights in {str(path)!r} do not match its config: {str(e).splitlines()[0]}") from None
+    net = net.to(device).eval().requires_grad_(False)
+
+    def to_torch(a: np.ndarray) -> "torch.Tensor":
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+
+    if config["model"] == "gan":
+        @torch.inference_mode()
+        def generate_fn(z: np.ndarray) -> np.ndarray:
+            return net(to_torch(z)).cpu().numpy()
+        return Model("gan", shape, norm, "torch", generate_fn=generate_fn,
+                     latent_shape=(net_cfg.latent_dim,), info=config)
+
+    @torch.inference_mode()
+    def eps_fn(x: np.ndarray, t: float) -> np.ndarray:
+        return net(to_torch(x), torch.full((len(x),), t, dtype=torch.float32, device=device)).cpu().numpy()
+
+    return Model("diffusion", shape, norm, "torch", sde=VPSDE.from_dict(config["sde"]), eps_fn=eps_fn, info=config)

@@ -1,0 +1,107 @@
+"""Samplers against the exact score of Gaussian data, where the answer is known in closed form.
+
+For x_0 ~ N(mu, diag(s^2)), x_t ~ N(gamma_t mu, gamma_t^2 s^2 + sigma_t^2), so the exact noise
+prediction is eps*(x, t) = sigma_t (x - gamma_t mu) / (gamma_t^2 s^2 + sigma_t^2).
+"""
+import numpy as np
+import pytest
+
+from gencc.runtime.errors import GenccError
+from gencc.runtime.model import Model
+from gencc.runtime.noise import SampleNoise
+from gencc.runtime.normalize import Normalization
+from gencc.runtime.samplers import SAMPLERS, get_sampler, nfe, time_grid
+from gencc.runtime.sde import VPSDE
+
+MU = np.array([1.0, -2.0])
+S = np.array([0.5, 2.0])
+SDE = VPSDE()
+N = 20_000
+
+
+def exact_eps(x, t):
+    g, s = SDE.gamma(t), SDE.sigma(t)
+    return s * (x - g * MU) / (g * g * S * S + s * s)
+
+
+def flipped_sign(x, t):
+    return -exact_eps(x, t)
+
+
+def missing_inv_sigma(x, t):
+    # The slide's generation process: drift uses beta * eps instead of beta * eps / sigma_t.
+    return exact_eps(x, t) * SDE.sigma(t)
+
+
+def run(sampler, eps_fn, steps, n=N, seed=0):
+    noise = SampleNoise(seed, np.arange(n), (2,))
+    return get_sampler(sampler)(eps_fn, noise.prior(), time_grid(SDE, steps), SDE, noise.step)
+
+
+def matches_gaussian(x, tol=0.03):
+    mean_ok = np.all(np.abs(x.mean(0) - MU) < tol * S + 3 * S / np.sqrt(len(x)))
+    std_ok = np.all(np.abs(x.std(0) / S - 1.0) < tol)
+    return bool(mean_ok and std_ok), (x.mean(0), x.std(0))
+
+
+@pytest.mark.parametrize("sampler,steps", [("em", 1000), ("ode-heun", 100), ("ode-euler", 1000), ("ddim", 100)])
+def test_exact_score_reproduces_the_data_distribution(sampler, steps):
+    ok, stats = matches_gaussian(run(sampler, exact_eps, steps))
+    assert ok, f"{sampler}: mean/std {stats}, want {MU}/{S}"
+
+
+@pytest.mark.parametrize("wrong", [flipped_sign, missing_inv_sigma])
+@pytest.mark.parametrize("sampler,steps", [("em", 1000), ("ode-heun", 100)])
+def test_a_wrong_score_fails_the_same_check(sampler, steps, wrong):
+    with np.errstate(all="ignore"):
+        x = run(sampler, wrong, steps, n=4000)
+    ok, stats = matches_gaussian(x)
+    assert not ok, f"{sampler} with {wrong.__name__} passed: {stats}"
+
+
+def gaussian_model():
+    return Model("diffusion", (2,), Normalization((0.0,), (1.0,), (2,)), "exact", sde=SDE, eps_fn=exact_eps)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_sample_i_is_the_same_at_every_batch_size(sampler):
+    m = gaussian_model()
+    runs = [m.sample(30, steps=20, sampler=sampler, seed=3, batch_size=b) for b in (1, 7, 64)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])
+    assert not np.array_equal(runs[0], m.sample(30, steps=20, sampler=sampler, seed=4))
+
+
+def test_start_offset_continues_the_same_sequence():
+    m = gaussian_model()
+    whole = m.sample(20, steps=10, seed=1)
+    np.testing.assert_array_equal(whole[12:], m.sample(8, steps=10, seed=1, start=12))
+
+
+def test_callback_sees_every_step():
+    seen = []
+    gaussian_model().sample(5, steps=7, callback=lambda k, x: seen.append((k, x.shape)))
+    assert seen == [(k, (5, 2)) for k in range(7)]
+
+
+def test_nan_is_reported_with_its_step():
+    m = Model("diffusion", (2,), Normalization((0.0,), (1.0,), (2,)), "exact", sde=SDE,
+              eps_fn=lambda x, t: np.where(t < 0.5, np.nan, 0.0) * x)
+    with pytest.raises(GenccError, match=r"NaN/inf values at step \d+"):
+        m.sample(4, steps=10)
+
+
+def test_time_grids():
+    for spacing in ("uniform", "logsnr"):
+        ts = time_grid(SDE, 10, spacing)
+        assert len(ts) == 11 and ts[0] == 1.0 and ts[-1] == SDE.t_eps and np.all(np.diff(ts) < 0)
+    lam = SDE.lambda_(time_grid(SDE, 10, "logsnr"))
+    np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-6)
+
+
+def test_bad_sampler_and_steps():
+    with pytest.raises(GenccError, match="unknown sampler 'nope'"):
+        get_sampler("nope")
+    with pytest.raises(GenccError, match="steps must be a positive integer"):
+        time_grid(SDE, 0)
+    assert nfe("em", 10) == 11 and nfe("ode-heun", 10) == 21
