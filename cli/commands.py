@@ -32,8 +32,9 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from gencc.models.data import load_dataset
-    from gencc.models.train import default_config, train
+    from gencc.models.train import check_output, default_config, train
 
+    check_output(out, resume)
     dataset = load_dataset(data, seed=seed, image_size=image_size, channels=channels)
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr).items() if v is not None}
     cfg = replace(default_config(model, dataset.kind), seed=seed, **overrides)

@@ -24,7 +24,7 @@ def eps_net_config(sample_shape: tuple[int, ...], width: int | None = None) -> M
 def gan_config(sample_shape: tuple[int, ...], width: int | None = None) -> GANConfig:
     if len(sample_shape) == 3:
         return GANConfig(sample_shape=sample_shape, latent_dim=64, width=width or 128)
-    return GANConfig(sample_shape=sample_shape, latent_dim=16, width=width or 256)
+    return GANConfig(sample_shape=sample_shape, latent_dim=16, width=width or 128)
 
 
 def config_from_dict(d: dict) -> MLPConfig | UNetConfig | GANConfig:

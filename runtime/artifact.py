@@ -1,0 +1,166 @@
+"""The artifact format: the one thing the compiler and the runtime share.
+
+NAME.gencc/ is a directory:
+  manifest.json   what the artifact is (see `Manifest`), with the sha256 of every other file
+  step.so         diffusion: the fused sampler step  (x, t, coef, z, x_prev, e_prev) -> (x_next, eps)
+  eps.so          diffusion: the noise-prediction network (x, t) -> eps
+  generator.so    GAN: z -> x
+  *.onnx          the ONNX graphs the libraries were compiled from (the `ort` backend runs these)
+
+The fused step computes x_next = coef[0] x + coef[1] eps_theta(x, t) + coef[2] z + coef[3] x_prev
++ coef[4] e_prev, with t of shape (1,) shared by the batch. The runtime derives `coef` from the SDE.
+
+The manifest is checked field by field and every file's hash is verified before any library is
+loaded: a compiled library is native code, and loading it runs that code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import GenccError
+from .normalize import Normalization
+from .sde import VPSDE
+
+FORMAT = "gencc-artifact"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+STEP_CONTRACT = "affine5-v1"
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_DIM = 1 << 16
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+FUNCTIONS = {"diffusion": ("step", "eps"), "gan": ("generator",)}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    model: str                          # "diffusion" or "gan"
+    sample_shape: tuple[int, ...]
+    latent_shape: tuple[int, ...]       # GAN only, else ()
+    normalization: Normalization
+    sde: VPSDE | None
+    target: dict                        # {"kind": "llvm", "mcpu": ...} or {"kind": "cuda", "arch": ...}
+    verified: bool                      # parity against ONNX Runtime passed on a machine that ran it
+    functions: dict                     # name -> {"library", "onnx", "inputs", "outputs"}
+    files: dict                         # file name -> sha256 hex
+    raw: dict
+
+    def path(self, function: str, kind: str) -> Path:
+        """The library ("library") or ONNX ("onnx") file of a compiled function."""
+        return self.root / self.functions[function][kind]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_artifact(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(root: str | Path, verify_hashes: bool = True) -> Manifest:
+    """Parse and check `root/manifest.json`; with `verify_hashes`, hash every listed file too."""
+    root = Path(root)
+    raw = _read_json(root)
+    _expect(raw.get("format") == FORMAT, f"{root}: not a gencc artifact (format {raw.get('format')!r})")
+    version = raw.get("format_version")
+    _expect(version == FORMAT_VERSION,
+            f"{root}: artifact format version {version!r} is not supported; this gencc reads version {FORMAT_VERSION}")
+    model = raw.get("model")
+    _expect(model in FUNCTIONS, f"{root}: unknown model kind {model!r}")
+    files = _files(root, raw.get("files"))
+    functions = _functions(root, raw.get("functions"), model, files)
+    target = raw.get("target")
+    _expect(isinstance(target, dict) and target.get("kind") in ("llvm", "cuda"),
+            f"{root}: target must be llvm or cuda, got {target!r}")
+    if model == "diffusion":
+        _expect(raw.get("step_contract") == STEP_CONTRACT,
+                f"{root}: unknown sampler-step contract {raw.get('step_contract')!r}")
+    m = Manifest(root=root, model=model, sample_shape=_shape(raw.get("sample_shape"), "sample_shape"),
+                 latent_shape=_shape(raw.get("latent_shape", []), "latent_shape", allow_empty=model != "gan"),
+                 normalization=Normalization.from_dict(_dict(raw.get("normalization"), "normalization")),
+                 sde=VPSDE.from_dict(_dict(raw.get("sde"), "sde")) if model == "diffusion" else None,
+                 target=target, verified=raw.get("verified") is True, functions=functions, files=files, raw=raw)
+    if verify_hashes:
+        verify_files(m)
+    return m
+
+
+def verify_files(m: Manifest) -> None:
+    for name, digest in m.files.items():
+        p = m.root / name
+        _expect(p.is_file() and not p.is_symlink(), f"{m.root}: listed file {name!r} is missing or not a regular file")
+        actual = sha256_file(p)
+        _expect(actual == digest, f"{m.root}: {name} is corrupt or tampered with: sha256 {actual[:16]}... "
+                                  f"does not match the manifest's {digest[:16]}...")
+
+
+def write_manifest(root: Path, fields: dict) -> dict:
+    """Hash every file in `root` (the manifest excepted) and write the manifest; returns it."""
+    files = {p.name: sha256_file(p) for p in sorted(root.iterdir()) if p.is_file() and p.name != MANIFEST}
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **fields, "files": files}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _read_json(root: Path) -> dict:
+    p = root / MANIFEST
+    _expect(root.is_dir(), f"artifact {str(root)!r} does not exist or is not a directory")
+    _expect(p.is_file() and not p.is_symlink(), f"{root}: no regular {MANIFEST} inside")
+    size = p.stat().st_size
+    _expect(size <= MAX_MANIFEST_BYTES, f"{root}: {MANIFEST} is {size} bytes; the limit is {MAX_MANIFEST_BYTES}")
+    try:
+        raw = json.loads(p.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise GenccError(f"{root}: {MANIFEST} is not valid JSON: {str(e).splitlines()[0][:200]}") from None
+    _expect(isinstance(raw, dict), f"{root}: {MANIFEST} must hold a JSON object")
+    return raw
+
+
+def _files(root: Path, files) -> dict:
+    _expect(isinstance(files, dict) and 0 < len(files) <= 64, f"{root}: manifest 'files' must map names to hashes")
+    for name, digest in files.items():
+        _expect(isinstance(name, str) and _FILE_NAME.match(name) and name != MANIFEST,
+                f"{root}: manifest lists an unsafe file name {str(name)[:80]!r}: only plain names inside the artifact")
+        _expect(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest),
+                f"{root}: manifest hash for {name!r} is not a sha256 hex digest")
+    return files
+
+
+def _functions(root: Path, functions, model: str, files: dict) -> dict:
+    _expect(isinstance(functions, dict), f"{root}: manifest 'functions' must be an object")
+    for name in FUNCTIONS[model]:
+        f = functions.get(name)
+        _expect(isinstance(f, dict), f"{root}: a {model} artifact needs the function {name!r}")
+        for kind in ("library", "onnx"):
+            _expect(f.get(kind) in files, f"{root}: function {name!r} names {kind} file {f.get(kind)!r}, "
+                                          "which the manifest does not list")
+        for io in ("inputs", "outputs"):
+            _expect(isinstance(f.get(io), list) and all(isinstance(s, dict) for s in f[io]),
+                    f"{root}: function {name!r} has malformed {io}")
+    return functions
+
+
+def _shape(v, what: str, allow_empty: bool = False) -> tuple[int, ...]:
+    ok = isinstance(v, list) and (allow_empty or 0 < len(v)) and len(v) <= 4 and all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIM for d in v)
+    _expect(ok, f"manifest {what} must be a list of 1-4 positive integers <= {MAX_DIM}, got {str(v)[:80]}")
+    return tuple(v)
+
+
+def _dict(v, what: str) -> dict:
+    _expect(isinstance(v, dict), f"manifest {what} must be an object, got {type(v).__name__}")
+    return v
+
+
+def _expect(ok, message: str) -> None:
+    if not ok:
+        raise GenccError(message)

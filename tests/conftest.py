@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny trained checkpoints, built once per test session."""
+from dataclasses import replace
+
+import pytest
+
+from gencc.models.data import load_dataset
+from gencc.models.train import default_config, train
+
+
+def _train(tmp_path_factory, model: str, data: str, steps: int, **kw):
+    ds = load_dataset(data)
+    out = tmp_path_factory.mktemp(f"{model}-{data}") / "ckpt"
+    cfg = replace(default_config(model, ds.kind), steps=steps, ckpt_every=steps, **kw)
+    train(model, ds, out, cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_moons_diffusion(tmp_path_factory):
+    return _train(tmp_path_factory, "diffusion", "moons", 30)
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_diffusion(tmp_path_factory):
+    return _train(tmp_path_factory, "diffusion", "digits", 3, batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_gan(tmp_path_factory):
+    return _train(tmp_path_factory, "gan", "digits", 3, batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_moons_gan(tmp_path_factory):
+    return _train(tmp_path_factory, "gan", "moons", 30)

@@ -1,0 +1,195 @@
+"""The compiler against independent references: torch for the ONNX export, ONNX Runtime for TVM builds."""
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from gencc.compiler.build import build, resolve_target, rewrite_sigmoid, run_parity
+from gencc.compiler.export import (FusedStep, check_onnx_against_torch, eps_io, export_checkpoint,
+                                   export_function, generator_io, random_inputs, step_io)
+from gencc.models.checkpoint import save_checkpoint
+from gencc.models.gan import GANConfig, Generator
+from gencc.models.nets import MLPConfig, MLPEps
+from gencc.models.unet import UNetConfig, UNetEps
+from gencc.runtime.errors import GenccError
+
+TINY_MLP = MLPConfig(data_dim=2, width=32, depth=2, emb_dim=16)
+TINY_UNET = UNetConfig(channels=1, size=8, width=16, mults=(1, 2), groups=8, emb_dim=32)
+
+
+def tiny_eps_net(arch: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    torch.manual_seed(0)
+    if arch == "mlp":
+        return MLPEps(TINY_MLP).eval(), (TINY_MLP.data_dim,)
+    return UNetEps(TINY_UNET).eval(), (TINY_UNET.channels, TINY_UNET.size, TINY_UNET.size)
+
+
+def batch_dims(path) -> dict[str, str]:
+    graph = onnx.load(str(path)).graph
+    return {v.name: v.type.tensor_type.shape.dim[0].dim_param for v in [*graph.input, *graph.output]}
+
+
+def ort_run(path, feeds: dict) -> list[np.ndarray]:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "unet"])
+def test_eps_and_step_export_match_torch(tmp_path, arch):
+    net, shape = tiny_eps_net(arch)
+    for name, module, io in [("eps", net, eps_io(shape)), ("step", FusedStep(net), step_io(shape))]:
+        path = tmp_path / f"{name}.onnx"
+        desc = export_function(module, path, *io)
+        onnx.checker.check_model(onnx.load(str(path)))
+        assert desc["max_abs_err_vs_torch"] <= 1e-4
+        dims = batch_dims(path)
+        assert all(dims[s["name"]] == ("batch" if s["shape"][0] == "batch" else "") for s in io[0] + io[1])
+        assert check_onnx_against_torch(module, path, random_inputs(io[0], seed=1), batches=(3, 17)) <= 1e-4
+
+
+@pytest.mark.parametrize("sample_shape", [(2,), (1, 8, 8)])
+def test_generator_export_matches_torch(tmp_path, sample_shape):
+    torch.manual_seed(0)
+    gen = Generator(GANConfig(sample_shape=sample_shape, latent_dim=8, width=16)).eval()
+    desc = export_function(gen, tmp_path / "generator.onnx", *generator_io(8, sample_shape))
+    assert desc["max_abs_err_vs_torch"] <= 1e-4
+    assert desc["outputs"] == [{"name": "x", "shape": ["batch", *sample_shape], "dtype": "float32"}]
+
+
+@pytest.mark.parametrize("arch", ["mlp", "unet"])
+def test_fused_step_is_the_linear_update_of_one_eps_call(tmp_path, arch):
+    net, shape = tiny_eps_net(arch)
+    feeds = random_inputs(step_io(shape)[0], seed=3)(4)
+    x, t, coef, z, x_prev, e_prev = (torch.from_numpy(v) for v in feeds.values())
+    with torch.no_grad():
+        eps = net(x, t.expand(4))   # the step's t (1,) must mean the same t for every sample
+        want = coef[0] * x + coef[1] * eps + coef[2] * z + coef[3] * x_prev + coef[4] * e_prev
+        got_next, got_eps = FusedStep(net)(x, t, coef, z, x_prev, e_prev)
+    torch.testing.assert_close(got_eps, eps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_next, want, atol=1e-5, rtol=1e-5)
+    export_function(FusedStep(net), tmp_path / "step.onnx", *step_io(shape))
+    onnx_next, onnx_eps = ort_run(tmp_path / "step.onnx", feeds)
+    np.testing.assert_allclose(onnx_next, want.numpy(), atol=1e-4)
+    np.testing.assert_allclose(onnx_eps, eps.numpy(), atol=1e-4)
+
+
+def test_export_checkpoint_describes_each_function(tmp_path):
+    net, shape = tiny_eps_net("mlp")
+    config = {"model": "diffusion", "net": TINY_MLP.to_dict(), "data": {"sample_shape": list(shape)}, "step": 0}
+    save_checkpoint(tmp_path / "ckpt", config, net.state_dict(), {})
+    funcs = export_checkpoint(tmp_path / "ckpt", tmp_path / "out")
+    assert sorted(funcs) == ["eps", "step"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["eps.onnx", "step.onnx"]   # no external data
+    assert funcs["step"]["file"] == "step.onnx" and (tmp_path / "out" / "step.onnx").is_file()
+    assert [s["name"] for s in funcs["step"]["inputs"]] == ["x", "t", "coef", "z", "x_prev", "e_prev"]
+    assert funcs["eps"]["inputs"][1] == {"name": "t", "shape": ["batch"], "dtype": "float32"}
+    assert all(f["max_abs_err_vs_torch"] <= 1e-4 for f in funcs.values())
+    with pytest.raises(GenccError, match="parent directory does not exist"):
+        export_checkpoint(tmp_path / "ckpt", tmp_path / "missing" / "out")
+
+
+def test_export_checkpoint_of_a_gan(tmp_path):
+    torch.manual_seed(0)
+    cfg = GANConfig(sample_shape=(2,), latent_dim=4, width=16)
+    config = {"model": "gan", "net": cfg.to_dict(), "data": {"sample_shape": [2]}, "step": 0}
+    save_checkpoint(tmp_path / "ckpt", config, Generator(cfg).state_dict(), {})
+    funcs = export_checkpoint(tmp_path / "ckpt", tmp_path / "out")
+    assert list(funcs) == ["generator"] and funcs["generator"]["inputs"][0]["shape"] == ["batch", 4]
+
+
+def test_rewrite_sigmoid_matches_the_original(tmp_path):
+    net, shape = tiny_eps_net("mlp")
+    export_function(net, tmp_path / "eps.onnx", *eps_io(shape))
+    model = onnx.load(str(tmp_path / "eps.onnx"))
+    rewritten = rewrite_sigmoid(model)
+    onnx.checker.check_model(rewritten)
+    assert "Sigmoid" in {n.op_type for n in model.graph.node}    # the input is left alone
+    assert "Sigmoid" not in {n.op_type for n in rewritten.graph.node}
+    onnx.save(rewritten, str(tmp_path / "rewritten.onnx"))
+    feeds = random_inputs(eps_io(shape)[0])(7)
+    np.testing.assert_allclose(ort_run(tmp_path / "rewritten.onnx", feeds)[0],
+                               ort_run(tmp_path / "eps.onnx", feeds)[0], atol=1e-6)
+
+
+def test_rewrite_sigmoid_keeps_the_limits(tmp_path):
+    graph = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["y"])], "sigmoid",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6])])
+    onnx.save(rewrite_sigmoid(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])),
+              str(tmp_path / "s.onnx"))
+    x = np.array([-200.0, -90.0, -1.0, 0.0, 3.0, 200.0], np.float32)
+    np.testing.assert_allclose(ort_run(tmp_path / "s.onnx", {"x": x})[0], 1 / (1 + np.exp(-x.astype(np.float64))),
+                               atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def mlp_step(tmp_path_factory):
+    """The tiny MLP's step.onnx and its llvm build."""
+    out = tmp_path_factory.mktemp("mlp_step")
+    net, shape = tiny_eps_net("mlp")
+    export_function(FusedStep(net), out / "step.onnx", *step_io(shape))
+    desc = build(out / "step.onnx", "llvm", None, out / "step.so")
+    return out, desc, random_inputs(step_io(shape)[0], seed=5)
+
+
+@pytest.mark.slow
+def test_llvm_build_of_the_mlp_step_matches_onnx_runtime(mlp_step):
+    out, desc, make_inputs = mlp_step
+    assert desc["target"]["kind"] == "llvm" and desc["file"] == "step.so"
+    assert run_parity(out / "step.so", out / "step.onnx", make_inputs, batches=(1, 5)) <= 1e-4
+
+
+@pytest.mark.slow
+def test_run_parity_catches_a_wrong_library(mlp_step, tmp_path):
+    out, _, make_inputs = mlp_step
+    torch.manual_seed(1)
+    other = FusedStep(MLPEps(TINY_MLP).eval())
+    export_function(other, tmp_path / "other.onnx", *step_io((2,)))
+    with pytest.raises(GenccError, match="differs from ONNX Runtime"):
+        run_parity(out / "step.so", tmp_path / "other.onnx", make_inputs)
+
+
+@pytest.mark.slow
+def test_llvm_build_of_the_unet_step_matches_onnx_runtime(tmp_path):
+    net, shape = tiny_eps_net("unet")
+    export_function(FusedStep(net), tmp_path / "step.onnx", *step_io(shape))
+    build(tmp_path / "step.onnx", "llvm", None, tmp_path / "step.so")
+    make_inputs = random_inputs(step_io(shape)[0], seed=6)
+    assert run_parity(tmp_path / "step.so", tmp_path / "step.onnx", make_inputs, batches=(1, 5)) <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="cross-compiling for CUDA needs nvcc on the PATH")
+def test_cuda_cross_compile_of_the_mlp_step(mlp_step, tmp_path):
+    out, _, _ = mlp_step
+    desc = build(out / "step.onnx", "cuda", "sm_80", tmp_path / "step_cuda.so")
+    assert desc["target"] == {"kind": "cuda", "arch": "sm_80"}
+    assert (tmp_path / "step_cuda.so").stat().st_size > 0
+
+
+def test_targets_resolve_and_bad_ones_are_named():
+    assert resolve_target("cpu", None)[1]["kind"] == "llvm"
+    assert resolve_target("cuda", None)[1] == {"kind": "cuda", "arch": "sm_90"}
+    assert resolve_target("cuda", "sm_90a")[1]["arch"] == "sm_90a"
+    with pytest.raises(GenccError, match="'tpu'.*llvm, cpu, cuda"):
+        resolve_target("tpu", None)
+    for arch in ("sm90", "compute_90", "sm_9", "SM_90"):
+        with pytest.raises(GenccError, match=repr(arch)):
+            resolve_target("cuda", arch)
+    with pytest.raises(GenccError, match="only applies to the cuda target"):
+        resolve_target("llvm", "sm_90")
+
+
+def test_build_errors_are_one_line_gencc_errors(tmp_path):
+    with pytest.raises(GenccError, match="does not exist"):
+        build(tmp_path / "missing.onnx", "llvm", None, tmp_path / "x.so")
+    graph = helper.make_graph([helper.make_node("Celu", ["x"], ["y"])], "celu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "celu.onnx"))
+    with pytest.raises(GenccError, match="TVM failed importing celu.onnx.*Celu") as err:
+        build(tmp_path / "celu.onnx", "llvm", None, tmp_path / "celu.so")
+    assert "\n" not in str(err.value) and not (tmp_path / "celu.so").exists()
