@@ -53,13 +53,13 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
     typer.echo(f"wrote {result.path} (step {result.steps}, {losses}, {result.seconds:.1f} s)")
 
 
-def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend) -> None:
+def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device) -> None:
     import gencc
 
     _check_out_file(out, ".npz")
     if png is not None:
         _check_out_file(png, ".png")
-    model = gencc.load(path, backend=backend)
+    model = gencc.load(path, backend=backend, device=device)
     samples = model.sample(n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size)
     save_npz(out, samples=samples)
     typer.echo(f"wrote {out} ({n} samples, shape {samples.shape[1:]}, backend {model.backend})")
@@ -83,7 +83,10 @@ def write_png(png: Path, samples: np.ndarray, info: dict) -> None:
 
 def info_text(path: Path) -> str:
     from gencc.models.checkpoint import load_config
+    from gencc.runtime.artifact import is_artifact
 
+    if is_artifact(path):
+        return artifact_text(path)
     c = load_config(path)
     d = c["data"]
     lines = [f"{path}: gencc checkpoint (format version {c['version']})",
@@ -110,3 +113,25 @@ def data_command(name: str, n, seed: int, split: str, out: Path) -> None:
     arrays = {"data": ds.data} if ds.labels is None else {"data": ds.data, "labels": ds.labels}
     save_npz(out, **arrays)
     typer.echo(f"wrote {out} ({len(ds.data)} samples of shape {ds.data.shape[1:]})")
+
+
+def artifact_text(path: Path) -> str:
+    from gencc.runtime.artifact import read_manifest
+
+    m = read_manifest(path)   # hashes included: info says whether the files are intact
+    r = m.raw
+    lines = [f"{path}: gencc artifact (format version {r['format_version']}), files intact",
+             f"  model:      {m.model}, sample shape {m.sample_shape}"
+             + (f", latent {m.latent_shape}" if m.latent_shape else ""),
+             f"  data:       {r.get('data')}",
+             f"  target:     {json.dumps(m.target)}  verified: {m.verified}",
+             f"  tvm:        {r.get('tvm_version')}"]
+    for name, f in m.functions.items():
+        ins = ", ".join(f"{i['name']}{tuple(i['shape'])}" for i in f["inputs"])
+        outs = ", ".join(f"{o['name']}{tuple(o['shape'])}" for o in f["outputs"])
+        lines.append(f"  function:   {name} = {f['library']} ({ins}) -> ({outs})")
+    if m.sde:
+        lines.append(f"  sde:        {json.dumps(m.sde.to_dict())}; step contract {r.get('step_contract')}")
+    if r.get("parity_max_abs_err"):
+        lines.append(f"  parity:     {json.dumps(r['parity_max_abs_err'])} (max abs err vs ONNX Runtime)")
+    return "\n".join(lines)

@@ -53,7 +53,7 @@ def train(
 @app.command()
 @_user_errors
 def sample(
-    path: Path = typer.Argument(..., help="checkpoint directory"),
+    path: Path = typer.Argument(..., help="checkpoint or compiled artifact directory"),
     n: int = typer.Option(..., "--n", help="number of samples"),
     out: Path = typer.Option(..., "--out", help="output .npz (key 'samples')"),
     steps: int = typer.Option(200, help="sampler steps (diffusion)"),
@@ -61,19 +61,67 @@ def sample(
     seed: int = typer.Option(0, help="sample i depends only on (seed, i)"),
     batch_size: int = typer.Option(1024, help="samples per network call"),
     png: Optional[Path] = typer.Option(None, help="also write an image grid or 2-D scatter plot"),
-    backend: Optional[str] = typer.Option(None, help="torch (checkpoints)"),
+    backend: Optional[str] = typer.Option(None, help="tvm (default for artifacts), ort, or torch (checkpoints)"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda[:N]; default: the artifact's target"),
 ):
-    """Draw samples.  Example: gencc sample moons.ckpt --n 2000 --out s.npz --png s.png"""
+    """Draw samples from a checkpoint or artifact.  Example: gencc sample moons.gencc --n 2000 --out s.npz --png s.png"""
     from gencc.cli.commands import sample_command
 
     sample_command(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
-                   png=png, backend=backend)
+                   png=png, backend=backend, device=device)
 
 
 @app.command()
 @_user_errors
-def info(path: Path = typer.Argument(..., help="checkpoint directory")):
-    """Describe a checkpoint.  Example: gencc info moons.ckpt"""
+def export(
+    checkpoint: Path = typer.Argument(..., help="checkpoint directory"),
+    out: Path = typer.Option(..., "--out", help="folder for the ONNX files and export.json"),
+):
+    """Export a checkpoint's networks to ONNX (checked against torch with ONNX Runtime).
+
+    Example: gencc export moons.ckpt --out moons-onnx
+    """
+    from gencc.compiler.compile import export as export_
+
+    export_(checkpoint, out, log=typer.echo)
+    typer.echo(f"wrote {out}")
+
+
+@app.command(name="compile")
+@_user_errors
+def compile_(
+    source: Path = typer.Argument(..., help="checkpoint directory or a folder written by gencc export"),
+    out: Path = typer.Option(..., "--out", help="artifact directory to write, e.g. moons.gencc"),
+    target: str = typer.Option("llvm", help="llvm (alias cpu: this machine's CPU) or cuda"),
+    arch: Optional[str] = typer.Option(None, help="CUDA arch, e.g. sm_80; default sm_90 (H100/H200)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing artifact"),
+):
+    """Compile with TVM into a self-contained artifact, checked against ONNX Runtime.
+
+    Example: gencc compile moons.ckpt --target llvm --out moons.gencc
+    """
+    from gencc.compiler.compile import compile_artifact
+
+    start = time.perf_counter()
+    m = compile_artifact(source, out, target=target, arch=arch, force=force, log=typer.echo)
+    state = "verified" if m["verified"] else "unverified: run `gencc verify` on a machine with that GPU"
+    typer.echo(f"wrote {out} ({m['target']['kind']}, {state}) in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+@_user_errors
+def verify(path: Path = typer.Argument(..., help="artifact directory")):
+    """Check a compiled artifact against ONNX Runtime on this machine's device, and mark it verified."""
+    from gencc.compiler.compile import verify as verify_
+
+    verify_(path, log=typer.echo)
+    typer.echo(f"{path}: verified")
+
+
+@app.command()
+@_user_errors
+def info(path: Path = typer.Argument(..., help="checkpoint or artifact directory")):
+    """Describe a checkpoint or a compiled artifact.  Example: gencc info moons.gencc"""
     from gencc.cli.commands import info_text
 
     typer.echo(info_text(path))

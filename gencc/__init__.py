@@ -6,8 +6,12 @@ __version__ = "0.1.0"
 from gencc.runtime.errors import GenccError
 
 
-def load(path, backend: str | None = None, device: str = "cpu"):
-    """Load a checkpoint (torch backend) for sampling: `gencc.load(p).sample(n, seed=0)`."""
+def load(path, backend: str | None = None, device: str | None = None):
+    """Load a compiled artifact (tvm or ort backend) or a checkpoint (torch backend) for sampling.
+
+    `gencc.load("moons.gencc").sample(1000, seed=0)`. Loading an artifact runs its native code, like
+    importing a Python module: load only artifacts you trust; their hashes are checked first.
+    """
     from gencc.runtime.loader import load as _load
 
     return _load(path, backend=backend, device=device)

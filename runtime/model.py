@@ -13,7 +13,7 @@ import numpy as np
 from .errors import GenccError
 from .noise import SampleNoise
 from .normalize import Normalization
-from .samplers import STOCHASTIC, get_sampler, time_grid
+from .samplers import FUSED, STOCHASTIC, get_sampler, time_grid
 from .sde import VPSDE
 
 DEFAULT_STEPS = 200
@@ -32,6 +32,15 @@ class Model:
     generate_fn: Callable | None = None         # gan: z (B, latent) -> x (B, ...)
     latent_shape: tuple[int, ...] = ()          # gan only
     info: dict = field(default_factory=dict)    # the checkpoint or artifact description
+    to_device: Callable = np.asarray            # numpy -> the backend's array (a TVM tensor stays on its device)
+    to_numpy: Callable = np.asarray             # the backend's array -> numpy
+    check_every: int = 1                        # steps between NaN/inf checks; >1 where a check costs a copy
+
+    @classmethod
+    def from_manifest(cls, m, backend: str, **callables) -> "Model":
+        """A Model for an artifact's manifest (see runtime/artifact.py), with the backend's callables."""
+        return cls(m.model, m.sample_shape, m.normalization, backend, sde=m.sde,
+                   latent_shape=m.latent_shape, info=m.raw, **callables)
 
     def sample(self, n: int, *, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: int = 0,
                batch_size: int = 1024, callback: Callable[[int, Any], None] | None = None,
@@ -53,24 +62,44 @@ class Model:
 
     def _sample_chunk(self, idx: np.ndarray, steps: int, sampler: str, seed: int, callback, spacing: str) -> np.ndarray:
         if self.kind == "gan":
-            x = np.asarray(self.generate_fn(SampleNoise(seed, idx, self.latent_shape).prior()))
+            x = np.asarray(self.to_numpy(self.generate_fn(SampleNoise(seed, idx, self.latent_shape).prior())))
             _check_finite(x, "the generator output")
             if callback:
                 callback(0, x)
             return x
         noise = SampleNoise(seed, idx, self.sample_shape)
+        fused = self.step_fn is not None and sampler in FUSED
+        to_device = self.to_device if fused else np.asarray
+        to_numpy = self.to_numpy if fused else np.asarray
+        every = self.check_every if fused else 1
 
         def watch(k: int, x) -> None:
-            _check_finite(x, f"step {k}")
+            if callback or (k + 1) % every == 0:
+                x = to_numpy(x)
+                _check_finite(x, f"step {k}" if every == 1 else f"step {k} (checked every {every} steps)")
             if callback:
                 callback(k, x)
 
         fn = get_sampler(sampler)
-        x = fn(self.eps_fn, noise.prior(), time_grid(self.sde, steps, spacing), self.sde,
-               noise.step if sampler in STOCHASTIC else None, callback=watch, step_fn=self.step_fn)
-        x = np.asarray(x, dtype=np.float32)
+        x = fn(self.eps_fn, to_device(noise.prior()), time_grid(self.sde, steps, spacing), self.sde,
+               _BulkNoise(noise, to_device) if sampler in STOCHASTIC else None,
+               callback=watch, step_fn=self.step_fn if fused else None)
+        x = np.asarray(to_numpy(x), dtype=np.float32)
         _check_finite(x, "the final denoising step")
         return x
+
+
+class _BulkNoise:
+    """Noise for steps k, k+1, ... generated `block` steps at a time, then handed out step by step."""
+
+    def __init__(self, noise: SampleNoise, to_device: Callable, block: int = 16):
+        self.noise, self.to_device, self.block = noise, to_device, block
+        self.k0, self.buf = -1, None
+
+    def __call__(self, k: int):
+        if not (0 <= k - self.k0 < self.block) or self.buf is None:
+            self.k0, self.buf = k, self.noise.steps(k, k + self.block)
+        return self.to_device(self.buf[k - self.k0])
 
 
 def _check_positive(name: str, v: int) -> None:

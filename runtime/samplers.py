@@ -121,6 +121,7 @@ SAMPLERS: dict[str, Callable] = {
 }
 
 STOCHASTIC = frozenset({"em"})
+FUSED = frozenset({"em", "ode-euler", "ddim"})   # every update goes through step_fn: state can stay on a device
 
 
 def nfe(sampler: str, steps: int) -> int:

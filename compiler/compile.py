@@ -1,0 +1,159 @@
+"""`gencc export` and `gencc compile`: checkpoint -> ONNX -> TVM libraries -> a verified artifact.
+
+The artifact directory (format in runtime/artifact.py) is assembled in a temporary sibling and renamed
+into place only after every library passed its parity check, so a failed or interrupted compile
+leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from gencc.runtime import artifact
+from gencc.runtime.atomic import atomic_dir
+from gencc.runtime.errors import GenccError
+
+EXPORT_META = "export.json"
+Log = Callable[[str], None]
+
+
+def export(checkpoint: str | Path, out: str | Path, log: Log = lambda s: None) -> dict:
+    """Write the checkpoint's ONNX functions and their description (export.json) into the folder `out`."""
+    from gencc.models.checkpoint import load_config
+
+    load_config(checkpoint)   # a missing or corrupt checkpoint fails before the output is touched
+    out = _check_new_output(out, force=True)
+    with atomic_dir(out) as tmp:
+        meta = _export_into(Path(checkpoint), tmp, log)
+        (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", arch: str | None = None,
+                     force: bool = False, log: Log = lambda s: None) -> dict:
+    """Compile a checkpoint, or a folder written by `export`, into the artifact directory `out`."""
+    import tvm
+
+    from .build import build, resolve_target, run_parity
+    from .export import random_inputs
+
+    source, out = Path(source), _check_new_output(out, force)
+    _, target_desc = resolve_target(target, arch)   # a bad target fails before any work
+    start = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        meta = _onnx_into(source, tmp, log)
+        functions, parity = {}, {}
+        for name, f in meta["functions"].items():
+            so = f"{name}.so"
+            info = build(tmp / f["file"], target, arch, tmp / so)
+            log(f"compiled {so} for {target_desc} in {info['seconds']['total']:.1f} s")
+            functions[name] = {"library": so, "onnx": f["file"], "inputs": f["inputs"], "outputs": f["outputs"],
+                               "pipeline": info["pipeline"]}
+            if target_desc["kind"] == "llvm":   # the parity gate: refuse to write a library that disagrees
+                parity[name] = run_parity(tmp / so, tmp / f["file"], random_inputs(f["inputs"]))
+                log(f"parity {so} vs ONNX Runtime: max abs err {parity[name]:.2g}")
+        fields = {k: v for k, v in meta.items() if k != "functions"}
+        manifest = artifact.write_manifest(tmp, {
+            **fields, "target": target_desc, "tvm_version": tvm.__version__,
+            "verified": target_desc["kind"] == "llvm", "parity_max_abs_err": parity,
+            "functions": functions, "compile_seconds": round(time.perf_counter() - start, 1)})
+    if target_desc["kind"] == "cuda":
+        log(f"cross-compiled for {target_desc}: unverified until `gencc verify {out}` passes on that GPU")
+    return manifest
+
+
+def verify(path: str | Path, log: Log = lambda s: None) -> dict:
+    """Run an artifact's libraries on this machine's matching device against ONNX Runtime; mark it verified."""
+    import numpy as np
+
+    from gencc.runtime.backend_tvm import device_for, import_tvm_runtime
+
+    from .build import ATOL
+    from .export import random_inputs
+
+    m = artifact.read_manifest(path)
+    tvm = import_tvm_runtime()
+    dev = device_for(tvm, m.target, None)
+    import onnxruntime as ort
+    from tvm.runtime.vm import VirtualMachine
+
+    errors = {}
+    for name, f in m.functions.items():
+        main = VirtualMachine(tvm.runtime.load_module(str(m.path(name, "library"))), dev)["main"]
+        session = ort.InferenceSession(str(m.path(name, "onnx")), providers=["CPUExecutionProvider"])
+        err = 0.0
+        for batch in (1, 5, 64):
+            feeds = random_inputs(f["inputs"], seed=batch)(batch)
+            out = main(*[tvm.runtime.tensor(feeds[i.name], device=dev) for i in session.get_inputs()])
+            got = [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
+            for g, want in zip(got, session.run(None, feeds)):
+                err = max(err, float(np.abs(g - want).max()))
+        if not err <= ATOL:
+            raise GenccError(f"{m.root}: {f['library']} differs from ONNX Runtime by {err:.3g} > {ATOL:g} on {dev}")
+        errors[name] = err
+        log(f"verified {f['library']} on {dev}: max abs err vs ONNX Runtime {err:.2g}")
+    raw = {**m.raw, "verified": True, "parity_max_abs_err": errors}
+    from gencc.runtime.atomic import write_bytes_atomic
+
+    write_bytes_atomic(m.root / artifact.MANIFEST, (json.dumps(raw, indent=2) + "\n").encode())
+    return raw
+
+
+def _onnx_into(source: Path, tmp: Path, log: Log) -> dict:
+    """Put the ONNX functions into `tmp` (exporting a checkpoint, or copying an export folder)."""
+    from gencc.models.checkpoint import is_checkpoint
+
+    if is_checkpoint(source):
+        return _export_into(source, tmp, log)
+    meta_path = source / EXPORT_META
+    if not meta_path.is_file():
+        raise GenccError(f"{str(source)!r} is neither a gencc checkpoint nor an exported ONNX folder "
+                         f"(no config.json or {EXPORT_META})")
+    try:
+        meta = json.loads(meta_path.read_text())
+        files = [f["file"] for f in meta["functions"].values()]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise GenccError(f"{str(meta_path)!r} is corrupt: {e}") from None
+    for name in files:
+        if not artifact._FILE_NAME.match(str(name)) or not (source / name).is_file():
+            raise GenccError(f"{str(meta_path)!r} names ONNX file {name!r}, which is not in {str(source)!r}")
+        shutil.copyfile(source / name, tmp / name)
+    return meta
+
+
+def _export_into(checkpoint: Path, tmp: Path, log: Log) -> dict:
+    from gencc.models import checkpoint as ckpt
+
+    from .export import export_checkpoint
+
+    functions = export_checkpoint(checkpoint, tmp)
+    for f in functions.values():
+        log(f"exported {f['file']} (ONNX Runtime vs torch: max abs err {f['max_abs_err_vs_torch']:.2g})")
+    return _describe(ckpt.load_config(checkpoint), functions)
+
+
+def _describe(config: dict, functions: dict) -> dict:
+    """The model description an export and an artifact manifest share."""
+    data = config["data"]
+    meta = {"model": config["model"], "sample_shape": data["sample_shape"],
+            "normalization": data["normalization"], "data": data["name"],
+            "source": {"checkpoint_step": config["step"], "net": config["net"]}, "functions": functions}
+    if config["model"] == "diffusion":
+        meta.update(sde=config["sde"], step_contract=artifact.STEP_CONTRACT)
+    else:
+        meta["latent_shape"] = [config["net"]["latent_dim"]]
+    return meta
+
+
+def _check_new_output(out: str | Path, force: bool) -> Path:
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise GenccError(f"output folder {str(out.parent)!r} does not exist")
+    if out.exists() and not force:
+        raise GenccError(f"{str(out)!r} already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise GenccError(f"{str(out)!r} exists and is not a directory")
+    return out

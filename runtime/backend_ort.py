@@ -1,0 +1,45 @@
+"""ONNX Runtime backend: the artifact's ONNX graphs, the independent reference for the compiled code."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import read_manifest
+from .errors import GenccError
+from .model import Model
+
+
+def load_artifact(path: str | Path, device: str | None = None) -> Model:
+    m = read_manifest(path)
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise GenccError(f"the ort backend needs onnxruntime (pip install 'gencc[cpu]'): {e}") from None
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if (device or "").startswith("cuda") \
+        else ["CPUExecutionProvider"]
+
+    def session(name: str):
+        try:
+            return ort.InferenceSession(str(m.path(name, "onnx")), providers=providers)
+        except Exception as e:   # ORT raises its own exception types for bad graphs
+            raise GenccError(f"{m.root}: ONNX Runtime cannot load {m.functions[name]['onnx']}: "
+                             f"{str(e).splitlines()[0]}") from None
+
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)   # noqa: E731
+    if m.model == "gan":
+        gen = session("generator")
+        return Model.from_manifest(m, "ort", generate_fn=lambda z: gen.run(None, {"z": f32(z)})[0])
+
+    step, eps = session("step"), session("eps")
+
+    def step_fn(x, t, a, b, c, z):
+        zero = np.zeros_like(x)
+        feed = {"x": f32(x), "t": np.array([t], np.float32), "coef": np.array([a, b, c, 0, 0], np.float32),
+                "z": zero if z is None else f32(z), "x_prev": zero, "e_prev": zero}
+        return step.run(["x_next"], feed)[0]
+
+    def eps_fn(x, t):
+        return eps.run(None, {"x": f32(x), "t": np.full((len(x),), t, np.float32)})[0]
+
+    return Model.from_manifest(m, "ort", eps_fn=eps_fn, step_fn=step_fn)

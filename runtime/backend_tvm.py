@@ -1,0 +1,96 @@
+"""TVM backend: an artifact's compiled libraries, run by TVM's runtime library alone.
+
+`import tvm` happens here, lazily, with TVM_USE_RUNTIME_LIB=1 so only libtvm_runtime.so (3 MB) is
+loaded instead of the 260 MB compiler. The sampler state stays a TVM tensor on the device between
+steps; only the per-step scalars and the bulk-generated noise cross from the host.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import read_manifest
+from .errors import GenccError
+from .model import Model
+
+
+def import_tvm_runtime():
+    """Import tvm as a runtime only, without letting tvm_ffi pull in torch (it tries, if installed)."""
+    if "tvm" in sys.modules:   # already imported (e.g. by the compiler in this process): reuse it
+        return sys.modules["tvm"]
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
+    hide_torch = "torch" not in sys.modules
+    if hide_torch:
+        sys.modules["torch"] = None   # makes `import torch` inside tvm_ffi raise ImportError, which it handles
+    try:
+        import tvm
+    except ImportError as e:
+        raise GenccError(f"the tvm backend needs apache-tvm: {e}") from None
+    finally:
+        if hide_torch and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return tvm
+
+
+def device_for(tvm, target: dict, device: str | None):
+    kind = target["kind"]
+    wanted = device or ("cuda" if kind == "cuda" else "cpu")
+    if (kind == "cuda") != wanted.startswith("cuda"):
+        raise GenccError(f"the artifact is compiled for {kind}; it cannot run on device {wanted!r}")
+    if kind == "cuda":
+        dev = tvm.cuda(int(wanted.partition(":")[2] or 0))
+        if not dev.exist:
+            raise GenccError(f"the artifact is compiled for CUDA ({target.get('arch')}) and this machine has no "
+                             "usable CUDA device; compile it with --target llvm to run here")
+        return dev
+    return tvm.cpu(0)
+
+
+def load_artifact(path: str | Path, device: str | None = None) -> Model:
+    m = read_manifest(path)   # checks the manifest and every file's sha256 before any library is loaded
+    tvm = import_tvm_runtime()
+    dev = device_for(tvm, m.target, device)
+    from tvm.runtime.vm import VirtualMachine
+
+    def function(name: str):
+        try:
+            lib = tvm.runtime.load_module(str(m.path(name, "library")))
+            return VirtualMachine(lib, dev)["main"]
+        except Exception as e:   # a TVM error while loading native code: report, don't crash
+            raise GenccError(f"{m.root}: cannot load {m.functions[name]['library']}: {str(e).splitlines()[0]}") from None
+
+    def to_device(a: np.ndarray):
+        return tvm.runtime.tensor(np.ascontiguousarray(a, dtype=np.float32), device=dev)
+
+    def to_numpy(a) -> np.ndarray:
+        return a.numpy() if hasattr(a, "numpy") else np.asarray(a)
+
+    if m.model == "gan":
+        generator = function("generator")
+        return Model.from_manifest(m, "tvm", generate_fn=lambda z: generator(to_device(z)),
+                                   to_device=to_device, to_numpy=to_numpy)
+
+    step, eps = function("step"), function("eps")
+    zeros: dict[tuple, object] = {}
+
+    def zeros_like(x):
+        shape = tuple(x.shape)
+        if shape not in zeros:
+            zeros[shape] = to_device(np.zeros(shape, np.float32))
+        return zeros[shape]
+
+    def step_fn(x, t, a, b, c, z):
+        zero = zeros_like(x)
+        coef = to_device(np.array([a, b, c, 0.0, 0.0], np.float32))
+        return step(x, to_device(np.array([t], np.float32)), coef, zero if z is None else z, zero, zero)[0]
+
+    def eps_fn(x: np.ndarray, t: float) -> np.ndarray:
+        return eps(to_device(x), to_device(np.full((len(x),), t, np.float32))).numpy()
+
+    # A NaN check copies the state to the host; every 10 steps is cheap and still names where it began.
+    return Model.from_manifest(m, "tvm", eps_fn=eps_fn, step_fn=step_fn, to_device=to_device,
+                               to_numpy=to_numpy, check_every=10)
