@@ -1,0 +1,198 @@
+"""Compiled artifacts: torch vs ONNX Runtime vs TVM parity, lightness, integrity, and the CLI around them."""
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import gencc
+from gencc.cli.main import app
+from gencc.compiler.compile import compile_artifact, export
+from gencc.runtime.errors import GenccError
+from gencc.runtime.samplers import affine_step
+
+pytestmark = pytest.mark.slow   # each module fixture compiles with TVM
+
+
+@pytest.fixture(scope="module")
+def arts(tmp_path_factory, tiny_moons_diffusion, tiny_digits_diffusion, tiny_digits_gan):
+    root = tmp_path_factory.mktemp("artifacts")
+    out = {}
+    for name, ckpt in (("mlp", tiny_moons_diffusion), ("unet", tiny_digits_diffusion), ("gan", tiny_digits_gan)):
+        compile_artifact(ckpt, root / f"{name}.gencc", target="llvm")
+        out[name] = (ckpt, root / f"{name}.gencc")
+    return out
+
+
+def backends(ckpt, art):
+    return {"torch": gencc.load(ckpt), "ort": gencc.load(art, backend="ort"), "tvm": gencc.load(art)}
+
+
+@pytest.mark.parametrize("net", ["mlp", "unet"])
+def test_trajectory_parity_torch_ort_tvm(arts, net):
+    ckpt, art = arts[net]
+    runs = {k: m.sample(6, steps=50, sampler="em", seed=5, batch_size=4) for k, m in backends(ckpt, art).items()}
+    for k in ("ort", "tvm"):
+        err = np.abs(runs[k] - runs["torch"]).max()
+        assert err <= 1e-3, f"{net}: {k} vs torch after 50 em steps: {err}"
+
+
+@pytest.mark.parametrize("net", ["mlp", "unet"])
+def test_single_fused_step_parity(arts, net):
+    ckpt, art = arts[net]
+    ms = backends(ckpt, art)
+    shape = (3,) + ms["torch"].sample_shape
+    x, z = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
+    args = (0.37, 1.01, -0.2, 0.05)
+    want = affine_step(ms["torch"].eps_fn)(x, *args, z)
+    for k in ("ort", "tvm"):
+        m = ms[k]
+        got = m.to_numpy(m.step_fn(m.to_device(x), *args, m.to_device(z)))
+        assert np.abs(got - want).max() <= 1e-4, k
+
+
+def test_gan_generator_parity(arts):
+    runs = {k: m.sample(9, seed=2, batch_size=4) for k, m in backends(*arts["gan"]).items()}
+    assert runs["tvm"].shape == (9, 1, 8, 8)
+    for k in ("ort", "tvm"):
+        assert np.abs(runs[k] - runs["torch"]).max() <= 1e-4, k
+
+
+def test_every_sampler_runs_on_the_artifact(arts):
+    m = gencc.load(arts["mlp"][1])
+    for sampler in ("em", "ode-euler", "ode-heun", "ddim"):
+        assert np.isfinite(m.sample(5, steps=4, sampler=sampler)).all()
+
+
+def test_tvm_state_stays_on_device_between_steps(arts):
+    m = gencc.load(arts["mlp"][1])
+    seen = []
+    m.step_fn = (lambda f: lambda x, *a: seen.append(type(x).__name__) or f(x, *a))(m.step_fn)
+    m.sample(4, steps=5, sampler="em")
+    assert seen and all(name == "Tensor" for name in seen), seen
+
+
+def test_sampling_from_an_artifact_needs_no_torch_onnx_or_ort(arts, tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in ('torch', 'onnx', 'onnxruntime', 'onnxscript', 'sklearn'):
+                    raise ImportError('blocked: ' + name)
+        sys.meta_path.insert(0, Block())
+        import gencc
+        x = gencc.load({str(arts['mlp'][1])!r}).sample(8, steps=5, seed=0)
+        assert x.shape == (8, 2)
+        libs = {{l.split()[-1].rsplit('/', 1)[-1] for l in open('/proc/self/maps') if 'libtvm' in l}}
+        assert 'libtvm_runtime.so' in libs and 'libtvm_compiler.so' not in libs, libs
+        print('ok', sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok []"
+
+
+def _copy(art, tmp_path):
+    dst = tmp_path / art.name
+    shutil.copytree(art, dst)
+    return dst
+
+
+def test_one_flipped_byte_is_refused_before_native_code_loads(arts, tmp_path):
+    art = _copy(arts["mlp"][1], tmp_path)
+    lib = art / "step.so"
+    data = bytearray(lib.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    lib.write_bytes(bytes(data))
+    code = (f"import sys, gencc\ntry:\n    gencc.load({str(art)!r})\nexcept gencc.GenccError as e:\n"
+            f"    print(e)\nprint('tvm loaded' if 'tvm' in sys.modules else 'tvm not loaded')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "step.so is corrupt or tampered with" in r.stdout, r.stdout + r.stderr
+    assert r.stdout.strip().endswith("tvm not loaded")
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda m: m.update(format_version=2), "format version 2 is not supported"),
+    (lambda m: m["files"].update({"../evil.so": "0" * 64}), "unsafe file name"),
+    (lambda m: m["files"].update({"/etc/passwd": "0" * 64}), "unsafe file name"),
+    (lambda m: m.update(sample_shape=[10 ** 9]), "sample_shape"),
+    (lambda m: m.update(model="vae"), "unknown model kind"),
+    (lambda m: m["functions"]["step"].update(library="other.so"), "does not list"),
+])
+def test_bad_manifests_are_refused(arts, tmp_path, edit, words):
+    art = _copy(arts["mlp"][1], tmp_path)
+    manifest = json.loads((art / "manifest.json").read_text())
+    edit(manifest)
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(GenccError, match=words):
+        gencc.load(art)
+
+
+def test_symlinked_file_is_refused(arts, tmp_path):
+    art = _copy(arts["mlp"][1], tmp_path)
+    (art / "eps.onnx").unlink()
+    (art / "eps.onnx").symlink_to(arts["mlp"][1] / "eps.onnx")
+    with pytest.raises(GenccError, match="not a regular file"):
+        gencc.load(art)
+
+
+def test_failed_compile_leaves_nothing(arts, tmp_path):
+    onnx_dir = tmp_path / "onnx"
+    export(arts["mlp"][0], onnx_dir)
+    (onnx_dir / "step.onnx").write_bytes(b"not a protobuf")
+    with pytest.raises(GenccError, match="step.onnx"):
+        compile_artifact(onnx_dir, tmp_path / "bad.gencc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+
+
+def test_cuda_cross_compile_is_unverified_and_refused_here(arts, tmp_path):
+    if not shutil.which("nvcc"):
+        pytest.skip("nvcc is not installed: CUDA cross-compilation needs it")
+    m = compile_artifact(arts["mlp"][0], tmp_path / "c.gencc", target="cuda", arch="sm_80")
+    assert m["target"] == {"kind": "cuda", "arch": "sm_80"} and m["verified"] is False
+    with pytest.raises(GenccError, match="no usable CUDA device"):
+        gencc.load(tmp_path / "c.gencc")
+
+
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_cli_export_compile_verify_sample_info(arts, tmp_path):
+    ckpt = arts["mlp"][0]
+    r = cli("export", ckpt, "--out", tmp_path / "onnx")
+    assert r.exit_code == 0, r.output
+    assert {"eps.onnx", "step.onnx", "export.json"} <= {p.name for p in (tmp_path / "onnx").iterdir()}
+    r = cli("compile", tmp_path / "onnx", "--target", "cpu", "--out", tmp_path / "m.gencc")
+    assert r.exit_code == 0 and "verified" in r.output, r.output
+    assert cli("verify", tmp_path / "m.gencc").exit_code == 0
+    for backend in ("tvm", "ort"):
+        r = cli("sample", tmp_path / "m.gencc", "--n", 6, "--steps", 5, "--backend", backend, "--out", tmp_path / "s.npz")
+        assert r.exit_code == 0 and f"backend {backend}" in r.output, r.output
+    r = cli("info", tmp_path / "m.gencc")
+    assert r.exit_code == 0 and "files intact" in r.output and "step.so" in r.output
+
+
+@pytest.mark.parametrize("args,words", [
+    (("compile", "{ckpt}", "--target", "rocm", "--out", "{tmp}/x.gencc"), "unknown target 'rocm'"),
+    (("compile", "{ckpt}", "--target", "cuda", "--arch", "volta", "--out", "{tmp}/x.gencc"), "invalid CUDA arch"),
+    (("compile", "{ckpt}", "--out", "{art}"), "already exists; pass --force"),
+    (("compile", "{tmp}", "--out", "{tmp}/x.gencc"), "neither a gencc checkpoint"),
+    (("sample", "{art}", "--n", 3, "--backend", "torch", "--out", "{tmp}/s.npz"), "needs a checkpoint"),
+    (("sample", "{ckpt}", "--n", 3, "--backend", "tvm", "--out", "{tmp}/s.npz"), "run gencc compile first"),
+    (("export", "{tmp}/nope", "--out", "{tmp}/o"), "does not exist"),
+])
+def test_cli_errors(arts, tmp_path, args, words):
+    ckpt, art = arts["mlp"]
+    fill = {"ckpt": ckpt, "art": art, "tmp": tmp_path}
+    r = cli(*[str(a).format(**fill) for a in args])
+    assert r.exit_code == 2, r.output
+    assert words in r.output and "Traceback" not in r.output, r.output
+    assert (art / "manifest.json").exists()
