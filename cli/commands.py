@@ -64,11 +64,11 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
     save_npz(out, samples=samples)
     typer.echo(f"wrote {out} ({n} samples, shape {samples.shape[1:]}, backend {model.backend})")
     if png is not None:
-        write_png(png, samples, model.info)
+        write_png(png, samples, model.data_name)
         typer.echo(f"wrote {png}")
 
 
-def write_png(png: Path, samples: np.ndarray, info: dict) -> None:
+def write_png(png: Path, samples: np.ndarray, data_name: str) -> None:
     """2-D samples are drawn over held-out data of the same built-in set, when there is one."""
     from gencc.runtime.render import save_png
 
@@ -76,8 +76,8 @@ def write_png(png: Path, samples: np.ndarray, info: dict) -> None:
     if samples.ndim == 2 and samples.shape[1] == 2:
         from gencc.models.data import BUILTIN_2D, load_dataset
 
-        if info.get("data", {}).get("name") in BUILTIN_2D:
-            reference = load_dataset(info["data"]["name"], split="test", n=len(samples)).data
+        if data_name in BUILTIN_2D:
+            reference = load_dataset(data_name, split="test", n=len(samples)).data
     save_png(png, samples, reference)
 
 

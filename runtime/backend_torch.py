@@ -39,10 +39,12 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
         def generate_fn(z: np.ndarray) -> np.ndarray:
             return net(to_torch(z)).cpu().numpy()
         return Model("gan", shape, norm, "torch", generate_fn=generate_fn,
-                     latent_shape=(net_cfg.latent_dim,), info=config)
+                     latent_shape=(net_cfg.latent_dim,), info=config,
+                     data_name=config["data"]["name"])
 
     @torch.inference_mode()
     def eps_fn(x: np.ndarray, t: float) -> np.ndarray:
         return net(to_torch(x), torch.full((len(x),), t, dtype=torch.float32, device=device)).cpu().numpy()
 
-    return Model("diffusion", shape, norm, "torch", sde=VPSDE.from_dict(config["sde"]), eps_fn=eps_fn, info=config)
+    return Model("diffusion", shape, norm, "torch", sde=VPSDE.from_dict(config["sde"]), eps_fn=eps_fn, info=config,
+                 data_name=config["data"]["name"])

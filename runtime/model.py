@@ -32,6 +32,7 @@ class Model:
     generate_fn: Callable | None = None         # gan: z (B, latent) -> x (B, ...)
     latent_shape: tuple[int, ...] = ()          # gan only
     info: dict = field(default_factory=dict)    # the checkpoint or artifact description
+    data_name: str = ""                         # the training data: a built-in name or a user path
     to_device: Callable = np.asarray            # numpy -> the backend's array (a TVM tensor stays on its device)
     to_numpy: Callable = np.asarray             # the backend's array -> numpy
     check_every: int = 1                        # steps between NaN/inf checks; >1 where a check costs a copy
@@ -40,7 +41,7 @@ class Model:
     def from_manifest(cls, m, backend: str, **callables) -> "Model":
         """A Model for an artifact's manifest (see runtime/artifact.py), with the backend's callables."""
         return cls(m.model, m.sample_shape, m.normalization, backend, sde=m.sde,
-                   latent_shape=m.latent_shape, info=m.raw, **callables)
+                   latent_shape=m.latent_shape, info=m.raw, data_name=str(m.raw.get("data", "")), **callables)
 
     def sample(self, n: int, *, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: int = 0,
                batch_size: int = 1024, callback: Callable[[int, Any], None] | None = None,

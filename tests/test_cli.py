@@ -133,3 +133,15 @@ def test_bad_data_files_are_clear_errors(tmp_path):
         r = gencc("train", "diffusion", "--data", tmp_path / name, "--out", tmp_path / "c")
         assert_user_error(r, name)
         assert word.lower() in r.output.lower(), r.output
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_the_whole_pipeline(tmp_path):
+    r = gencc("demo", "--quick", "--out", tmp_path / "demo")
+    assert r.exit_code == 0, r.output
+    for name in ("moons-diffusion", "digits-diffusion", "digits-gan"):
+        for suffix in (".ckpt", ".gencc", ".npz", ".png"):
+            assert (tmp_path / "demo" / f"{name}{suffix}").exists(), name + suffix
+    with np.load(tmp_path / "demo" / "digits-diffusion.npz", allow_pickle=False) as f:
+        assert f["samples"].shape == (100, 1, 8, 8)
+    assert "sliced Wasserstein" in r.output and "finished in" in r.output

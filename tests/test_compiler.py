@@ -21,11 +21,17 @@ TINY_MLP = MLPConfig(data_dim=2, width=32, depth=2, emb_dim=16)
 TINY_UNET = UNetConfig(channels=1, size=8, width=16, mults=(1, 2), groups=8, emb_dim=32)
 
 
+def seeded(make, seed: int = 0):
+    """make() with torch's global generator seeded, leaving that generator as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return make()
+
+
 def tiny_eps_net(arch: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
-    torch.manual_seed(0)
     if arch == "mlp":
-        return MLPEps(TINY_MLP).eval(), (TINY_MLP.data_dim,)
-    return UNetEps(TINY_UNET).eval(), (TINY_UNET.channels, TINY_UNET.size, TINY_UNET.size)
+        return seeded(lambda: MLPEps(TINY_MLP).eval()), (TINY_MLP.data_dim,)
+    return seeded(lambda: UNetEps(TINY_UNET).eval()), (TINY_UNET.channels, TINY_UNET.size, TINY_UNET.size)
 
 
 def batch_dims(path) -> dict[str, str]:
@@ -52,8 +58,7 @@ def test_eps_and_step_export_match_torch(tmp_path, arch):
 
 @pytest.mark.parametrize("sample_shape", [(2,), (1, 8, 8)])
 def test_generator_export_matches_torch(tmp_path, sample_shape):
-    torch.manual_seed(0)
-    gen = Generator(GANConfig(sample_shape=sample_shape, latent_dim=8, width=16)).eval()
+    gen = seeded(lambda: Generator(GANConfig(sample_shape=sample_shape, latent_dim=8, width=16)).eval())
     desc = export_function(gen, tmp_path / "generator.onnx", *generator_io(8, sample_shape))
     assert desc["max_abs_err_vs_torch"] <= 1e-4
     assert desc["outputs"] == [{"name": "x", "shape": ["batch", *sample_shape], "dtype": "float32"}]
@@ -92,10 +97,9 @@ def test_export_checkpoint_describes_each_function(tmp_path):
 
 
 def test_export_checkpoint_of_a_gan(tmp_path):
-    torch.manual_seed(0)
     cfg = GANConfig(sample_shape=(2,), latent_dim=4, width=16)
     config = {"model": "gan", "net": cfg.to_dict(), "data": {"sample_shape": [2]}, "step": 0}
-    save_checkpoint(tmp_path / "ckpt", config, Generator(cfg).state_dict(), {})
+    save_checkpoint(tmp_path / "ckpt", config, seeded(lambda: Generator(cfg)).state_dict(), {})
     funcs = export_checkpoint(tmp_path / "ckpt", tmp_path / "out")
     assert list(funcs) == ["generator"] and funcs["generator"]["inputs"][0]["shape"] == ["batch", 4]
 
@@ -145,8 +149,7 @@ def test_llvm_build_of_the_mlp_step_matches_onnx_runtime(mlp_step):
 @pytest.mark.slow
 def test_run_parity_catches_a_wrong_library(mlp_step, tmp_path):
     out, _, make_inputs = mlp_step
-    torch.manual_seed(1)
-    other = FusedStep(MLPEps(TINY_MLP).eval())
+    other = FusedStep(seeded(lambda: MLPEps(TINY_MLP).eval(), seed=1))
     export_function(other, tmp_path / "other.onnx", *step_io((2,)))
     with pytest.raises(GenccError, match="differs from ONNX Runtime"):
         run_parity(out / "step.so", tmp_path / "other.onnx", make_inputs)
