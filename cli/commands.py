@@ -53,14 +53,15 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
     typer.echo(f"wrote {result.path} (step {result.steps}, {losses}, {result.seconds:.1f} s)")
 
 
-def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device) -> None:
+def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device,
+                   options=None) -> None:
     import gencc
 
     _check_out_file(out, ".npz")
     if png is not None:
         _check_out_file(png, ".png")
     model = gencc.load(path, backend=backend, device=device)
-    samples = model.sample(n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size)
+    samples = model.sample(n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, options=options)
     save_npz(out, samples=samples)
     typer.echo(f"wrote {out} ({n} samples, shape {samples.shape[1:]}, backend {model.backend})")
     if png is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from gencc.runtime.atomic import atomic_dir
 from gencc.runtime.errors import GenccError
@@ -32,7 +32,8 @@ def save_checkpoint(path: str | Path, config: dict, weights: dict[str, torch.Ten
     config = {"format": FORMAT, "version": VERSION, **config}
     with atomic_dir(path) as tmp:
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        # save() to bytes, not save_file(): save_file creates the file with mode 0600.
+        (tmp / WEIGHTS).write_bytes(save({k: v.detach().contiguous().cpu() for k, v in weights.items()}))
         torch.save(train_state, tmp / STATE)
 
 

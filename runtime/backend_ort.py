@@ -33,11 +33,12 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
 
     step, eps = session("step"), session("eps")
 
-    def step_fn(x, t, a, b, c, z):
+    def step_fn(x, t, coef, z=None, x_prev=None, e_prev=None):
         zero = np.zeros_like(x)
-        feed = {"x": f32(x), "t": np.array([t], np.float32), "coef": np.array([a, b, c, 0, 0], np.float32),
-                "z": zero if z is None else f32(z), "x_prev": zero, "e_prev": zero}
-        return step.run(["x_next"], feed)[0]
+        feed = {"x": f32(x), "t": np.array([t], np.float32), "coef": np.asarray(coef, np.float32),
+                **{k: zero if v is None else f32(v) for k, v in (("z", z), ("x_prev", x_prev), ("e_prev", e_prev))}}
+        x_next, eps = step.run(["x_next", "eps"], feed)
+        return x_next, eps
 
     def eps_fn(x, t):
         return eps.run(None, {"x": f32(x), "t": np.full((len(x),), t, np.float32)})[0]

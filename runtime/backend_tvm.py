@@ -86,10 +86,11 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
             zeros[shape] = to_device(np.zeros(shape, np.float32))
         return zeros[shape]
 
-    def step_fn(x, t, a, b, c, z):
-        zero = zeros_like(x)
-        coef = to_device(np.array([a, b, c, 0.0, 0.0], np.float32))
-        return step(x, to_device(np.array([t], np.float32)), coef, zero if z is None else z, zero, zero)[0]
+    def step_fn(x, t, coef, z=None, x_prev=None, e_prev=None):
+        zero = zeros_like(x)   # inputs whose coefficient is 0 still need a finite tensor
+        out = step(x, to_device(np.array([t], np.float32)), to_device(np.asarray(coef, np.float32)),
+                   *(zero if v is None else v for v in (z, x_prev, e_prev)))
+        return out[0], out[1]
 
     def eps_fn(x: np.ndarray, t: float) -> np.ndarray:
         return eps(to_device(x), to_device(np.full((len(x),), t, np.float32))).numpy()

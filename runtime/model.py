@@ -13,7 +13,7 @@ import numpy as np
 from .errors import GenccError
 from .noise import SampleNoise
 from .normalize import Normalization
-from .samplers import FUSED, STOCHASTIC, get_sampler, time_grid
+from .samplers import DEFAULT_SPACING, STOCHASTIC, get_sampler, time_grid
 from .sde import VPSDE
 
 DEFAULT_STEPS = 200
@@ -28,7 +28,7 @@ class Model:
     backend: str                                # "torch", "ort" or "tvm"
     sde: VPSDE | None = None                    # diffusion only
     eps_fn: Callable | None = None              # diffusion: (x (B, ...) np, t float) -> eps
-    step_fn: Callable | None = None             # diffusion, optional fused (x, t, a, b, c, z) -> x_next
+    step_fn: Callable | None = None             # diffusion, optional fused (x, t, coef, z, x_prev, e_prev) -> (x_next, eps)
     generate_fn: Callable | None = None         # gan: z (B, latent) -> x (B, ...)
     latent_shape: tuple[int, ...] = ()          # gan only
     info: dict = field(default_factory=dict)    # the checkpoint or artifact description
@@ -45,10 +45,12 @@ class Model:
 
     def sample(self, n: int, *, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: int = 0,
                batch_size: int = 1024, callback: Callable[[int, Any], None] | None = None,
-               start: int = 0, spacing: str = "uniform") -> np.ndarray:
+               start: int = 0, spacing: str | None = None, options: dict | None = None) -> np.ndarray:
         """Samples start .. start+n-1 in the data's own units, shape (n, *sample_shape), float32.
 
-        Sample i depends only on (seed, i): batch size and chunking do not change it.
+        Sample i depends only on (seed, i): batch size and chunking do not change it. `spacing`
+        ("uniform" or "logsnr") defaults to the sampler's own choice; `options` go to the sampler
+        (e.g. {"corrector_steps": 2, "snr": 0.16} for pc).
         """
         _check_positive("n", n)
         _check_positive("batch-size", batch_size)
@@ -58,10 +60,10 @@ class Model:
         out = np.empty((n,) + self.sample_shape, np.float32)
         for lo in range(0, n, batch_size):
             idx = np.arange(start + lo, start + min(n, lo + batch_size), dtype=np.int64)
-            out[lo:lo + len(idx)] = self._sample_chunk(idx, steps, sampler, seed, callback, spacing)
+            out[lo:lo + len(idx)] = self._sample_chunk(idx, steps, sampler, seed, callback, spacing, options or {})
         return self.normalization.decode(out)
 
-    def _sample_chunk(self, idx: np.ndarray, steps: int, sampler: str, seed: int, callback, spacing: str) -> np.ndarray:
+    def _sample_chunk(self, idx: np.ndarray, steps: int, sampler: str, seed: int, callback, spacing, options) -> np.ndarray:
         if self.kind == "gan":
             x = np.asarray(self.to_numpy(self.generate_fn(SampleNoise(seed, idx, self.latent_shape).prior())))
             _check_finite(x, "the generator output")
@@ -69,7 +71,7 @@ class Model:
                 callback(0, x)
             return x
         noise = SampleNoise(seed, idx, self.sample_shape)
-        fused = self.step_fn is not None and sampler in FUSED
+        fused = self.step_fn is not None
         to_device = self.to_device if fused else np.asarray
         to_numpy = self.to_numpy if fused else np.asarray
         every = self.check_every if fused else 1
@@ -82,9 +84,10 @@ class Model:
                 callback(k, x)
 
         fn = get_sampler(sampler)
+        spacing = spacing or DEFAULT_SPACING.get(sampler, "uniform")
         x = fn(self.eps_fn, to_device(noise.prior()), time_grid(self.sde, steps, spacing), self.sde,
                _BulkNoise(noise, to_device) if sampler in STOCHASTIC else None,
-               callback=watch, step_fn=self.step_fn if fused else None)
+               callback=watch, step_fn=self.step_fn if fused else None, **options)
         x = np.asarray(to_numpy(x), dtype=np.float32)
         _check_finite(x, "the final denoising step")
         return x

@@ -13,7 +13,7 @@ import gencc
 from gencc.cli.main import app
 from gencc.compiler.compile import compile_artifact, export
 from gencc.runtime.errors import GenccError
-from gencc.runtime.samplers import affine_step
+from gencc.runtime.samplers import SAMPLERS, affine_step
 
 pytestmark = pytest.mark.slow   # each module fixture compiles with TVM
 
@@ -47,12 +47,14 @@ def test_single_fused_step_parity(arts, net):
     ms = backends(ckpt, art)
     shape = (3,) + ms["torch"].sample_shape
     x, z = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
-    args = (0.37, 1.01, -0.2, 0.05)
-    want = affine_step(ms["torch"].eps_fn)(x, *args, z)
+    xp, ep = np.random.default_rng(1).standard_normal((2,) + shape).astype(np.float32)
+    t, coef = 0.37, (1.01, -0.2, 0.05, 0.3, -0.7)
+    want = affine_step(ms["torch"].eps_fn)(x, t, coef, z, xp, ep)
     for k in ("ort", "tvm"):
         m = ms[k]
-        got = m.to_numpy(m.step_fn(m.to_device(x), *args, m.to_device(z)))
-        assert np.abs(got - want).max() <= 1e-4, k
+        got = m.step_fn(m.to_device(x), t, coef, *map(m.to_device, (z, xp, ep)))
+        for g, w in zip(got, want):
+            assert np.abs(m.to_numpy(g) - w).max() <= 1e-4, k
 
 
 def test_gan_generator_parity(arts):
@@ -62,10 +64,20 @@ def test_gan_generator_parity(arts):
         assert np.abs(runs[k] - runs["torch"]).max() <= 1e-4, k
 
 
-def test_every_sampler_runs_on_the_artifact(arts):
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_on_the_compiled_step_matches_torch(arts, sampler):
+    ckpt, art = arts["mlp"]
+    ms = backends(ckpt, art)
+    runs = {k: m.sample(5, steps=8, sampler=sampler, seed=1) for k, m in ms.items()}
+    for k in ("ort", "tvm"):
+        assert np.abs(runs[k] - runs["torch"]).max() <= 1e-4, (sampler, k)
+
+
+def test_compiled_sampling_makes_no_host_side_network_calls(arts):
     m = gencc.load(arts["mlp"][1])
-    for sampler in ("em", "ode-euler", "ode-heun", "ddim"):
-        assert np.isfinite(m.sample(5, steps=4, sampler=sampler)).all()
+    m.eps_fn = None   # any host-side network call would now fail
+    for sampler in SAMPLERS:
+        assert np.isfinite(m.sample(3, steps=3, sampler=sampler)).all()
 
 
 def test_tvm_state_stays_on_device_between_steps(arts):

@@ -47,7 +47,7 @@ def test_train_sample_info_round_trip(tmp_path):
     r = gencc("train", "diffusion", "--data", "moons", "--out", ckpt, "--steps", 30, "--resume")
     assert r.exit_code == 0, r.output
     assert json.loads((ckpt / "config.json").read_text())["step"] == 30
-    for sampler in ("em", "ode-euler", "ode-heun", "ddim"):
+    for sampler in ("em", "pc", "ancestral", "ode-euler", "ode-heun", "ddim", "dpm2m"):
         out = tmp_path / f"{sampler}.npz"
         r = gencc("sample", ckpt, "--n", 10, "--out", out, "--steps", 5, "--sampler", sampler, "--batch-size", 4)
         assert r.exit_code == 0, r.output

@@ -33,9 +33,9 @@ def missing_inv_sigma(x, t):
     return exact_eps(x, t) * SDE.sigma(t)
 
 
-def run(sampler, eps_fn, steps, n=N, seed=0):
+def run(sampler, eps_fn, steps, n=N, seed=0, spacing="uniform"):
     noise = SampleNoise(seed, np.arange(n), (2,))
-    return get_sampler(sampler)(eps_fn, noise.prior(), time_grid(SDE, steps), SDE, noise.step)
+    return get_sampler(sampler)(eps_fn, noise.prior(), time_grid(SDE, steps, spacing), SDE, noise.step)
 
 
 def matches_gaussian(x, tol=0.03):
@@ -44,17 +44,29 @@ def matches_gaussian(x, tol=0.03):
     return bool(mean_ok and std_ok), (x.mean(0), x.std(0))
 
 
-@pytest.mark.parametrize("sampler,steps", [("em", 1000), ("ode-heun", 100), ("ode-euler", 1000), ("ddim", 100)])
-def test_exact_score_reproduces_the_data_distribution(sampler, steps):
-    ok, stats = matches_gaussian(run(sampler, exact_eps, steps))
+@pytest.mark.parametrize("sampler,steps,spacing", [
+    ("em", 1000, "uniform"), ("pc", 500, "uniform"), ("ancestral", 1000, "uniform"),
+    ("ode-euler", 1000, "uniform"), ("ode-heun", 100, "uniform"), ("ddim", 100, "uniform"),
+    ("dpm2m", 20, "logsnr"),
+])
+def test_exact_score_reproduces_the_data_distribution(sampler, steps, spacing):
+    ok, stats = matches_gaussian(run(sampler, exact_eps, steps, spacing=spacing))
     assert ok, f"{sampler}: mean/std {stats}, want {MU}/{S}"
 
 
+def test_dpm2m_needs_the_log_snr_grid_at_10_steps():
+    # Measured: std within 4% of the truth on a log-SNR grid, 38% off on a time-uniform grid.
+    ok, stats = matches_gaussian(run("dpm2m", exact_eps, 10, spacing="logsnr"), tol=0.05)
+    assert ok, stats
+    ok, stats = matches_gaussian(run("dpm2m", exact_eps, 10, spacing="uniform"), tol=0.05)
+    assert not ok, stats
+
+
 @pytest.mark.parametrize("wrong", [flipped_sign, missing_inv_sigma])
-@pytest.mark.parametrize("sampler,steps", [("em", 1000), ("ode-heun", 100)])
+@pytest.mark.parametrize("sampler,steps", [("em", 1000), ("ode-heun", 100), ("dpm2m", 20)])
 def test_a_wrong_score_fails_the_same_check(sampler, steps, wrong):
     with np.errstate(all="ignore"):
-        x = run(sampler, wrong, steps, n=4000)
+        x = run(sampler, wrong, steps, n=4000, spacing="logsnr" if sampler == "dpm2m" else "uniform")
     ok, stats = matches_gaussian(x)
     assert not ok, f"{sampler} with {wrong.__name__} passed: {stats}"
 
@@ -76,6 +88,16 @@ def test_start_offset_continues_the_same_sequence():
     m = gaussian_model()
     whole = m.sample(20, steps=10, seed=1)
     np.testing.assert_array_equal(whole[12:], m.sample(8, steps=10, seed=1, start=12))
+
+
+def test_step_contract_counts_network_calls():
+    calls = []
+    m = gaussian_model()
+    m.eps_fn = lambda x, t: calls.append(t) or exact_eps(x, t)
+    for sampler in SAMPLERS:
+        calls.clear()
+        m.sample(3, steps=6, sampler=sampler, options={"corrector_steps": 2} if sampler == "pc" else None)
+        assert len(calls) == nfe(sampler, 6, corrector_steps=2), sampler
 
 
 def test_callback_sees_every_step():
@@ -104,4 +126,4 @@ def test_bad_sampler_and_steps():
         get_sampler("nope")
     with pytest.raises(GenccError, match="steps must be a positive integer"):
         time_grid(SDE, 0)
-    assert nfe("em", 10) == 11 and nfe("ode-heun", 10) == 21
+    assert nfe("em", 10) == 11 and nfe("ode-heun", 10) == 21 and nfe("pc", 10, corrector_steps=2) == 31
