@@ -185,6 +185,40 @@ def eval_(
         typer.echo(f"wrote {json_out}")
 
 
+@app.command()
+@_user_errors
+def bench(
+    checkpoint: Path = typer.Argument(..., help="checkpoint directory"),
+    backends: str = typer.Option("torch,ort,tvm", help="comma list of torch, torch-compile, ort, tvm, tvm-tuned"),
+    batch: str = typer.Option("1,64,1024", help="comma list of batch sizes"),
+    steps: int = typer.Option(100, help="steps of the end-to-end sampling run (0: per-step only)"),
+    sampler: str = typer.Option("em", help="sampler of the end-to-end run"),
+    artifact: Optional[Path] = typer.Option(None, help="use this artifact as 'tvm' (default: compile one)"),
+    tuned: Optional[Path] = typer.Option(None, help="artifact to measure as 'tvm-tuned'"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report as JSON"),
+    md: Optional[Path] = typer.Option(None, help="write the table as Markdown"),
+    plot: Optional[Path] = typer.Option(None, help="write a latency-vs-batch plot (PNG, needs matplotlib)"),
+):
+    """Measure every backend on the same job, each in its own process; report ratios to torch eager.
+
+    Example: gencc bench moons.ckpt --backends torch,ort,tvm --batch 1,64,1024 --md bench.md
+    """
+    from gencc.compiler.bench import BenchConfig, markdown, run_bench, save_outputs
+
+    try:
+        cfg = BenchConfig(backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+                          batches=tuple(int(b) for b in batch.split(",") if b.strip()), steps=steps, sampler=sampler)
+    except ValueError:
+        raise GenccError(f"--batch must be a comma list of integers, got {batch!r}") from None
+    for p in (json_out, md, plot):
+        if p is not None and not p.parent.is_dir():
+            raise GenccError(f"output folder {str(p.parent)!r} does not exist")
+    arts = {k: v for k, v in (("tvm", artifact), ("tvm-tuned", tuned)) if v is not None}
+    report = run_bench(checkpoint, cfg, arts, log=lambda s: typer.echo(s, err=True))
+    typer.echo(markdown(report))
+    save_outputs(report, json_out, md, plot)
+
+
 def main() -> None:
     app()
 

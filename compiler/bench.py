@@ -1,0 +1,194 @@
+"""`gencc bench`: every backend on the same job, each in its own process, reported as ratios to torch eager.
+
+Absolute times drift on a shared machine; ratios taken minutes apart in one run do not drift much.
+Next to the times stand the physical limits: the FLOPs of one step (counted from the ONNX graph), the
+achieved GFLOP/s and the machine's float32 matmul peak measured in the same run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from gencc.runtime.atomic import atomic_path
+from gencc.runtime.errors import GenccError
+
+BACKENDS = ("torch", "torch-compile", "ort", "tvm", "tvm-tuned")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    backends: tuple[str, ...] = ("torch", "ort", "tvm")
+    batches: tuple[int, ...] = (1, 64, 1024)
+    steps: int = 100                 # steps of the end-to-end sampling run; 0 skips it
+    sampler: str = "em"
+    min_seconds: float = 0.2         # timed per (backend, batch) for the per-step latency
+    timeout_s: int = 1800            # per backend process
+
+    def __post_init__(self) -> None:
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown or not self.backends:
+            raise GenccError(f"unknown backend(s) {unknown}; expected some of {', '.join(BACKENDS)}")
+        if not self.batches or any(b <= 0 for b in self.batches):
+            raise GenccError(f"batch sizes must be positive integers, got {list(self.batches)}")
+        if self.steps < 0:
+            raise GenccError(f"steps must be >= 0, got {self.steps}")
+
+
+def ratio(reference_s: float, backend_s: float) -> float:
+    """Speed-up over the reference: > 1 means the backend is faster."""
+    return reference_s / backend_s if backend_s > 0 else float("inf")
+
+
+def gflops(flops: int, seconds: float) -> float:
+    return flops / seconds / 1e9 if seconds > 0 else 0.0
+
+
+def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Path] | None = None,
+              log: Log = lambda s: None) -> dict:
+    """Measure every backend of `cfg` on `checkpoint`; `artifacts` maps tvm / tvm-tuned to prebuilt ones."""
+    from gencc.models.checkpoint import load_config
+
+    from .compile import compile_artifact
+    from .flops import count_flops
+
+    config = load_config(checkpoint)
+    artifacts = dict(artifacts or {})
+    with tempfile.TemporaryDirectory(prefix="gencc-bench-") as tmp:
+        if "tvm-tuned" in cfg.backends and "tvm-tuned" not in artifacts:
+            raise GenccError("backend tvm-tuned needs a tuned artifact: pass --tuned ARTIFACT "
+                             "(made by gencc compile --tune-trials N)")
+        needs_plain = any(b in cfg.backends for b in ("tvm", "ort")) or "tvm" not in artifacts
+        if needs_plain and "tvm" not in artifacts:
+            log("compiling an untuned artifact for this CPU ...")
+            artifacts["tvm"] = Path(tmp) / "model.gencc"
+            compile_artifact(checkpoint, artifacts["tvm"], target="llvm")
+        fn = "generator" if config["model"] == "gan" else "step"
+        onnx_file = artifacts["tvm"] / f"{fn}.onnx"
+        flops = {b: count_flops(onnx_file, b) for b in cfg.batches}
+        log("measuring the machine's matmul peak ...")
+        peak = _worker({"peak": True}, cfg.timeout_s)
+        results = {}
+        for backend in cfg.backends:
+            path = checkpoint if backend.startswith("torch") else artifacts["tvm-tuned" if backend == "tvm-tuned" else "tvm"]
+            log(f"measuring {backend} ...")
+            results[backend] = _worker({"backend": backend, "path": str(path), "batches": list(cfg.batches),
+                                        "steps": cfg.steps if config["model"] == "diffusion" else 0,
+                                        "sampler": cfg.sampler, "min_seconds": cfg.min_seconds}, cfg.timeout_s)
+    return _summarise(checkpoint, config, cfg, flops, peak, results)
+
+
+def _worker(request: dict, timeout_s: int) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        p = subprocess.run([sys.executable, "-m", "gencc.compiler.bench_worker", json.dumps(request)],
+                           capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s} s"}
+    lines = p.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"worker exited {p.returncode}: {tail}"}
+
+
+def _summarise(checkpoint, config, cfg: BenchConfig, flops: dict, peak: dict, results: dict) -> dict:
+    ref = results.get("torch", {})
+    rows = []
+    for backend, r in results.items():
+        for batch in cfg.batches:
+            row = {"backend": backend, "batch": batch, "error": r.get("error")}
+            b = r.get("batches", {}).get(str(batch))
+            if b:
+                step = b["step"]["median_s"]
+                row.update(step_median_s=step, step_p10_s=b["step"]["p10_s"], step_p90_s=b["step"]["p90_s"],
+                           gflops=gflops(flops[batch], step),
+                           peak_fraction=gflops(flops[batch], step) / peak.get("peak_gflops", float("nan")),
+                           startup_s=r["startup_s"], peak_rss_mb=r["peak_rss_mb"])
+                rb = ref.get("batches", {}).get(str(batch))
+                if rb:
+                    row["step_speedup_vs_torch"] = ratio(rb["step"]["median_s"], step)
+                if "end_to_end" in b:
+                    row["samples_per_s"] = b["end_to_end"]["samples_per_s"]
+                    if rb and "end_to_end" in rb:
+                        row["e2e_speedup_vs_torch"] = ratio(rb["end_to_end"]["seconds"], b["end_to_end"]["seconds"])
+            rows.append(row)
+    return {"checkpoint": str(checkpoint), "model": config["model"], "net": config["net"].get("arch"),
+            "data": config["data"]["name"], "config": {**cfg.__dict__},
+            "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "flops_per_step": flops, "peak": peak, "rows": rows}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def markdown(report: dict) -> str:
+    """The report as a Markdown table, with the machine and peak it was measured against."""
+    p = report["peak"]
+    lines = [f"**{report['data']} {report['model']} ({report['net']})**, {report['machine']['cpu']}, "
+             f"{report['machine']['cores']} cores, {report['date']}. Matmul peak {p.get('peak_gflops', 0):.0f} GFLOP/s "
+             f"({p.get('size')}^3 float32). End to end: {report['config']['steps']} `{report['config']['sampler']}` steps.",
+             "",
+             "| backend | batch | step (median) | p10-p90 | x torch (step) | GFLOP/s | % peak | samples/s | x torch (e2e) | start-up | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        if r.get("error"):
+            lines.append(f"| {r['backend']} | {r['batch']} | error: {r['error']} | | | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['backend']} | {r['batch']} | {_t(r['step_median_s'])} | {_t(r['step_p10_s'])}-{_t(r['step_p90_s'])} "
+            f"| {r.get('step_speedup_vs_torch', float('nan')):.2f} | {r['gflops']:.1f} | {100 * r['peak_fraction']:.0f}% "
+            f"| {r.get('samples_per_s', float('nan')):.0f} | {r.get('e2e_speedup_vs_torch', float('nan')):.2f} "
+            f"| {r['startup_s']:.2f} s | {r['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines) + "\n"
+
+
+def _t(s: float) -> str:
+    return f"{s * 1e6:.0f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms"
+
+
+def save_outputs(report: dict, json_path: Path | None, md_path: Path | None, plot_path: Path | None) -> None:
+    if json_path:
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+    if md_path:
+        with atomic_path(md_path) as tmp:
+            tmp.write_text(markdown(report))
+    if plot_path:
+        _plot(report, plot_path)
+
+
+def _plot(report: dict, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GenccError("--plot needs matplotlib (pip install matplotlib)") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for backend in dict.fromkeys(r["backend"] for r in report["rows"]):
+        pts = [(r["batch"], r["step_median_s"] * 1e3) for r in report["rows"] if r["backend"] == backend and not r.get("error")]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=backend)
+    ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="step latency (ms)",
+           title=f"{report['data']} {report['model']}: one sampler step")
+    ax.legend()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

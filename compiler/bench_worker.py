@@ -1,0 +1,148 @@
+"""One backend's measurements for `gencc bench`, run in a process of its own.
+
+TVM's thread pool keeps spinning after a parallel call and slows whatever runs next in the same
+process, so every backend is measured alone. Prints one JSON object on its last line of stdout.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+T0 = time.perf_counter()   # as close to interpreter start as a module can get
+
+
+def time_calls(fn, min_seconds: float = 0.2, repeats: int = 7, warmup: int = 3) -> dict:
+    """Median and spread (p10, p90) of one call's wall time, over `repeats` timed batches of calls."""
+    for _ in range(warmup):
+        fn()
+    t = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t, 1e-7)
+    inner = max(1, int(min_seconds / repeats / one))
+    per_call = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        per_call.append((time.perf_counter() - t) / inner)
+    q = statistics.quantiles(per_call, n=10) if len(per_call) > 1 else per_call * 9
+    return {"median_s": statistics.median(per_call), "p10_s": q[0], "p90_s": q[-1], "calls": inner * repeats}
+
+
+def torch_step(path: str, compiled: bool):
+    """The PyTorch loop a user already has: eps = net(x, t); x = a x + b eps + c z, in torch tensors."""
+    import torch
+
+    from gencc.models import checkpoint as ckpt
+    from gencc.models.factory import build_eps_net, build_gan, config_from_dict
+
+    config = ckpt.load_config(path)
+    cfg = config_from_dict(config["net"])
+    net = build_gan(cfg)[0] if config["model"] == "gan" else build_eps_net(cfg)
+    net.load_state_dict(ckpt.load_weights(path))
+    net = net.eval().requires_grad_(False)
+    if compiled:
+        net = torch.compile(net)
+    shape = tuple(config["data"]["sample_shape"])
+
+    def make(batch: int):
+        if config["model"] == "gan":
+            z = torch.randn(batch, cfg.latent_dim)
+            return lambda: net(z)
+        x, z = torch.randn((batch,) + shape), torch.randn((batch,) + shape)
+        t = torch.full((batch,), 0.5)
+
+        def step():
+            with torch.inference_mode():
+                return 1.01 * x - 0.1 * net(x, t) + 0.05 * z
+        return step
+    return make, net, config
+
+
+def compiled_step(model):
+    """A step of an artifact's fused function with the state already in the backend's arrays."""
+    def make(batch: int):
+        if model.kind == "gan":
+            z = np.random.default_rng(0).standard_normal((batch,) + model.latent_shape).astype(np.float32)
+            return lambda: model.generate_fn(z)
+        x, z = (model.to_device(np.random.default_rng(i).standard_normal((batch,) + model.sample_shape)
+                                .astype(np.float32)) for i in (0, 1))
+        coef = (1.01, -0.1, 0.05, 0.0, 0.0)
+        return lambda: model.step_fn(x, 0.5, coef, z)
+    return make
+
+
+def main(args: dict) -> dict:
+    import gencc
+
+    backend, path = args["backend"], args["path"]
+    if backend in ("torch", "torch-compile"):
+        make, net, config = torch_step(path, compiled=backend == "torch-compile")
+        model = gencc.load(path, backend="torch")
+        if backend == "torch-compile":
+            import torch
+
+            def eps_fn(x, t):
+                with torch.inference_mode():
+                    return net(torch.from_numpy(x), torch.full((len(x),), t)).numpy()
+            model.eps_fn = eps_fn
+    else:
+        model = gencc.load(path, backend="tvm" if backend.startswith("tvm") else "ort")
+        make = compiled_step(model)
+    first = make(1)
+    first()
+    result = {"backend": backend, "startup_s": time.perf_counter() - T0, "batches": {}}
+    for batch in args["batches"]:
+        r = {"step": time_calls(make(batch), min_seconds=args.get("min_seconds", 0.2))}
+        if args["steps"] > 0:
+            n = max(batch, args.get("min_samples", 1))
+            t = time.perf_counter()
+            model.sample(n, steps=args["steps"], sampler=args["sampler"], seed=0, batch_size=batch)
+            r["end_to_end"] = {"samples": n, "steps": args["steps"], "seconds": time.perf_counter() - t}
+            r["end_to_end"]["samples_per_s"] = n / r["end_to_end"]["seconds"]
+        result["batches"][str(batch)] = r
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec,
+    so a worker started by a large parent would report the parent's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_matmul(n: int = 2048, repeats: int = 5) -> dict:
+    """The machine's float32 matmul peak, measured now: best of numpy's and torch's n x n x n product."""
+    out = {}
+    a, b = (np.random.default_rng(i).standard_normal((n, n)).astype(np.float32) for i in (0, 1))
+    out["numpy_gflops"] = 2 * n ** 3 / time_calls(lambda: a @ b, min_seconds=1.0, repeats=repeats)["median_s"] / 1e9
+    try:
+        import torch
+
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        out["torch_gflops"] = 2 * n ** 3 / time_calls(lambda: ta @ tb, min_seconds=1.0, repeats=repeats)["median_s"] / 1e9
+    except ImportError:
+        pass
+    out["peak_gflops"] = max(out.values())
+    out["size"] = n
+    return out
+
+
+if __name__ == "__main__":
+    request = json.loads(sys.argv[1])
+    try:
+        answer = peak_matmul() if request.get("peak") else main(request)
+    except Exception as e:   # reported in the table as this backend's error, not a crash of the whole bench
+        answer = {"backend": request.get("backend"), "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    print(json.dumps(answer))

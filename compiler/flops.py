@@ -1,0 +1,94 @@
+"""FLOPs of one call of an ONNX graph: 2 per multiply-add in MatMul, Gemm, Conv, ConvTranspose and Einsum.
+
+Elementwise ops, normalisations and softmax are not counted: they are memory-bound and tiny next to the
+contractions, and leaving them out is the usual convention for "achieved GFLOP/s" against a matmul peak.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import onnx
+from onnx import shape_inference
+
+from gencc.runtime.errors import GenccError
+
+
+def count_flops(model: onnx.ModelProto | str | Path, batch: int) -> int:
+    """FLOPs of one call at `batch`, with every symbolic dimension bound to `batch`."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    model = _bind_batch(model, batch)
+    # data_prop: the UNet reshapes with computed shapes (Shape -> Gather -> Concat); propagate them too.
+    shapes = _shapes(shape_inference.infer_shapes(model, strict_mode=True, data_prop=True))
+    total = 0
+    for node in model.graph.node:
+        fn = _COUNTERS.get(node.op_type)
+        if fn is not None:
+            total += fn(node, shapes)
+    return int(total)
+
+
+def _bind_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for vi in list(model.graph.input) + list(model.graph.output):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param:
+                d.ClearField("dim_param")
+                d.dim_value = batch
+    return model
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.dim_value > 0 for d in dims):
+            out[vi.name] = tuple(d.dim_value for d in dims)
+    for init in model.graph.initializer:
+        out[init.name] = tuple(init.dims)
+    return out
+
+
+def _shape(shapes: dict, name: str, node) -> tuple[int, ...]:
+    if name not in shapes:
+        raise GenccError(f"cannot count FLOPs: shape of {name!r} (input of {node.op_type} {node.name!r}) is unknown")
+    return shapes[name]
+
+
+def _matmul(node, shapes) -> int:
+    a = _shape(shapes, node.input[0], node)
+    out = _shape(shapes, node.output[0], node)
+    return 2 * math.prod(out) * a[-1]
+
+
+def _gemm(node, shapes) -> int:
+    a = _shape(shapes, node.input[0], node)
+    trans_a = next((att.i for att in node.attribute if att.name == "transA"), 0)
+    k = a[0] if trans_a else a[1]
+    return 2 * math.prod(_shape(shapes, node.output[0], node)) * k
+
+
+def _conv(node, shapes) -> int:
+    w = _shape(shapes, node.input[1], node)            # (C_out, C_in / groups, kh, kw)
+    out = _shape(shapes, node.output[0], node)         # (N, C_out, H_out, W_out)
+    return 2 * math.prod(out) * math.prod(w[1:])
+
+
+def _conv_transpose(node, shapes) -> int:
+    x = _shape(shapes, node.input[0], node)            # (N, C_in, H, W)
+    w = _shape(shapes, node.input[1], node)            # (C_in, C_out / groups, kh, kw)
+    return 2 * math.prod(x) * math.prod(w[1:])
+
+
+def _einsum(node, shapes) -> int:
+    eq = next(att.s.decode() for att in node.attribute if att.name == "equation").replace(" ", "")
+    lhs = eq.split("->")[0].split(",")
+    sizes = {}
+    for term, name in zip(lhs, node.input):
+        for letter, dim in zip(term, _shape(shapes, name, node)):
+            sizes[letter] = dim
+    return 2 * math.prod(sizes.values())
+
+
+_COUNTERS = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _conv_transpose, "Einsum": _einsum}

@@ -1,0 +1,82 @@
+"""The benchmark's arithmetic (FLOP counting, ratios) and a smoke run of `gencc bench`. No timing assertions."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from gencc.cli.main import app
+from gencc.compiler.bench import BenchConfig, gflops, markdown, ratio
+from gencc.compiler.flops import count_flops
+from gencc.runtime.errors import GenccError
+
+
+def _graph(nodes, inputs, output, inits):
+    g = helper.make_graph(nodes, "g", inputs, [output], initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_matmul_and_gemm_flops_are_2mnk():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    w = np.zeros((3, 5), np.float32)
+    w2 = np.zeros((4, 5), np.float32)   # Gemm with transB: (batch, 5) @ (5, 4)
+    m = _graph([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                helper.make_node("Gemm", ["h", "w2"], ["y"], transB=1)], [x], y, {"w": w, "w2": w2})
+    for b in (1, 7):
+        assert count_flops(m, b) == 2 * b * 3 * 5 + 2 * b * 5 * 4
+
+
+def test_conv_flops_match_the_textbook_formula():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6, 4, 4])
+    w = np.zeros((6, 2, 3, 3), np.float32)
+    m = _graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])], [x], y, {"w": w})
+    # out elements (b * 6 * 4 * 4) times a 2 * 3 * 3 reduction, two FLOPs per multiply-add
+    assert count_flops(m, 3) == 2 * (3 * 6 * 4 * 4) * (2 * 3 * 3)
+
+
+def test_flops_of_an_exported_mlp_match_its_layers(tmp_path):
+    from gencc.compiler.export import eps_io, export_function
+    from gencc.models.nets import MLPConfig, MLPEps
+
+    cfg = MLPConfig(data_dim=2, width=32, depth=2, emb_dim=8)
+    export_function(MLPEps(cfg).eval(), tmp_path / "eps.onnx", *eps_io((2,)))
+    b = 10
+    # in_x, in_t (2 layers on the embedding), 2 hidden, out; the sinusoidal embedding has no matmul
+    want = 2 * b * (2 * 32 + 8 * 32 + 32 * 32 + 2 * 32 * 32 + 32 * 2)
+    assert count_flops(tmp_path / "eps.onnx", b) == want
+
+
+def test_ratio_and_gflops():
+    assert ratio(2.0, 1.0) == 2.0 and ratio(1.0, 4.0) == 0.25
+    assert gflops(2_000_000_000, 0.5) == pytest.approx(4.0)
+
+
+def test_bench_config_is_validated():
+    with pytest.raises(GenccError, match="unknown backend"):
+        BenchConfig(backends=("torch", "jax"))
+    with pytest.raises(GenccError, match="positive"):
+        BenchConfig(batches=(0,))
+
+
+@pytest.mark.slow
+def test_bench_smoke_json_schema(tmp_path, tiny_moons_diffusion):
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(app, ["bench", str(tiny_moons_diffusion), "--backends", "torch,tvm", "--batch", "1,4",
+                                 "--steps", "3", "--json", str(out), "--md", str(tmp_path / "b.md")])
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    assert {"machine", "peak", "flops_per_step", "rows", "date"} <= report.keys()
+    assert report["peak"]["peak_gflops"] > 0
+    assert set(report["flops_per_step"]) == {"1", "4"}
+    rows = {(row["backend"], row["batch"]): row for row in report["rows"]}
+    assert set(rows) == {("torch", 1), ("torch", 4), ("tvm", 1), ("tvm", 4)}
+    for row in rows.values():
+        assert row["error"] is None, row
+        assert row["step_median_s"] > 0 and row["samples_per_s"] > 0 and row["peak_rss_mb"] > 0
+    assert rows[("torch", 4)]["step_speedup_vs_torch"] == 1.0
+    assert "| tvm | 4 |" in (tmp_path / "b.md").read_text()
