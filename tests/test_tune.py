@@ -1,0 +1,49 @@
+"""MetaSchedule tuning: records are stored in the artifact, reused without new trials, and refused
+cleanly when they were made on another CPU. Tuning is slow, so the tuned model is tiny."""
+import json
+
+import numpy as np
+import pytest
+
+import gencc
+from gencc.compiler.compile import compile_artifact
+from gencc.compiler.tune import DB_META, TuneOptions, tune_into, usable_database
+from gencc.runtime.errors import GenccError
+
+
+def test_records_from_another_cpu_fall_back_to_the_untuned_build(tmp_path):
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / DB_META).write_text(json.dumps({"mcpu": "cortex-a53"}))
+    ok, why = usable_database(db, "znver5")
+    assert not ok and "cortex-a53" in why and "znver5" in why
+    said = []
+    assert tune_into(tmp_path, "step", "step.onnx", [], TuneOptions(trials=0, db_dir=db), "znver5", said.append) == {}
+    assert "using the untuned build" in said[0]
+
+
+def test_bad_tuning_options():
+    with pytest.raises(GenccError):
+        TuneOptions(trials=-1)
+    with pytest.raises(GenccError):
+        TuneOptions(trials=4, batches=(0,))
+
+
+@pytest.mark.slow
+def test_tuned_artifact_matches_untuned_and_reuses_its_database(tmp_path, tiny_moons_diffusion):
+    db = tmp_path / "db"
+    opts = TuneOptions(trials=4, batches=(8,), db_dir=db)
+    said = []
+    m = compile_artifact(tiny_moons_diffusion, tmp_path / "t.gencc", tuning=opts, log=said.append)
+    static = m["functions"]["step"]["static"]
+    assert static["8"]["trials"] == 4 and static["8"]["library"] in m["files"]
+    assert {"tuning_database_workload.json", "tuning_database_tuning_record.json"} <= set(m["files"])
+    # Same workload, same database: applied without new trials.
+    m2 = compile_artifact(tiny_moons_diffusion, tmp_path / "t2.gencc", tuning=opts, log=said.append)
+    assert m2["functions"]["step"]["static"]["8"]["trials"] == 0
+    assert any("no new trials" in s for s in said)
+    untuned = compile_artifact(tiny_moons_diffusion, tmp_path / "u.gencc")
+    assert "static" not in untuned["functions"]["step"]
+    a = gencc.load(tmp_path / "t2.gencc").sample(20, steps=10, batch_size=8)   # chunks of 8, 8 (tuned), 4 (dynamic)
+    b = gencc.load(tmp_path / "u.gencc").sample(20, steps=10, batch_size=8)
+    np.testing.assert_allclose(a, b, atol=1e-4)
