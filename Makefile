@@ -26,3 +26,8 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
+
+# The sample-quality study (docs/QUALITY.md); needs the demo's models: `make demo && make quality`.
+.PHONY: quality
+quality: $(STAMP)
+	$(PY) scripts/quality_study.py --demo-dir $(OUT) --out docs

@@ -26,7 +26,7 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, seed, width, resume,
-                  image_size, channels) -> None:
+                  image_size, channels, ckpt_every=None) -> None:
     from dataclasses import replace
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -36,7 +36,8 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
 
     check_output(out, resume)
     dataset = load_dataset(data, seed=seed, image_size=image_size, channels=channels)
-    overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr).items() if v is not None}
+    overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ckpt_every=ckpt_every).items()
+                 if v is not None}
     cfg = replace(default_config(model, dataset.kind), seed=seed, **overrides)
     columns = (TextColumn("[bold]train {task.fields[model]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn())
@@ -54,19 +55,23 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
 
 
 def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device,
-                   options=None) -> None:
+                   options=None, resume: bool = False, trusted_keys=None) -> None:
+    """Samples stream to `out` batch by batch (runtime/stream.py): memory does not grow with n."""
     import gencc
+    from gencc.runtime.stream import SUFFIXES, sample_to_file
 
-    _check_out_file(out, ".npz")
+    _check_out_file(out)
+    if out.suffix not in SUFFIXES:
+        raise GenccError(f"output {str(out)!r} must end in .npz or .npy")
     if png is not None:
         _check_out_file(png, ".png")
-    model = gencc.load(path, backend=backend, device=device)
-    samples = model.sample(n, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, options=options)
-    save_npz(out, samples=samples)
-    typer.echo(f"wrote {out} ({n} samples, shape {samples.shape[1:]}, backend {model.backend})")
+    model = gencc.load(path, backend=backend, device=device, trusted_keys=trusted_keys)
+    preview = sample_to_file(model, n, out, batch_size=batch_size, resume=resume,
+                             steps=steps, sampler=sampler, seed=seed, options=options)
+    typer.echo(f"wrote {out} ({n} samples, shape {preview.shape[1:]}, backend {model.backend})")
     if png is not None:
-        write_png(png, samples, model.data_name)
-        typer.echo(f"wrote {png}")
+        write_png(png, preview, model.data_name)
+        typer.echo(f"wrote {png}" + (f" (the first {len(preview)} samples)" if len(preview) < n else ""))
 
 
 def write_png(png: Path, samples: np.ndarray, data_name: str) -> None:
@@ -118,6 +123,7 @@ def data_command(name: str, n, seed: int, split: str, out: Path) -> None:
 
 def artifact_text(path: Path) -> str:
     from gencc.runtime.artifact import read_manifest
+    from gencc.runtime.signing import signer
 
     m = read_manifest(path)   # hashes included: info says whether the files are intact
     r = m.raw
@@ -135,4 +141,6 @@ def artifact_text(path: Path) -> str:
         lines.append(f"  sde:        {json.dumps(m.sde.to_dict())}; step contract {r.get('step_contract')}")
     if r.get("parity_max_abs_err"):
         lines.append(f"  parity:     {json.dumps(r['parity_max_abs_err'])} (max abs err vs ONNX Runtime)")
+    key = signer(path)
+    lines.append(f"  signature:  {'none' if key is None else f'by key {key} (not checked here: use --trusted-key)'}")
     return "\n".join(lines)

@@ -42,12 +42,13 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out"),
     image_size: Optional[int] = typer.Option(None, help="resize images in a folder to this side"),
     channels: Optional[int] = typer.Option(None, help="1 or 3 channels for an image folder"),
+    ckpt_every: Optional[int] = typer.Option(None, help="steps between checkpoints (default 1000)"),
 ):
     """Train a diffusion model or a GAN.  Example: gencc train diffusion --data moons --out moons.ckpt"""
     from gencc.cli.commands import train_command
 
     train_command(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
-                  resume=resume, image_size=image_size, channels=channels)
+                  resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every)
 
 
 @app.command()
@@ -55,7 +56,7 @@ def train(
 def sample(
     path: Path = typer.Argument(..., help="checkpoint or compiled artifact directory"),
     n: int = typer.Option(..., "--n", help="number of samples"),
-    out: Path = typer.Option(..., "--out", help="output .npz (key 'samples')"),
+    out: Path = typer.Option(..., "--out", help="output .npz (key 'samples') or .npy, written as it goes"),
     steps: int = typer.Option(200, help="sampler steps (diffusion)"),
     sampler: str = typer.Option("em", help="em, pc, ancestral, ode-euler, ode-heun, ddim or dpm2m"),
     corrector_steps: int = typer.Option(1, help="pc: Langevin corrector steps per step"),
@@ -65,12 +66,18 @@ def sample(
     png: Optional[Path] = typer.Option(None, help="also write an image grid or 2-D scatter plot"),
     backend: Optional[str] = typer.Option(None, help="tvm (default for artifacts), ort, or torch (checkpoints)"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda[:N]; default: the artifact's target"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run (OUT.partial.npy)"),
+    require_signature: bool = typer.Option(False, "--require-signature",
+                                           help="refuse an artifact not signed by a --trusted-key"),
+    trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key",
+                                                     help="public key (PEM) to accept signatures from; repeatable"),
 ):
     """Draw samples from a checkpoint or artifact.  Example: gencc sample moons.gencc --n 2000 --out s.npz --png s.png"""
     from gencc.cli.commands import sample_command
 
     sample_command(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
-                   png=png, backend=backend, device=device,
+                   png=png, backend=backend, device=device, resume=resume,
+                   trusted_keys=(trusted_key or []) if require_signature or trusted_key else None,
                    options={"corrector_steps": corrector_steps, "snr": snr} if sampler == "pc" else None)
 
 
@@ -98,27 +105,56 @@ def compile_(
     target: str = typer.Option("llvm", help="llvm (alias cpu: this machine's CPU) or cuda"),
     arch: Optional[str] = typer.Option(None, help="CUDA arch, e.g. sm_80; default sm_90 (H100/H200)"),
     force: bool = typer.Option(False, "--force", help="replace an existing artifact"),
+    sign: Optional[Path] = typer.Option(None, "--sign", help="Ed25519 private key (PEM, from gencc keygen) "
+                                        "to sign the manifest with"),
+    tune_trials: Optional[int] = typer.Option(None, help="MetaSchedule trials per tuned batch size (llvm); "
+                                              "0 applies an existing --tune-db without new trials"),
+    tune_batch: str = typer.Option("1024", help="comma list of batch sizes to specialise and tune"),
+    tune_db: Optional[Path] = typer.Option(None, help="tuning database folder, kept and reused across compiles"),
 ):
     """Compile with TVM into a self-contained artifact, checked against ONNX Runtime.
 
     Example: gencc compile moons.ckpt --target llvm --out moons.gencc
+             gencc compile moons.ckpt --out moons.gencc --tune-trials 64 --tune-batch 1,1024 --tune-db tuning/
     """
     from gencc.compiler.compile import compile_artifact
 
+    tuning = None
+    if tune_trials is not None or tune_db is not None:
+        from gencc.compiler.tune import TuneOptions
+
+        try:
+            batches = tuple(int(b) for b in tune_batch.split(",") if b.strip())
+        except ValueError:
+            raise GenccError(f"--tune-batch must be a comma list of integers, got {tune_batch!r}") from None
+        tuning = TuneOptions(trials=tune_trials or 0, batches=batches, db_dir=tune_db)
     start = time.perf_counter()
-    m = compile_artifact(source, out, target=target, arch=arch, force=force, log=typer.echo)
+    m = compile_artifact(source, out, target=target, arch=arch, force=force, log=typer.echo, sign=sign,
+                         tuning=tuning)
     state = "verified" if m["verified"] else "unverified: run `gencc verify` on a machine with that GPU"
     typer.echo(f"wrote {out} ({m['target']['kind']}, {state}) in {time.perf_counter() - start:.1f} s")
 
 
 @app.command()
 @_user_errors
-def verify(path: Path = typer.Argument(..., help="artifact directory")):
+def verify(path: Path = typer.Argument(..., help="artifact directory"),
+           sign: Optional[Path] = typer.Option(None, "--sign", help="private key to re-sign a signed artifact "
+                                               "with (marking it verified rewrites its manifest)")):
     """Check a compiled artifact against ONNX Runtime on this machine's device, and mark it verified."""
     from gencc.compiler.compile import verify as verify_
 
-    verify_(path, log=typer.echo)
-    typer.echo(f"{path}: verified")
+    verify_(path, log=typer.echo, sign=sign)
+    typer.echo(f"{path}: verified" + (", re-signed" if sign else ""))
+
+
+@app.command()
+@_user_errors
+def keygen(out: Path = typer.Option(..., "--out", help="folder for private.pem (mode 0600) and public.pem")):
+    """Make an Ed25519 key pair for signing artifacts.  Example: gencc keygen --out keys"""
+    from gencc.runtime.signing import fingerprint, generate_keys, load_public_key
+
+    private, public = generate_keys(out)
+    typer.echo(f"wrote {private} (keep it secret) and {public} (key {fingerprint(load_public_key(public))})")
 
 
 @app.command()

@@ -17,13 +17,12 @@ import numpy as np
 import onnx
 import tvm
 from onnx import helper, numpy_helper
-from tvm import relax, s_tir, tirx
+from tvm import relax, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu_stages
 from tvm.relax.frontend.onnx import from_onnx
 from tvm.s_tir import dlight as dl
-from tvm.s_tir.dlight.analysis import normalize_prim_func
-from tvm.s_tir.dlight.base import ScheduleRule, try_inline_contiguous_spatial
 
+from gencc.compiler import cpu_schedules
 from gencc.runtime.atomic import atomic_path
 from gencc.runtime.errors import GenccError
 
@@ -32,9 +31,15 @@ DEFAULT_CUDA_ARCH = "sm_90"                # Hopper (H100/H200); pass arch="sm_8
 CUDA_ARCH = re.compile(r"sm_\d{2,3}[a-z]?")
 ATOL = 1e-4
 PIPELINES = {   # recorded in each build's description
-    "llvm": "sigmoid rewrite, FastMathTransform, CPU default passes + gencc contraction schedule (untuned)",
+    "llvm": "sigmoid and ConvTranspose rewrites, IHWO conv weights, FastMathTransform, CPU default passes "
+            "+ gencc CPU schedules (untuned)",
     "cuda": "zero pipeline, DLight GPU schedules (Matmul, GEMV, Reduction, GeneralReduction, Fallback)",
 }
+
+# Conv weights with the output channel innermost, so cpu_schedules.Contraction vectorises a conv over its
+# 32-64 output channels instead of an 8- or 4-wide image row; the data stays NCHW, as GroupNorm's reshapes
+# need. The weights are constants: FoldConstant transposes them once, at build time.
+CONV_LAYOUT = {"relax.nn.conv2d": ["NCHW", "IHWO"]}
 
 MakeInputs = Callable[[int], dict[str, np.ndarray]]
 
@@ -84,6 +89,93 @@ def rewrite_sigmoid(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def rewrite_conv_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a model with each stride-s ConvTranspose written as Conv then DepthToSpace (sub-pixel conv).
+
+    Output row s*m + r of a transposed conv sums only the taps k = s*d + r + pad_begin (input row m - d),
+    so the s*s output phases are one ordinary conv with s*s*C_out channels over the undilated input,
+    interleaved by DepthToSpace. TVM instead legalises ConvTranspose as a scalar conv over a zero-stuffed
+    input with the kernel flipped on every call: 22 ms of the UNet step's 55 ms at batch 64. The price is
+    the phases' zero taps (a 4x4 kernel at stride 2 becomes a 3x3 conv, 9 taps for 4). Only ConvTransposes
+    whose output is exactly s times the input (kernel + output_padding - pads == s, the usual 2x
+    upsampling) with constant weights, no groups and no dilation are rewritten.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    nodes, changed = [], False
+    for node in graph.node:
+        plan = _sub_pixel_plan(node, weights)
+        if plan is None:
+            nodes.append(node)
+            continue
+        s, w, b, pads = plan
+        conv_w, conv_out = _unique_name(graph, f"{node.name}_subpixel_w"), f"{node.output[0]}_subpixel"
+        graph.initializer.append(numpy_helper.from_array(w, conv_w))
+        inputs = [node.input[0], conv_w]
+        if b is not None:
+            inputs.append(_unique_name(graph, f"{node.name}_subpixel_b"))
+            graph.initializer.append(numpy_helper.from_array(b, inputs[-1]))
+        nodes += [helper.make_node("Conv", inputs, [conv_out], name=f"{node.name}_subpixel", pads=pads),
+                  helper.make_node("DepthToSpace", [conv_out], [node.output[0]], name=f"{node.name}_d2s",
+                                   blocksize=s, mode="DCR")]
+        changed = True
+    if changed:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return model
+
+
+def _sub_pixel_plan(node: onnx.NodeProto, weights: dict) -> tuple | None:
+    """(stride, conv weight, conv bias, conv pads) for a ConvTranspose that rewrite_conv_transpose handles."""
+    if node.op_type != "ConvTranspose" or node.input[1] not in weights:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    has_bias = len(node.input) > 2 and node.input[2] != ""
+    strides = list(attrs.get("strides", [1, 1]))
+    if (attrs.get("group", 1) != 1 or any(d != 1 for d in attrs.get("dilations", [1, 1]))
+            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in attrs
+            or len(strides) != 2 or strides[0] != strides[1] or strides[0] < 2
+            or (has_bias and node.input[2] not in weights)):
+        return None
+    s, w = strides[0], numpy_helper.to_array(weights[node.input[1]])       # w: (C_in, C_out, K_h, K_w)
+    pads, out_pad = list(attrs.get("pads", [0, 0, 0, 0])), list(attrs.get("output_padding", [0, 0]))
+    taps = [_phase_taps(w.shape[2 + a], s, pads[a], pads[2 + a], out_pad[a]) for a in (0, 1)]
+    if None in taps:
+        return None
+    bias = np.tile(numpy_helper.to_array(weights[node.input[2]]), s * s) if has_bias else None
+    (tap_h, lo_h, hi_h), (tap_w, lo_w, hi_w) = taps
+    return s, _sub_pixel_weight(w, tap_h, tap_w), bias, [hi_h, hi_w, -lo_h, -lo_w]
+
+
+def _sub_pixel_weight(w: np.ndarray, tap_h: np.ndarray, tap_w: np.ndarray) -> np.ndarray:
+    """The conv weight (s*s*C_out, C_in, T_h, T_w), channels in DepthToSpace's (phase_h, phase_w, c) order."""
+    s, c_out = len(tap_h), w.shape[1]
+    conv = np.zeros((s, s, c_out, w.shape[0], tap_h.shape[1], tap_w.shape[1]), w.dtype)
+    for rh, rw, th, tw in np.ndindex(s, s, tap_h.shape[1], tap_w.shape[1]):
+        if tap_h[rh, th] >= 0 and tap_w[rw, tw] >= 0:   # a tap no input reaches stays zero
+            conv[rh, rw, :, :, th, tw] = w[:, :, tap_h[rh, th], tap_w[rw, tw]].T
+    return conv.reshape(s * s * c_out, *conv.shape[3:])
+
+
+def _phase_taps(k: int, s: int, pad_begin: int, pad_end: int, out_pad: int) -> tuple | None:
+    """Per output phase r, the kernel tap each conv tap t reads (-1: none), and the range of offsets d.
+
+    Output s*m + r reads input m - d through kernel tap s*d + r + pad_begin; conv tap t = d_max - d.
+    """
+    if k + out_pad - pad_begin - pad_end != s:
+        return None   # the output is not s times the input: the phases would need cropping
+    ds = [[d for d in range(-k, k + 1) if 0 <= s * d + r + pad_begin < k] for r in range(s)]
+    lo, hi = min(min(d) for d in ds if d), max(max(d) for d in ds if d)
+    if lo > 0 or hi < 0:
+        return None   # a conv would need negative padding
+    taps = np.full((s, hi - lo + 1), -1)
+    for r in range(s):
+        for d in ds[r]:
+            taps[r, hi - d] = s * d + r + pad_begin
+    return taps, lo, hi
+
+
 def build(onnx_path: str | Path, target: str, arch: str | None, out_so: str | Path) -> dict:
     """Compile one ONNX function into out_so (written atomically); returns a description with timings."""
     onnx_path, out_so = Path(onnx_path), Path(out_so)
@@ -109,23 +201,47 @@ def build(onnx_path: str | Path, target: str, arch: str | None, out_so: str | Pa
 
 def _import(model: onnx.ModelProto, kind: str) -> tvm.IRModule:
     if kind == "llvm":
-        model = rewrite_sigmoid(model)
+        model = rewrite_conv_transpose(rewrite_sigmoid(model))
     # Weights become constants, so FoldConstant pre-transposes them once at build time.
     return from_onnx(model, keep_params_in_input=False)
 
 
+def llvm_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """The llvm Relax pipeline, in order (run it inside `with target:`).
+
+    relax.get_default_pipeline(llvm) plus three gencc stages: conv weights laid out IHWO before
+    legalisation, gencc's CPU schedules after fusion, and a fix-up for TVM's alias information. No
+    pipeline schedules CPU kernels (tvm.compile's own "default" does not even fuse or fold constants):
+    unscheduled, the batch-1024 MLP step ran 35x slower and the UNet step 10x slower. The stages come
+    from the backend module: relax.pipeline.dataflow_lower_passes(llvm) is broken in TVM 0.27.
+    """
+    return ([relax.transform.ConvertLayout(CONV_LAYOUT), relax.transform.FastMathTransform()]
+            + cpu_stages.library_dispatch_passes(target) + cpu_stages.legalize_passes(target)
+            + [dl.ApplyDefaultSchedule(*cpu_schedules.RULES)]
+            + cpu_stages.dataflow_lower_passes(target) + cpu_stages.finalize_passes(target)
+            + [_mark_shape_funcs_noalias])
+
+
 def _compile_llvm(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Executable:
-    # relax.get_default_pipeline(llvm) with one stage added after fusion: no pipeline schedules CPU
-    # kernels (tvm.compile's own "default" does not even fuse or fold constants), and unscheduled
-    # matmuls ran the batch-1024 MLP step 35x slower than with _CPUContraction. The stages come from
-    # the backend module: relax.pipeline.dataflow_lower_passes(llvm) is broken in TVM 0.27.
-    mod = relax.transform.FastMathTransform()(mod)
-    passes = (cpu_stages.library_dispatch_passes(target) + cpu_stages.legalize_passes(target)
-              + [dl.ApplyDefaultSchedule(_CPUContraction())]
-              + cpu_stages.dataflow_lower_passes(target) + cpu_stages.finalize_passes(target))
     with target:
-        mod = tvm.transform.Sequential(passes)(mod)
+        mod = tvm.transform.Sequential(llvm_passes(target))(mod)
     return tvm.compile(mod, target=target, relax_pipeline=None)
+
+
+@tvm.transform.module_pass(opt_level=0, name="MarkShapeFuncsNoAlias")
+def _mark_shape_funcs_noalias(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Mark VMShapeLower's one-buffer shape functions `tirx.noalias`, as every kernel already is.
+
+    TVM 0.27's LLVM codegen drops per-buffer alias information for the whole module when one function
+    lacks the attribute (every access gets the same TBAA tag): LLVM then could not keep a tile's
+    accumulators in registers, and the dynamic-batch MLP's 256x256 matmuls ran 2.6x slower. A function
+    with a single buffer parameter cannot alias.
+    """
+    mod = mod.clone()
+    for gv, f in list(mod.functions.items()):
+        if isinstance(f, tirx.PrimFunc) and len(f.params) == 1 and not f.attrs.get("tirx.noalias"):
+            mod[gv] = f.with_attr("tirx.noalias", True)
+    return mod
 
 
 def _compile_cuda(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Executable:
@@ -137,61 +253,6 @@ def _compile_cuda(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.E
         mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                       dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
     return tvm.compile(mod, target=target)
-
-
-class _CPUContraction(ScheduleRule):
-    """A fixed CPU schedule for one contraction (matmul, einsum, conv) plus an elementwise epilogue.
-
-    out[rows, j] = sum_k a * b: a ROWS x COLS tile of accumulators stays in registers while the
-    reduction loops run outside it, the tile's columns (the innermost output axis) are vectorised,
-    tiles run in parallel, and the epilogue (bias, activation) is applied as each tile is written.
-    The rows may include the dynamic batch: the last row tile is predicated.
-    """
-
-    ROWS, COLS = 4, 64   # 16 AVX-512 registers of accumulators; 4 x 32 and 8 x 32 were 5-25% slower here
-
-    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool) -> s_tir.Schedule | None:
-        if target.kind.name != "llvm" or not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
-        blocks = try_inline_contiguous_spatial(sch, normalize_prim_func(sch))
-        if not blocks or len(blocks) > 2 or (len(blocks) == 2 and not blocks[1].is_injective()):
-            return None
-        main, kind = blocks[0], blocks[0].dom_kind()
-        n_spatial = kind.find("R")
-        block = sch.get(main.block_rv)
-        operands = {r.source.name for r in block.reads} - {w.source.name for w in block.writes}
-        if (not re.fullmatch("S+R+", kind) or len(operands) != 2 or len(sch.get_loops(main.block_rv)) != len(kind)
-                or not isinstance(n_cols := main.dom()[n_spatial - 1], (int, tirx.IntImm))):
-            return None   # not a two-operand contraction with a static innermost output axis
-        try:
-            self._tile(sch, main.block_rv, n_spatial, int(n_cols), blocks[1].block_rv if len(blocks) == 2 else None)
-        except s_tir.ScheduleError:
-            return None   # the kernel stays unscheduled: slow but correct
-        return sch
-
-    def _tile(self, sch: s_tir.Schedule, block, n_spatial: int, n_cols: int, epilogue) -> None:
-        loops = sch.get_loops(block)
-        *rows, cols = loops[:n_spatial]
-        reduction = loops[n_spatial:]
-        rows = sch.fuse(*rows) if rows else sch.add_unit_loop(block)
-        row_out, row_in = sch.split(rows, [None, self.ROWS])
-        col_out, col_in = sch.split(cols, [None, _largest_divisor(n_cols, self.COLS)])
-        sch.reorder(row_out, col_out, *reduction, row_in, col_in)
-        acc = sch.cache_write(block, 0, "local")
-        sch.reverse_compute_at(acc, col_out)
-        if epilogue is not None:
-            sch.reverse_compute_inline(epilogue)
-        sch.vectorize(col_in)
-        sch.unroll(row_in)
-        sch.vectorize(sch.get_loops(acc)[-1])
-        sch.parallel(sch.fuse(row_out, col_out))
-        sch.decompose_reduction(block, reduction[0])   # last: the primitives above need the whole reduction
-
-
-def _largest_divisor(n: int, cap: int) -> int:
-    """The largest divisor of n not above cap: a column tile that needs no predicate, so it vectorises."""
-    return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)
 
 
 def run_parity(so_path: str | Path, onnx_path: str | Path, make_inputs: MakeInputs,

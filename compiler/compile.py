@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from gencc.runtime import artifact
+from gencc.runtime import artifact, signing
 from gencc.runtime.atomic import atomic_dir
 from gencc.runtime.errors import GenccError
 
@@ -33,15 +33,23 @@ def export(checkpoint: str | Path, out: str | Path, log: Log = lambda s: None) -
 
 
 def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", arch: str | None = None,
-                     force: bool = False, log: Log = lambda s: None) -> dict:
-    """Compile a checkpoint, or a folder written by `export`, into the artifact directory `out`."""
+                     force: bool = False, log: Log = lambda s: None, sign: str | Path | None = None,
+                     tuning=None) -> dict:
+    """Compile a checkpoint, or a folder written by `export`, into the artifact directory `out`.
+
+    `tuning`: a compiler.tune.TuneOptions; adds MetaSchedule-tuned static-batch libraries of the step
+    (or generator) beside the dynamic-batch one, and stores the tuning database in the artifact.
+    `sign`: a PEM Ed25519 private key; the artifact then appears already signed (runtime/signing.py).
+    """
     import tvm
 
     from .build import build, resolve_target, run_parity
     from .export import random_inputs
+    from .tune import TUNED_FUNCTIONS, tune_into
 
     source, out = Path(source), _check_new_output(out, force)
     _, target_desc = resolve_target(target, arch)   # a bad target fails before any work
+    key = signing.load_private_key(sign) if sign is not None else None
     start = time.perf_counter()
     with atomic_dir(out) as tmp:
         meta = _onnx_into(source, tmp, log)
@@ -55,18 +63,32 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
             if target_desc["kind"] == "llvm":   # the parity gate: refuse to write a library that disagrees
                 parity[name] = run_parity(tmp / so, tmp / f["file"], random_inputs(f["inputs"]))
                 log(f"parity {so} vs ONNX Runtime: max abs err {parity[name]:.2g}")
+            if tuning is not None and name in TUNED_FUNCTIONS and target_desc["kind"] == "llvm":
+                functions[name]["static"] = tune_into(tmp, name, f["file"], f["inputs"], tuning,
+                                                      target_desc["mcpu"], log)
         fields = {k: v for k, v in meta.items() if k != "functions"}
         manifest = artifact.write_manifest(tmp, {
             **fields, "target": target_desc, "tvm_version": tvm.__version__,
             "verified": target_desc["kind"] == "llvm", "parity_max_abs_err": parity,
             "functions": functions, "compile_seconds": round(time.perf_counter() - start, 1)})
+        if key is not None:
+            signing.sign_into(tmp, key)
     if target_desc["kind"] == "cuda":
         log(f"cross-compiled for {target_desc}: unverified until `gencc verify {out}` passes on that GPU")
     return manifest
 
 
-def verify(path: str | Path, log: Log = lambda s: None) -> dict:
-    """Run an artifact's libraries on this machine's matching device against ONNX Runtime; mark it verified."""
+def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None = None) -> dict:
+    """Run an artifact's libraries on this machine's matching device against ONNX Runtime; mark it verified.
+
+    Marking rewrites manifest.json, which voids a signature: a signed artifact needs `sign` (a private
+    key) to be re-signed in the same step, and is refused without it before anything runs.
+    """
+    m = artifact.read_manifest(path)
+    key = signing.load_private_key(sign) if sign is not None else None
+    if key is None and signing.is_signed(m.root):
+        raise GenccError(f"{m.root} is signed, and marking it verified would void the signature; "
+                         "pass --sign KEY to re-sign it")
     import numpy as np
 
     from gencc.runtime.backend_tvm import device_for, import_tvm_runtime
@@ -74,7 +96,6 @@ def verify(path: str | Path, log: Log = lambda s: None) -> dict:
     from .build import ATOL
     from .export import random_inputs
 
-    m = artifact.read_manifest(path)
     tvm = import_tvm_runtime()
     dev = device_for(tvm, m.target, None)
     import onnxruntime as ort
@@ -98,7 +119,11 @@ def verify(path: str | Path, log: Log = lambda s: None) -> dict:
     raw = {**m.raw, "verified": True, "parity_max_abs_err": errors}
     from gencc.runtime.atomic import write_bytes_atomic
 
-    write_bytes_atomic(m.root / artifact.MANIFEST, (json.dumps(raw, indent=2) + "\n").encode())
+    data = (json.dumps(raw, indent=2) + "\n").encode()
+    if key is None:
+        write_bytes_atomic(m.root / artifact.MANIFEST, data)
+    else:
+        signing.replace_manifest(m.root, data, key)   # manifest and signature swap in together
     return raw
 
 

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from gencc.runtime.errors import GenccError
+from gencc.runtime.jsonfile import one_line
 
 BUILTIN_2D = ("moons", "swissroll", "gaussians8", "checkerboard")
 BUILTIN_IMAGES = ("digits",)
@@ -204,7 +205,7 @@ def _read_numpy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             raise GenccError(f"'{path}' holds pickled or object-array data (or is not a NumPy file); "
                              "gencc loads only plain numeric arrays") from e
         raise GenccError(f"cannot read '{path}': not a valid .npy/.npz file "
-                         f"({type(e).__name__}: {e})") from e
+                         f"({type(e).__name__}: {one_line(e)})") from e
 
 
 def _pick_npz_arrays(npz: np.lib.npyio.NpzFile, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -259,7 +260,7 @@ def _read_image(path: Path) -> Image.Image:
             return im.copy()  # a copy stays usable after the file is closed
     # As with np.load, a corrupt file can surface as almost any exception type from a decoder plugin.
     except Exception as e:
-        raise GenccError(f"cannot read image '{path}' ({type(e).__name__}: {e})") from e
+        raise GenccError(f"cannot read image '{path}' ({type(e).__name__}: {one_line(e)})") from e
 
 
 def _to_array(im: Image.Image, channels: int, size: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from gencc.runtime.errors import GenccError
+from gencc.runtime.jsonfile import one_line
 from gencc.runtime.metrics import class_coverage, frechet_distance, median_distance, mmd_rbf, sliced_wasserstein
 
 from .data import BUILTIN_2D, load_dataset, load_digits_split, validate_array
@@ -67,7 +68,7 @@ def load_samples(path: str | Path) -> np.ndarray:
     # A .npy, a damaged zip or a pickled array each fail differently; all mean the same to the user.
     except Exception as e:
         raise GenccError(f"cannot read samples from {str(path)!r}: expected a .npz with a 'samples' array "
-                         f"({type(e).__name__}: {e})".splitlines()[0]) from None
+                         f"({type(e).__name__}: {one_line(e)})") from None
 
 
 def format_table(result: dict) -> str:

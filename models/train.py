@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gencc.runtime.atomic import recover_dir
 from gencc.runtime.errors import GenccError
 from gencc.runtime.normalize import Normalization
 from gencc.runtime.sde import VPSDE
@@ -45,8 +46,9 @@ class TrainConfig:
         for name in ("steps", "batch_size", "ckpt_every"):
             if getattr(self, name) <= 0:
                 raise GenccError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise GenccError(f"lr must be a positive number, got {self.lr}")
+        # Adam's first step is lr / (1 - beta1) = 10 lr, which must fit in float32 (3.4e38).
+        if not (0 < self.lr < 1e37):
+            raise GenccError(f"lr must be a positive number below 1e37, got {self.lr}")
 
 
 # Budgets sized for 2 CPU cores: about a minute for 2-D sets, a few minutes per digits model.
@@ -96,6 +98,7 @@ def check_output(out: str | Path, resume: bool) -> Path:
     out = Path(out)
     if not out.parent.is_dir():
         raise GenccError(f"output folder {str(out.parent)!r} does not exist")
+    recover_dir(out)   # a checkpoint write killed between its two renames left only .NAME.old
     if out.exists() and not resume:
         raise GenccError(f"{str(out)!r} already exists; pass --resume to continue it or choose another --out")
     return out

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GenccError
+from .jsonfile import read_json, short
 from .normalize import Normalization
 from .sde import VPSDE
 
@@ -31,6 +33,7 @@ MANIFEST = "manifest.json"
 STEP_CONTRACT = "affine5-v1"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_DIM = 1 << 16
+MAX_ELEMENTS = 1 << 24               # per sample: 64 MiB of float32, far beyond any model gencc trains
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 FUNCTIONS = {"diffusion": ("step", "eps"), "gan": ("generator",)}
 
@@ -70,23 +73,26 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> Manifest:
     """Parse and check `root/manifest.json`; with `verify_hashes`, hash every listed file too."""
     root = Path(root)
     raw = _read_json(root)
-    _expect(raw.get("format") == FORMAT, f"{root}: not a gencc artifact (format {raw.get('format')!r})")
+    _expect(raw.get("format") == FORMAT, f"{root}: not a gencc artifact (format {short(raw.get('format'))})")
     version = raw.get("format_version")
-    _expect(version == FORMAT_VERSION,
-            f"{root}: artifact format version {version!r} is not supported; this gencc reads version {FORMAT_VERSION}")
+    _expect(version == FORMAT_VERSION and not isinstance(version, bool),
+            f"{root}: artifact format version {short(version)} is not supported; "
+            f"this gencc reads version {FORMAT_VERSION}")
     model = raw.get("model")
-    _expect(model in FUNCTIONS, f"{root}: unknown model kind {model!r}")
+    _expect(isinstance(model, str) and model in FUNCTIONS, f"{root}: unknown model kind {short(model)}")
     files = _files(root, raw.get("files"))
     functions = _functions(root, raw.get("functions"), model, files)
-    target = raw.get("target")
-    _expect(isinstance(target, dict) and target.get("kind") in ("llvm", "cuda"),
-            f"{root}: target must be llvm or cuda, got {target!r}")
+    target = _target(root, raw.get("target"))
     if model == "diffusion":
         _expect(raw.get("step_contract") == STEP_CONTRACT,
-                f"{root}: unknown sampler-step contract {raw.get('step_contract')!r}")
-    m = Manifest(root=root, model=model, sample_shape=_shape(raw.get("sample_shape"), "sample_shape"),
+                f"{root}: unknown sampler-step contract {short(raw.get('step_contract'))}")
+    sample_shape = _shape(raw.get("sample_shape"), "sample_shape")
+    normalization = Normalization.from_dict(_dict(raw.get("normalization"), "normalization"))
+    _expect(normalization.sample_shape == sample_shape,
+            f"{root}: normalization is for sample shape {normalization.sample_shape}, the manifest says {sample_shape}")
+    m = Manifest(root=root, model=model, sample_shape=sample_shape,
                  latent_shape=_shape(raw.get("latent_shape", []), "latent_shape", allow_empty=model != "gan"),
-                 normalization=Normalization.from_dict(_dict(raw.get("normalization"), "normalization")),
+                 normalization=normalization,
                  sde=VPSDE.from_dict(_dict(raw.get("sde"), "sde")) if model == "diffusion" else None,
                  target=target, verified=raw.get("verified") is True, functions=functions, files=files, raw=raw)
     if verify_hashes:
@@ -112,15 +118,8 @@ def write_manifest(root: Path, fields: dict) -> dict:
 
 
 def _read_json(root: Path) -> dict:
-    p = root / MANIFEST
     _expect(root.is_dir(), f"artifact {str(root)!r} does not exist or is not a directory")
-    _expect(p.is_file() and not p.is_symlink(), f"{root}: no regular {MANIFEST} inside")
-    size = p.stat().st_size
-    _expect(size <= MAX_MANIFEST_BYTES, f"{root}: {MANIFEST} is {size} bytes; the limit is {MAX_MANIFEST_BYTES}")
-    try:
-        raw = json.loads(p.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise GenccError(f"{root}: {MANIFEST} is not valid JSON: {str(e).splitlines()[0][:200]}") from None
+    raw = read_json(root / MANIFEST, "artifact manifest", MAX_MANIFEST_BYTES)
     _expect(isinstance(raw, dict), f"{root}: {MANIFEST} must hold a JSON object")
     return raw
 
@@ -128,10 +127,10 @@ def _read_json(root: Path) -> dict:
 def _files(root: Path, files) -> dict:
     _expect(isinstance(files, dict) and 0 < len(files) <= 64, f"{root}: manifest 'files' must map names to hashes")
     for name, digest in files.items():
-        _expect(isinstance(name, str) and _FILE_NAME.match(name) and name != MANIFEST,
-                f"{root}: manifest lists an unsafe file name {str(name)[:80]!r}: only plain names inside the artifact")
+        _expect(_FILE_NAME.match(name) and name != MANIFEST,
+                f"{root}: manifest lists an unsafe file name {short(name)}: only plain names inside the artifact")
         _expect(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest),
-                f"{root}: manifest hash for {name!r} is not a sha256 hex digest")
+                f"{root}: manifest hash for {short(name)} is not a sha256 hex digest")
     return files
 
 
@@ -141,18 +140,43 @@ def _functions(root: Path, functions, model: str, files: dict) -> dict:
         f = functions.get(name)
         _expect(isinstance(f, dict), f"{root}: a {model} artifact needs the function {name!r}")
         for kind in ("library", "onnx"):
-            _expect(f.get(kind) in files, f"{root}: function {name!r} names {kind} file {f.get(kind)!r}, "
-                                          "which the manifest does not list")
+            _expect(isinstance(f.get(kind), str) and f[kind] in files,
+                    f"{root}: function {name!r} names {kind} file {short(f.get(kind))}, "
+                    "which the manifest does not list")
         for io in ("inputs", "outputs"):
-            _expect(isinstance(f.get(io), list) and all(isinstance(s, dict) for s in f[io]),
-                    f"{root}: function {name!r} has malformed {io}")
+            _expect(isinstance(f.get(io), list) and 0 < len(f[io]) <= 16 and all(_io_spec(s) for s in f[io]),
+                    f"{root}: function {name!r} has malformed {io}: expected a list of {{name, shape, dtype}}")
+        static = f.get("static", {})   # tuned libraries for one batch size each: {"1024": {"library": ...}}
+        _expect(isinstance(static, dict) and len(static) <= 16 and all(
+            re.fullmatch(r"[1-9][0-9]{0,6}", b) and isinstance(v, dict) and isinstance(v.get("library"), str)
+            and v["library"] in files for b, v in static.items()),
+            f"{root}: function {name!r} has malformed static-batch libraries {short(static)}")
     return functions
+
+
+def _io_spec(s) -> bool:
+    """One input or output: {"name": str, "shape": [int or "batch", ...], "dtype": str}."""
+    if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not isinstance(s.get("dtype"), str):
+        return False
+    shape = s.get("shape")
+    return isinstance(shape, list) and len(shape) <= 8 and all(
+        isinstance(d, str) or (type(d) is int and 0 < d <= MAX_DIM) for d in shape)
+
+
+def _target(root: Path, target) -> dict:
+    _expect(isinstance(target, dict) and target.get("kind") in ("llvm", "cuda"),
+            f"{root}: target must be llvm or cuda, got {short(target)}")
+    for key in ("mcpu", "arch"):
+        _expect(isinstance(target.get(key, ""), str),
+                f"{root}: target {key} must be a string, got {short(target.get(key))}")
+    return target
 
 
 def _shape(v, what: str, allow_empty: bool = False) -> tuple[int, ...]:
     ok = isinstance(v, list) and (allow_empty or 0 < len(v)) and len(v) <= 4 and all(
-        isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_DIM for d in v)
-    _expect(ok, f"manifest {what} must be a list of 1-4 positive integers <= {MAX_DIM}, got {str(v)[:80]}")
+        type(d) is int and 0 < d <= MAX_DIM for d in v) and math.prod(v) <= MAX_ELEMENTS
+    _expect(ok, f"manifest {what} must be a list of 1-4 positive integers <= {MAX_DIM} "
+                f"with at most {MAX_ELEMENTS} elements in all, got {short(v)}")
     return tuple(v)
 
 

@@ -23,7 +23,12 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     net_cfg = config_from_dict(config["net"])
     norm = Normalization.from_dict(config["data"]["normalization"])
     shape = tuple(config["data"]["sample_shape"])
-    net = build_eps_net(net_cfg) if config["model"] == "diffusion" else build_gan(net_cfg)[0]
+
+    def build():
+        return build_eps_net(net_cfg) if config["model"] == "diffusion" else build_gan(net_cfg)[0]
+
+    ckpt.check_network_fits(path, build)   # a hostile config could otherwise ask for terabytes
+    net = build()
     try:
         net.load_state_dict(ckpt.load_weights(path))
     except RuntimeError as e:

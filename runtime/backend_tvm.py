@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +60,30 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
     dev = device_for(tvm, m.target, device)
     from tvm.runtime.vm import VirtualMachine
 
-    def function(name: str):
+    # A VirtualMachine keeps its registers in the object: two threads calling it at once crash the
+    # process. One lock per loaded model serialises the calls (TVM's own thread pool still uses every core).
+    lock = threading.Lock()
+
+    def library(file: str):
+        if file not in m.files:   # every library must be one the manifest lists, and so was hash-checked
+            raise GenccError(f"{m.root}: library {file!r} is not listed in the manifest")
         try:
-            lib = tvm.runtime.load_module(str(m.path(name, "library")))
-            return VirtualMachine(lib, dev)["main"]
+            main = VirtualMachine(tvm.runtime.load_module(str(m.root / file)), dev)["main"]
         except Exception as e:   # a TVM error while loading native code: report, don't crash
-            raise GenccError(f"{m.root}: cannot load {m.functions[name]['library']}: {str(e).splitlines()[0]}") from None
+            raise GenccError(f"{m.root}: cannot load {file}: {str(e).splitlines()[0]}") from None
+
+        def locked(*args):
+            with lock:
+                return main(*args)
+        return locked
+
+    def function(name: str):
+        """The dynamic-batch library, or a tuned static-batch one when the call's batch has one."""
+        dynamic = library(m.functions[name]["library"])
+        static = {int(b): library(v["library"]) for b, v in m.functions[name].get("static", {}).items()}
+        if not static:
+            return dynamic
+        return lambda *args: static.get(args[0].shape[0], dynamic)(*args)
 
     def to_device(a: np.ndarray):
         return tvm.runtime.tensor(np.ascontiguousarray(a, dtype=np.float32), device=dev)

@@ -2,20 +2,31 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 from .artifact import is_artifact
+from .atomic import readable_dir
 from .errors import GenccError
 from .model import Model
 
 BACKENDS = ("tvm", "ort", "torch")
 
 
-def load(path: str | Path, backend: str | None = None, device: str | None = None) -> Model:
-    path = Path(path)
+def load(path: str | Path, backend: str | None = None, device: str | None = None,
+         trusted_keys: Iterable | None = None) -> Model:
+    """`trusted_keys` (PEM paths or Ed25519 keys): refuse an artifact that none of them signed,
+    checked before anything else in it is read. None: no signature needed."""
+    path = readable_dir(path)   # an artifact or checkpoint being replaced: its previous version
     if not path.exists():
         raise GenccError(f"{str(path)!r} does not exist")
     if backend is not None and backend not in BACKENDS:
         raise GenccError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if trusted_keys is not None:
+        if not is_artifact(path):
+            raise GenccError(f"{str(path)!r} is not a compiled artifact; only artifacts carry signatures")
+        from .signing import verify_signature
+
+        verify_signature(path, trusted_keys)
     if is_artifact(path):
         backend = backend or "tvm"
         if backend == "torch":

@@ -5,6 +5,8 @@ and the mapping back to data units, so every backend produces the same samples f
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -54,6 +56,7 @@ class Model:
         """
         _check_positive("n", n)
         _check_positive("batch-size", batch_size)
+        _check_memory(n, batch_size, self.sample_shape)
         if self.kind == "diffusion":
             _check_positive("steps", steps)
             get_sampler(sampler)
@@ -109,6 +112,25 @@ class _BulkNoise:
 def _check_positive(name: str, v: int) -> None:
     if not isinstance(v, (int, np.integer)) or v <= 0:
         raise GenccError(f"{name} must be a positive integer, got {v!r}")
+
+
+def _check_memory(n: int, batch_size: int, shape: tuple[int, ...]) -> None:
+    """Refuse up front what cannot fit, rather than be killed part-way: the output and its decoded
+    copy, plus ~24 batch-sized buffers (state, eps, previous state and eps, 16 steps of bulk noise,
+    network activations)."""
+    need = 4 * math.prod(shape) * (2 * n + 24 * min(n, batch_size))
+    total = _physical_memory()
+    if total and need > total:
+        raise GenccError(f"sampling n={n} with batch size {batch_size} and sample shape {shape} needs about "
+                         f"{need / 2 ** 30:.3g} GiB of memory, more than this machine's {total / 2 ** 30:.3g} GiB; "
+                         "use a smaller n or batch size, or stream to a file (gencc sample, runtime/stream.py)")
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):   # not a POSIX system that reports it
+        return None
 
 
 def _check_finite(x, where: str) -> None:

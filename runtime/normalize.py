@@ -1,11 +1,13 @@
 """Map data to model space and back: per-dimension standardization for vectors, [-1, 1] for images."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import GenccError
+from .jsonfile import one_line, short
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,15 @@ class Normalization:
         try:
             norm = cls(tuple(float(v) for v in d["shift"]), tuple(float(v) for v in d["scale"]),
                        tuple(int(v) for v in d["sample_shape"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise GenccError(f"malformed normalization record {d!r}: {e}") from None
-        n = int(np.prod(norm.sample_shape))
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise GenccError(f"malformed normalization record {short(d)}: {one_line(e)}") from None
+        if not (0 < len(norm.sample_shape) <= 4 and all(0 < s <= 1 << 16 for s in norm.sample_shape)):
+            raise GenccError(f"normalization sample shape {short(norm.sample_shape)} is not 1-4 positive sizes")
+        n = math.prod(norm.sample_shape)
         if len(norm.shift) not in (1, n) or len(norm.scale) != len(norm.shift):
             raise GenccError(f"normalization has {len(norm.shift)} shifts for sample shape {norm.sample_shape}")
-        if any(not np.isfinite(s) or s <= 0 for s in norm.scale):
-            raise GenccError(f"normalization scale must be positive and finite, got {norm.scale}")
+        if not all(math.isfinite(s) for s in norm.shift):
+            raise GenccError(f"normalization shift must be finite, got {short(norm.shift)}")
+        if any(not math.isfinite(s) or s <= 0 for s in norm.scale):
+            raise GenccError(f"normalization scale must be positive and finite, got {short(norm.scale)}")
         return norm

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GenccError
+from .jsonfile import one_line, short
 
 
 def _fn(name: str, x: Any) -> Any:
@@ -74,9 +75,15 @@ class VPSDE:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VPSDE":
-        if d.get("kind", "vp") != "vp":
-            raise GenccError(f"unknown SDE kind {d.get('kind')!r}; only 'vp' is supported")
-        return cls(float(d["beta_min"]), float(d["beta_max"]), float(d["t_eps"]))
+        if not isinstance(d, dict) or d.get("kind", "vp") != "vp":
+            raise GenccError(f"unknown SDE {short(d)}; only kind 'vp' is supported")
+        try:
+            values = [float(d[k]) for k in ("beta_min", "beta_max", "t_eps")]
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise GenccError(f"malformed SDE record {short(d)}: {one_line(e)}") from None
+        if not all(math.isfinite(v) for v in values):
+            raise GenccError(f"SDE parameters must be finite, got {short(d)}")
+        return cls(*values)
 
 
 def _bcast(coef, x):
