@@ -88,6 +88,11 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
 
 def _worker(request: dict, timeout_s: int) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if request.get("peak"):
+        # Some machines pin OpenBLAS to an older kernel (OPENBLAS_CORETYPE) for safety; it halves
+        # numpy's matmul speed, so the peak is measured without it (this one process only).
+        for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+            env.pop(var, None)
     try:
         p = subprocess.run([sys.executable, "-m", "gencc.compiler.bench_worker", json.dumps(request)],
                            capture_output=True, text=True, timeout=timeout_s, env=env)

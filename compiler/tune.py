@@ -126,10 +126,13 @@ class TuneOptions:
     trials: int                        # MetaSchedule trials per batch size; 0 = apply the database only
     batches: tuple[int, ...] = (1024,)  # static batch sizes to specialise and tune
     db_dir: Path | None = None         # persistent database; None = a fresh one inside the compile
+    keep: str = "faster"               # "faster": keep a tuned library only if it beats the default build
 
     def __post_init__(self) -> None:
         if self.trials < 0 or not self.batches or any(b <= 0 for b in self.batches):
             raise GenccError(f"tuning needs trials >= 0 and positive batch sizes, got {self.trials} and {self.batches}")
+        if self.keep not in ("faster", "always"):
+            raise GenccError(f"keep must be 'faster' or 'always', got {self.keep!r}")
 
 
 def usable_database(db_dir: Path, mcpu: str) -> tuple[bool, str]:
@@ -165,9 +168,34 @@ def tune_into(tmp: Path, name: str, onnx_file: str, inputs: list, opts: TuneOpti
         so = f"{name}_b{batch}.so"
         info = tune_build(tmp / onnx_file, batch, opts.trials, db_dir, tmp / so, log=log)
         err = run_parity(tmp / so, tmp / onnx_file, random_inputs(inputs), batches=(batch,))
-        log(f"built {so} ({info['trials']} new trials, {info['seconds']:.0f} s); parity vs ONNX Runtime {err:.2g}")
-        variants[str(batch)] = {"library": so, "trials": info["trials"], "parity_max_abs_err": err}
+        tuned_s, default_s = (_median_call(tmp / lib, random_inputs(inputs)(batch)) for lib in (so, f"{name}.so"))
+        log(f"built {so} ({info['trials']} new trials, {info['seconds']:.0f} s); parity vs ONNX Runtime {err:.2g}; "
+            f"{tuned_s * 1e6:.0f} us per call against {default_s * 1e6:.0f} us for the default build")
+        if opts.keep == "faster" and tuned_s >= default_s:
+            # Few trials can lose to gencc's default schedules; never ship a slower library.
+            log(f"dropping {so}: the default build is faster at batch {batch} (tune longer to beat it)")
+            (tmp / so).unlink()
+            continue
+        variants[str(batch)] = {"library": so, "trials": info["trials"], "parity_max_abs_err": err,
+                                "tuned_s": tuned_s, "default_s": default_s}
     (db_dir / DB_META).write_text(json.dumps({"mcpu": mcpu}) + "\n")
     for f in DB_FILES + (DB_META,):   # the database travels inside the artifact, hashed like every file
         shutil.copyfile(db_dir / f, tmp / f"tuning_{f}")
     return variants
+
+
+def _median_call(lib: Path, feeds: dict, calls: int = 15) -> float:
+    """Median wall time of one call of a CPU library's `main` on `feeds` (a measurement, not a test)."""
+    import numpy as np
+    from tvm.runtime.vm import VirtualMachine
+
+    main = VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())["main"]
+    args = [tvm.runtime.tensor(np.ascontiguousarray(v)) for v in feeds.values()]
+    for _ in range(3):
+        main(*args)
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        main(*args)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]

@@ -32,7 +32,7 @@ def test_bad_tuning_options():
 @pytest.mark.slow
 def test_tuned_artifact_matches_untuned_and_reuses_its_database(tmp_path, tiny_moons_diffusion):
     db = tmp_path / "db"
-    opts = TuneOptions(trials=4, batches=(8,), db_dir=db)
+    opts = TuneOptions(trials=4, batches=(8,), db_dir=db, keep="always")   # 4 trials rarely beat the default
     said = []
     m = compile_artifact(tiny_moons_diffusion, tmp_path / "t.gencc", tuning=opts, log=said.append)
     static = m["functions"]["step"]["static"]
