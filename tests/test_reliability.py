@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import re
 import subprocess
 import sys
 import threading
@@ -157,6 +158,44 @@ def test_compile_killed_midway_leaves_no_artifact(tmp_path, tiny_moons_diffusion
     compile_artifact(tiny_moons_diffusion, out)   # the next compile of the same output cleans up
     assert hidden_leftovers(tmp_path) == []
     assert gencc.load(out).sample(3, steps=2).shape == (3, 2)
+
+
+@pytest.mark.slow
+def test_tuning_killed_keeps_its_records_and_the_next_run_reuses_them(tmp_path, tiny_moons_diffusion):
+    """SIGKILL a tuning compile once MetaSchedule has written records: no artifact appears, the records
+    stay in --tune-db, and the next compile with that database tunes only what is still missing."""
+    import os
+    import signal
+
+    db, out = tmp_path / "db", tmp_path / "t.gencc"
+    records = db / "database_tuning_record.json"
+    args = ["compile", tiny_moons_diffusion, "--out", out, "--tune-trials", "8", "--tune-batch", "8", "--tune-db", db]
+    # Own process group: MetaSchedule's builder and runner workers must die with the compile.
+    p = subprocess.Popen(GENCC + [str(a) for a in args], env=ENV, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while p.poll() is None and time.monotonic() < deadline:
+            if records.is_file() and records.read_text().count("\n") >= 1:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    kept = records.read_text().count("\n")
+    assert kept >= 1, "no tuning record was written before the kill"
+    assert not out.exists()
+    said = []
+    from gencc.compiler.compile import compile_artifact
+    from gencc.compiler.tune import TuneOptions
+
+    m = compile_artifact(tiny_moons_diffusion, out, tuning=TuneOptions(trials=8, batches=(8,), db_dir=db, keep="always"),
+                         log=said.append)
+    line = next(s for s in said if s.startswith("tuning step at batch 8"))
+    untuned = re.search(r"(\d+) of (\d+) tasks untuned", line)
+    assert "no new trials" in line or int(untuned[1]) < int(untuned[2]), line   # recorded tasks are not redone
+    assert records.read_text().count("\n") >= kept   # nothing gathered before the kill was lost
+    assert m["functions"]["step"]["static"]["8"]["library"] == "step_b8.so"
 
 
 # --- sampling: streaming, resuming, memory --------------------------------------------------------
