@@ -62,7 +62,7 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
 
     # A VirtualMachine keeps its registers in the object: two threads calling it at once crash the
     # process. One lock per loaded model serialises the calls (TVM's own thread pool still uses every core).
-    lock = threading.Lock()
+    lock = threading.RLock()   # re-entrant: step_fn holds it around filling its buffers and the call
 
     def library(file: str):
         if file not in m.files:   # every library must be one the manifest lists, and so was hash-checked
@@ -105,10 +105,16 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
             zeros[shape] = to_device(np.zeros(shape, np.float32))
         return zeros[shape]
 
+    # t and the five coefficients change every step: refill two preallocated device buffers rather
+    # than allocate two tensors per call (at batch 1 the allocations cost as much as the network).
+    t_buf, coef_buf = to_device(np.zeros(1, np.float32)), to_device(np.zeros(5, np.float32))
+
     def step_fn(x, t, coef, z=None, x_prev=None, e_prev=None):
         zero = zeros_like(x)   # inputs whose coefficient is 0 still need a finite tensor
-        out = step(x, to_device(np.array([t], np.float32)), to_device(np.asarray(coef, np.float32)),
-                   *(zero if v is None else v for v in (z, x_prev, e_prev)))
+        with lock:             # the buffers are shared by every caller of this model
+            t_buf.copyfrom(np.array([t], np.float32))
+            coef_buf.copyfrom(np.asarray(coef, np.float32))
+            out = step(x, t_buf, coef_buf, *(zero if v is None else v for v in (z, x_prev, e_prev)))
         return out[0], out[1]
 
     def eps_fn(x: np.ndarray, t: float) -> np.ndarray:
