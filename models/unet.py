@@ -5,7 +5,7 @@ resolution. Sized for 8x8 to 32x32 images on a CPU.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn

@@ -2,14 +2,12 @@
 import json
 
 import numpy as np
-import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from gencc.cli.main import app
-from gencc.compiler.bench import BenchConfig, gflops, markdown, ratio
+from gencc.compiler.bench import BenchConfig, gflops, ratio
 from gencc.compiler.flops import count_flops
 from gencc.runtime.errors import GenccError
 
