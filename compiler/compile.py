@@ -43,6 +43,7 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
     """
     import tvm
 
+    _require_full_tvm()
     from .build import build, resolve_target, run_parity
     from .export import random_inputs
     from .tune import TUNED_FUNCTIONS, tune_into
@@ -182,3 +183,14 @@ def _check_new_output(out: str | Path, force: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise GenccError(f"{str(out)!r} exists and is not a directory")
     return out
+
+
+def _require_full_tvm() -> None:
+    """The compiler needs TVM's compiler library; a process that loaded an artifact first has only the
+    runtime library (gencc.load imports tvm with TVM_USE_RUNTIME_LIB=1), and TVM cannot switch."""
+    import os
+    import sys
+
+    if "tvm.relax" not in sys.modules and os.environ.get("TVM_USE_RUNTIME_LIB") == "1" and "tvm" in sys.modules:
+        raise GenccError("this process loaded TVM's runtime library only (an artifact was loaded before "
+                         "compiling); compile in a fresh process, or import gencc.compiler.build before loading")

@@ -208,3 +208,13 @@ def test_cli_errors(arts, tmp_path, args, words):
     assert r.exit_code == 2, r.output
     assert words in r.output and "Traceback" not in r.output, r.output
     assert (art / "manifest.json").exists()
+
+
+def test_compiling_after_a_runtime_only_load_is_a_clear_error(arts, tmp_path):
+    code = (f"import gencc\ngencc.load({str(arts['mlp'][1])!r})\n"
+            "from gencc.compiler.compile import compile_artifact\n"
+            f"try:\n    compile_artifact({str(arts['mlp'][0])!r}, {str(tmp_path / 'x.gencc')!r})\n"
+            "except gencc.GenccError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "loaded TVM's runtime library only" in r.stdout, r.stdout + r.stderr
+    assert not (tmp_path / "x.gencc").exists()
