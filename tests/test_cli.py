@@ -3,24 +3,8 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from gencc.cli.main import app
-
-runner = CliRunner()
-
-
-def gencc(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, *words):
-    assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("gencc: error: "), result.output
-    for w in words:
-        assert w in lines[0], lines[0]
-    assert "Traceback" not in result.output
+from cli_helpers import assert_user_error, gencc
 
 
 def test_help_lists_every_command():

@@ -4,9 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from gencc.cli.main import app
+from cli_helpers import assert_user_error, gencc
 from gencc.models.classifier import features, held_out_accuracy, load_classifier, probs, read_meta
 from gencc.models.data import load_dataset, load_digits_split
 from gencc.models.evaluate import evaluate
@@ -137,21 +136,6 @@ def test_evaluate_refuses_bad_samples():
     x[4, 1] = np.nan
     with pytest.raises(GenccError, match="NaN"):
         evaluate(x, "moons")
-
-
-runner = CliRunner()
-
-
-def gencc(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, *words):
-    assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("gencc: error: "), result.output
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def test_cli_eval_prints_a_table_and_writes_json(tmp_path):
