@@ -256,24 +256,26 @@ def _compile_cuda(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.E
 
 
 def run_parity(so_path: str | Path, onnx_path: str | Path, make_inputs: MakeInputs,
-               batches: tuple[int, ...] = (1, 5), atol: float = ATOL) -> float:
-    """Max abs difference between a CPU library and ONNX Runtime on make_inputs(b) for each batch b."""
+               batches: tuple[int, ...] = (1, 5), atol: float = ATOL, device=None) -> float:
+    """Max abs difference between a library on `device` (default: the CPU) and ONNX Runtime's CPU run
+    of its graph, on make_inputs(b) for each batch b."""
     import onnxruntime as ort
     from tvm.runtime.vm import VirtualMachine
 
+    dev = device or tvm.cpu()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     with _tvm_errors(f"loading {Path(so_path).name}"):
-        main = VirtualMachine(tvm.runtime.load_module(str(so_path)), tvm.cpu())["main"]
+        main = VirtualMachine(tvm.runtime.load_module(str(so_path)), dev)["main"]
     err = 0.0
     for batch in batches:
         feeds = make_inputs(batch)
-        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[i.name])) for i in session.get_inputs()]
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[i.name]), device=dev) for i in session.get_inputs()]
         with _tvm_errors(f"running {Path(so_path).name} at batch {batch}"):
             got = _outputs(main(*args))
         for g, want in zip(got, session.run(None, feeds), strict=True):
             err = max(err, float(np.abs(g - want).max()))
     if not err <= atol:   # also catches NaN
-        raise GenccError(f"TVM library {str(so_path)!r} differs from ONNX Runtime by {err:.3g} > {atol:g}")
+        raise GenccError(f"TVM library {str(so_path)!r} differs from ONNX Runtime by {err:.3g} > {atol:g} on {dev}")
     return err
 
 

@@ -90,31 +90,16 @@ def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None 
     if key is None and signing.is_signed(m.root):
         raise GenccError(f"{m.root} is signed, and marking it verified would void the signature; "
                          "pass --sign KEY to re-sign it")
-    import numpy as np
-
     from gencc.runtime.backend_tvm import device_for, import_tvm_runtime
 
-    from .build import ATOL
+    from .build import run_parity
     from .export import random_inputs
 
-    tvm = import_tvm_runtime()
-    dev = device_for(tvm, m.target, None)
-    import onnxruntime as ort
-    from tvm.runtime.vm import VirtualMachine
-
+    dev = device_for(import_tvm_runtime(), m.target, None)
     errors = {}
     for name, f in m.functions.items():
-        main = VirtualMachine(tvm.runtime.load_module(str(m.path(name, "library"))), dev)["main"]
-        session = ort.InferenceSession(str(m.path(name, "onnx")), providers=["CPUExecutionProvider"])
-        err = 0.0
-        for batch in (1, 5, 64):
-            feeds = random_inputs(f["inputs"], seed=batch)(batch)
-            out = main(*[tvm.runtime.tensor(feeds[i.name], device=dev) for i in session.get_inputs()])
-            got = [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
-            for g, want in zip(got, session.run(None, feeds)):
-                err = max(err, float(np.abs(g - want).max()))
-        if not err <= ATOL:
-            raise GenccError(f"{m.root}: {f['library']} differs from ONNX Runtime by {err:.3g} > {ATOL:g} on {dev}")
+        make_inputs = lambda b, specs=f["inputs"]: random_inputs(specs, seed=b)(b)   # noqa: E731
+        err = run_parity(m.path(name, "library"), m.path(name, "onnx"), make_inputs, batches=(1, 5, 64), device=dev)
         errors[name] = err
         log(f"verified {f['library']} on {dev}: max abs err vs ONNX Runtime {err:.2g}")
     raw = {**m.raw, "verified": True, "parity_max_abs_err": errors}

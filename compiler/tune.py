@@ -184,18 +184,13 @@ def tune_into(tmp: Path, name: str, onnx_file: str, inputs: list, opts: TuneOpti
     return variants
 
 
-def _median_call(lib: Path, feeds: dict, calls: int = 15) -> float:
+def _median_call(lib: Path, feeds: dict) -> float:
     """Median wall time of one call of a CPU library's `main` on `feeds` (a measurement, not a test)."""
     import numpy as np
     from tvm.runtime.vm import VirtualMachine
 
+    from .bench_worker import time_calls
+
     main = VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())["main"]
     args = [tvm.runtime.tensor(np.ascontiguousarray(v)) for v in feeds.values()]
-    for _ in range(3):
-        main(*args)
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        main(*args)
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    return time_calls(lambda: main(*args), min_seconds=0.05)["median_s"]
