@@ -7,12 +7,12 @@ A database that already holds a record for every task of the workload is applied
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 import threading
-from dataclasses import dataclass
-import os
-import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
