@@ -55,23 +55,39 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
 
 
 def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device,
-                   options=None, resume: bool = False, trusted_keys=None) -> None:
-    """Samples stream to `out` batch by batch (runtime/stream.py): memory does not grow with n."""
+                   options=None, resume: bool = False, trusted_keys=None, shard: str | None = None) -> None:
+    """Samples stream to `out` batch by batch (runtime/stream.py): memory does not grow with n.
+    With `shard` ("k/N"), only shard k's slice of the n samples is drawn (runtime/shard.py)."""
     import gencc
+    from gencc.runtime import shard as sharding
     from gencc.runtime.stream import SUFFIXES, sample_to_file
 
     _check_out_file(out)
     if out.suffix not in SUFFIXES:
         raise GenccError(f"output {str(out)!r} must end in .npz or .npy")
+    part = sharding.parse_shard(shard) if shard is not None else None
+    if part is not None and out.suffix != ".npz":
+        raise GenccError(f"--shard writes a .npz (the shard's place in the job is stored beside the samples), "
+                         f"got {str(out)!r}")
     if png is not None:
         _check_out_file(png, ".png")
     model = gencc.load(path, backend=backend, device=device, trusted_keys=trusted_keys)
-    preview = sample_to_file(model, n, out, batch_size=batch_size, resume=resume,
-                             steps=steps, sampler=sampler, seed=seed, options=options)
-    typer.echo(f"wrote {out} ({n} samples, shape {preview.shape[1:]}, backend {model.backend})")
+    sampling = dict(steps=steps, sampler=sampler, seed=seed, options=options)
+    start, count, extra = 0, n, None
+    if part is not None:
+        start, hi = part.range(n, batch_size)
+        count = hi - start
+        if count == 0:
+            raise GenccError(f"shard {shard} is empty: {n} samples at --batch-size {batch_size} make only "
+                             f"{-(-n // batch_size)} batches, and a shard takes whole batches")
+        extra = sharding.shard_arrays(part, n, batch_size, sharding.job_identity(model.info, sampling))
+    preview = sample_to_file(model, count, out, batch_size=batch_size, resume=resume, start=start, extra=extra,
+                             **sampling)
+    what = f"samples {start}..{start + count - 1} of {n}" if part is not None else f"{n} samples"
+    typer.echo(f"wrote {out} ({what}, shape {preview.shape[1:]}, backend {model.backend})")
     if png is not None:
         write_png(png, preview, model.data_name)
-        typer.echo(f"wrote {png}" + (f" (the first {len(preview)} samples)" if len(preview) < n else ""))
+        typer.echo(f"wrote {png}" + (f" (the first {len(preview)} samples)" if len(preview) < count else ""))
 
 
 def write_png(png: Path, samples: np.ndarray, data_name: str) -> None:
@@ -144,3 +160,11 @@ def artifact_text(path: Path) -> str:
     key = signer(path)
     lines.append(f"  signature:  {'none' if key is None else f'by key {key} (not checked here: use --trusted-key)'}")
     return "\n".join(lines)
+
+
+def merge_command(shards: list[Path], out: Path) -> None:
+    from gencc.runtime.shard import merge
+
+    _check_out_file(out)
+    n, shape = merge(shards, out)
+    typer.echo(f"wrote {out} ({n} samples, shape {shape}, from {len(shards)} shards)")

@@ -71,13 +71,19 @@ def sample(
                                            help="refuse an artifact not signed by a --trusted-key"),
     trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key",
                                                      help="public key (PEM) to accept signatures from; repeatable"),
+    shard: Optional[str] = typer.Option(None, help="k/N: draw only shard k (0-based) of the n samples, into a "
+                                        ".npz that `gencc merge` joins"),
 ):
-    """Draw samples from a checkpoint or artifact.  Example: gencc sample moons.gencc --n 2000 --out s.npz --png s.png"""
+    """Draw samples from a checkpoint or artifact.
+
+    Example: gencc sample moons.gencc --n 2000 --out s.npz --png s.png
+             gencc sample moons.gencc --n 1000000 --shard 0/4 --out part0.npz   # on 4 machines, then gencc merge
+    """
     from gencc.cli.commands import sample_command
 
     sample_command(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
                    png=png, backend=backend, device=device, resume=resume,
-                   trusted_keys=(trusted_key or []) if require_signature or trusted_key else None,
+                   trusted_keys=(trusted_key or []) if require_signature or trusted_key else None, shard=shard,
                    options={"corrector_steps": corrector_steps, "snr": snr} if sampler == "pc" else None)
 
 
@@ -145,6 +151,21 @@ def verify(path: Path = typer.Argument(..., help="artifact directory"),
 
     verify_(path, log=typer.echo, sign=sign)
     typer.echo(f"{path}: verified" + (", re-signed" if sign else ""))
+
+
+@app.command()
+@_user_errors
+def merge(
+    shards: list[Path] = typer.Argument(..., help="the shard files written by `gencc sample --shard k/N`"),
+    out: Path = typer.Option(..., "--out", help="output .npz (key 'samples') or .npy"),
+):
+    """Join the shards of one sampling job into the file an unsharded run would write.
+
+    Example: gencc merge part0.npz part1.npz part2.npz part3.npz --out all.npz
+    """
+    from gencc.cli.commands import merge_command
+
+    merge_command(shards, out)
 
 
 @app.command()

@@ -44,20 +44,23 @@ def partial_paths(out: str | Path) -> tuple[Path, Path]:
 
 
 def sample_to_file(model: Model, n: int, out: str | Path, *, batch_size: int = 1024, resume: bool = False,
-                   progress: Progress | None = None, **sampling) -> np.ndarray:
-    """Write samples 0..n-1 (`sampling`: Model.sample's steps, sampler, seed, ...) to `out`, a .npy
-    or .npz (key "samples"); return the first PREVIEW_ROWS of them."""
+                   progress: Progress | None = None, start: int = 0, extra: dict[str, np.ndarray] | None = None,
+                   **sampling) -> np.ndarray:
+    """Write samples start..start+n-1 (`sampling`: Model.sample's steps, sampler, seed, ...) to `out`,
+    a .npy or .npz (key "samples", plus the `extra` arrays); return the first PREVIEW_ROWS of them."""
     out = Path(out)
     if out.suffix not in SUFFIXES:
         raise GenccError(f"output {str(out)!r} must end in .npy or .npz")
+    if extra and out.suffix != ".npz":
+        raise GenccError(f"output {str(out)!r} must be a .npz to hold {', '.join(extra)} beside the samples")
     partial, job_file = partial_paths(out)
-    job = _job(model, n, batch_size, sampling)
+    job = _job(model, n, batch_size, sampling) | {"start": int(start)}
     done = _resume(partial, job_file, job, model.sample_shape) if resume else _no_leftover(partial, job_file)
     _check_disk(out, (n - done) * _row_bytes(model.sample_shape) * (2 if out.suffix == ".npz" else 1))
     try:
         _write_batches(model, n, done, batch_size, partial, job_file, job, sampling, progress)
         preview = np.array(np.load(partial, mmap_mode="r")[:PREVIEW_ROWS])
-        _publish(partial, out)
+        publish(partial, out, extra)
     except OSError as e:   # a full disk, most likely: what is already written stays resumable
         raise GenccError(f"cannot write samples to {str(out)!r}: {e.strerror or one_line(e)}; the samples "
                          f"finished so far are kept in {partial.name}: free space and pass --resume") from None
@@ -71,7 +74,7 @@ def _write_batches(model: Model, n: int, done: int, batch_size: int, partial: Pa
     writer = None
     try:
         for lo in range(done, n, batch_size):
-            x = model.sample(min(batch_size, n - lo), start=lo, batch_size=batch_size, **sampling)
+            x = model.sample(min(batch_size, n - lo), start=job["start"] + lo, batch_size=batch_size, **sampling)
             if writer is None:   # opened only now, so a request that fails at once leaves no files
                 writer = _Appender(partial, job_file, job, model.sample_shape, lo)
             writer.append(x)
@@ -141,7 +144,7 @@ class _Appender:
     def __init__(self, partial: Path, job_file: Path, job: dict, shape: tuple[int, ...], rows: int):
         if rows == 0:
             write_bytes_atomic(job_file, (json.dumps(job, indent=2) + "\n").encode())
-            write_bytes_atomic(partial, _header(0, shape))
+            write_bytes_atomic(partial, header(0, shape))
         self.f = open(partial, "r+b")
         self.f.seek(0, os.SEEK_END)
         self.shape, self.rows, self.last = shape, rows, time.monotonic()
@@ -156,7 +159,7 @@ class _Appender:
         self.f.flush()
         os.fsync(self.f.fileno())   # the rows reach the disk before the header that counts them
         self.f.seek(0)
-        self.f.write(_header(self.rows, self.shape))
+        self.f.write(header(self.rows, self.shape))
         self.f.flush()
         self.f.seek(0, os.SEEK_END)
         self.last = time.monotonic()
@@ -167,22 +170,27 @@ class _Appender:
         self.f.close()
 
 
-def _header(rows: int, shape: tuple[int, ...]) -> bytes:
+def header(rows: int, shape: tuple[int, ...]) -> bytes:
     """A .npy version 1.0 header for (rows, *shape) float32, padded to exactly HEADER_BYTES."""
     d = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {(rows, *shape)!r}, }}"
     body = d.ljust(HEADER_BYTES - 11) + "\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin1")
 
 
-def _publish(partial: Path, out: Path) -> None:
+def publish(partial: Path, out: Path, extra: dict[str, np.ndarray] | None = None) -> None:
+    """The finished .npy becomes `out`: renamed, or copied into a .npz as "samples" beside `extra`."""
     if out.suffix == ".npy":
         os.replace(partial, out)
         return
     info = zipfile.ZipInfo("samples.npy", date_time=(1980, 1, 1, 0, 0, 0))
     info.file_size = partial.stat().st_size   # lets zipfile choose ZIP64 up front for outputs over 2 GiB
     with atomic_path(out) as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z, z.open(info, "w") as dst, open(partial, "rb") as src:
-            shutil.copyfileobj(src, dst, 1 << 20)
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+            with z.open(info, "w") as dst, open(partial, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            for name, a in (extra or {}).items():
+                with z.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as dst:
+                    np.lib.format.write_array(dst, np.ascontiguousarray(a), allow_pickle=False)
     partial.unlink()
 
 
