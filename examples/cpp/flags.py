@@ -3,7 +3,8 @@
     g++ -std=c++17 -O2 examples/cpp/gencc_sample.cc -o gencc_sample $(python examples/cpp/flags.py)
 
 The packages are located without being imported (importing tvm loads its libraries, and tvm_ffi
-imports torch when it can), so this is quick. `--cmake` prints `-D` settings for CMakeLists.txt instead.
+imports torch when it can), so this is quick. `--cmake` prints two lines for CMakeLists.txt instead: the
+include folders and the library folders, each a CMake list.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def main() -> None:
     require(tvm / "lib" / "libtvm_runtime.so")
     require(ffi / "lib" / "libtvm_ffi.so")
     if sys.argv[1:] == ["--cmake"]:
-        print(f"-DTVM_INCLUDE_DIRS={';'.join(includes)} -DTVM_LIBRARY_DIRS={';'.join(libdirs)}")
+        print(";".join(includes))
+        print(";".join(libdirs))
         return
     flags = [f"-isystem{d}" for d in includes] + [f"-L{d}" for d in libdirs] + [f"-Wl,-rpath,{d}" for d in libdirs]
     # --no-as-needed: nothing in the program names a libtvm_runtime symbol that the linker would keep it for

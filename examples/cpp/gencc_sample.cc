@@ -88,6 +88,7 @@ Options parse_args(int argc, char** argv) {
   if (!o.sha256_file.empty()) return o;
   if (o.artifact.empty()) throw InputError("missing ARTIFACT (a NAME.gencc directory); see --help");
   if (o.n == 0) throw InputError("missing --n (the number of samples)");
+  if (o.out.empty()) throw InputError("missing --out (the .npy file to write)");
   if (o.out.size() < 5 || o.out.compare(o.out.size() - 4, 4, ".npy") != 0) {
     throw InputError("--out must name a .npy file, got '" + o.out + "'");
   }
