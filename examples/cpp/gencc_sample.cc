@@ -14,6 +14,9 @@
 #include <tvm/ffi/function.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -121,7 +124,7 @@ void check_memory(const Options& o, const Artifact& a) {
 // The artifact's fused step (x, t, coef, z, x_prev, e_prev) -> (x_next, eps), run by the Relax VM on the CPU.
 class StepLibrary {
  public:
-  explicit StepLibrary(const std::string& path) : vm_(load_vm(path)) {
+  explicit StepLibrary(const std::string& path) : lib_(ffi::Module::LoadFromFile(path)), vm_(load_vm(lib_, path)) {
     // As tvm.runtime.vm.VirtualMachine(lib, tvm.cpu()): device type, device id, pooled allocator (2).
     vm_->GetFunction("vm_initialization", false).value()(int64_t(kDLCPU), int64_t(0), int64_t(2));
     auto main = vm_->GetFunction("main", false);
@@ -135,13 +138,13 @@ class StepLibrary {
   }
 
  private:
-  static ffi::Module load_vm(const std::string& path) {
-    ffi::Module lib = ffi::Module::LoadFromFile(path);
+  static ffi::Module load_vm(const ffi::Module& lib, const std::string& path) {
     auto load = lib->GetFunction("vm_load_executable", true);
     if (!load) throw InputError(path + " holds no Relax VM executable");
-    return (*load)().cast<ffi::Module>();   // the executable keeps the library it came from alive
+    return (*load)().cast<ffi::Module>();
   }
 
+  ffi::Module lib_;   // held for as long as the VM runs its kernels (declared first: initialised first)
   ffi::Module vm_;
   ffi::Function main_;
 };
