@@ -46,6 +46,7 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
     _require_full_tvm()
     from .build import build, resolve_target, run_parity
     from .export import random_inputs
+    from .flops import count_flops
     from .tune import TUNED_FUNCTIONS, tune_into
 
     source, out = Path(source), _check_new_output(out, force)
@@ -60,7 +61,9 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
             info = build(tmp / f["file"], target, arch, tmp / so)
             log(f"compiled {so} for {target_desc} in {info['seconds']['total']:.1f} s")
             functions[name] = {"library": so, "onnx": f["file"], "inputs": f["inputs"], "outputs": f["outputs"],
-                               "pipeline": info["pipeline"]}
+                               "pipeline": info["pipeline"],
+                               # lets the runtime run small calls on one thread (runtime/threads.py)
+                               "flops_per_sample": count_flops(tmp / f["file"], 1)}
             if target_desc["kind"] == "llvm":   # the parity gate: refuse to write a library that disagrees
                 parity[name] = run_parity(tmp / so, tmp / f["file"], random_inputs(f["inputs"]))
                 log(f"parity {so} vs ONNX Runtime: max abs err {parity[name]:.2g}")
@@ -94,6 +97,7 @@ def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None 
 
     from .build import run_parity
     from .export import random_inputs
+    from .flops import count_flops
 
     dev = device_for(import_tvm_runtime(), m.target, None)
     errors = {}

@@ -151,6 +151,9 @@ def _functions(root: Path, functions, model: str, files: dict) -> dict:
             re.fullmatch(r"[1-9][0-9]{0,6}", b) and isinstance(v, dict) and isinstance(v.get("library"), str)
             and v["library"] in files for b, v in static.items()),
             f"{root}: function {name!r} has malformed static-batch libraries {short(static)}")
+        flops = f.get("flops_per_sample", 1)   # absent in artifacts compiled before it was recorded
+        _expect(type(flops) is int and flops > 0,
+                f"{root}: function {name!r} has a malformed flops_per_sample {short(flops)}")
     return functions
 
 

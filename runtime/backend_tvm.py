@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import threads
 from .artifact import read_manifest
 from .errors import GenccError
 from .model import Model
@@ -78,12 +79,19 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
         return locked
 
     def function(name: str):
-        """The dynamic-batch library, or a tuned static-batch one when the call's batch has one."""
+        """The dynamic-batch library, or a tuned static-batch one when the call's batch has one; on a
+        CPU, small calls run on one thread (runtime/threads.py)."""
         dynamic = library(m.functions[name]["library"])
         static = {int(b): library(v["library"]) for b, v in m.functions[name].get("static", {}).items()}
-        if not static:
-            return dynamic
-        return lambda *args: static.get(args[0].shape[0], dynamic)(*args)
+        flops = m.functions[name].get("flops_per_sample")
+        if m.target["kind"] != "llvm" or flops is None:
+            return lambda *args: static.get(args[0].shape[0], dynamic)(*args)
+
+        def call(*args):
+            batch = args[0].shape[0]
+            threads.use(tvm, threads.threads_for(flops * batch))
+            return static.get(batch, dynamic)(*args)
+        return call
 
     def to_device(a: np.ndarray):
         return tvm.runtime.tensor(np.ascontiguousarray(a, dtype=np.float32), device=dev)

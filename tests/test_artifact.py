@@ -134,6 +134,7 @@ def test_one_flipped_byte_is_refused_before_native_code_loads(arts, tmp_path):
     (lambda m: m.update(sample_shape=[10 ** 9]), "sample_shape"),
     (lambda m: m.update(model="vae"), "unknown model kind"),
     (lambda m: m["functions"]["step"].update(library="other.so"), "does not list"),
+    (lambda m: m["functions"]["step"].update(flops_per_sample=-5), "flops_per_sample"),
 ])
 def test_bad_manifests_are_refused(arts, tmp_path, edit, words):
     art = _copy(arts["mlp"][1], tmp_path)
@@ -142,6 +143,16 @@ def test_bad_manifests_are_refused(arts, tmp_path, edit, words):
     (art / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(GenccError, match=words):
         gencc.load(art)
+
+
+def test_manifest_records_flops_per_sample_for_the_thread_policy(arts):
+    from gencc.compiler.flops import count_flops
+
+    art = arts["unet"][1]
+    m = json.loads((art / "manifest.json").read_text())
+    for name in ("step", "eps"):
+        f = m["functions"][name]
+        assert f["flops_per_sample"] == count_flops(art / f["onnx"], 1) > 0
 
 
 def test_symlinked_file_is_refused(arts, tmp_path):
