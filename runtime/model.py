@@ -38,6 +38,7 @@ class Model:
     to_device: Callable = np.asarray            # numpy -> the backend's array (a TVM tensor stays on its device)
     to_numpy: Callable = np.asarray             # the backend's array -> numpy
     check_every: int = 1                        # steps between NaN/inf checks; >1 where a check costs a copy
+    steps_to_device: Callable | None = None     # (k, B, ...) np -> k device arrays in one go (bulk noise)
 
     @classmethod
     def from_manifest(cls, m, backend: str, **callables) -> "Model":
@@ -89,7 +90,8 @@ class Model:
         fn = get_sampler(sampler)
         spacing = spacing or DEFAULT_SPACING.get(sampler, "uniform")
         x = fn(self.eps_fn, to_device(noise.prior()), time_grid(self.sde, steps, spacing), self.sde,
-               _BulkNoise(noise, to_device) if sampler in STOCHASTIC else None,
+               _BulkNoise(noise, to_device, self.steps_to_device if fused else None)
+               if sampler in STOCHASTIC else None,
                callback=watch, step_fn=self.step_fn if fused else None, **options)
         x = np.asarray(to_numpy(x), dtype=np.float32)
         _check_finite(x, "the final denoising step")
@@ -97,16 +99,19 @@ class Model:
 
 
 class _BulkNoise:
-    """Noise for steps k, k+1, ... generated `block` steps at a time, then handed out step by step."""
+    """Noise for steps k, k+1, ... generated `block` steps at a time, then handed out step by step.
+    A backend's `steps_to_device` moves a whole block at once (TVM on CPU: one copy, no allocations)."""
 
-    def __init__(self, noise: SampleNoise, to_device: Callable, block: int = 16):
-        self.noise, self.to_device, self.block = noise, to_device, block
+    def __init__(self, noise: SampleNoise, to_device: Callable, steps_to_device: Callable | None = None,
+                 block: int = 16):
+        self.noise, self.block = noise, block
+        self.steps_to_device = steps_to_device or (lambda buf: [to_device(z) for z in buf])
         self.k0, self.buf = -1, None
 
     def __call__(self, k: int):
         if not (0 <= k - self.k0 < self.block) or self.buf is None:
-            self.k0, self.buf = k, self.noise.steps(k, k + self.block)
-        return self.to_device(self.buf[k - self.k0])
+            self.k0, self.buf = k, self.steps_to_device(self.noise.steps(k, k + self.block))
+        return self.buf[k - self.k0]
 
 
 def _check_positive(name: str, v: int) -> None:
