@@ -6,6 +6,7 @@ Three functions, every batched tensor with a symbolic batch axis "batch" (dim 0)
   step.onnx       x, t (1,), coef (5,), z, x_prev, e_prev (all but t, coef: (B, *shape))
                                                                           -> x_next, eps
   generator.onnx  z (B, latent)                                           -> x (B, *shape)
+  chain.onnx      MLPs only: x, ts (L,), coefs (L, 3), zs (B, L, *shape)  -> x after L steps
 
 The fused step evaluates eps = eps_theta(x, t) once, with t shared by the batch (so the time embedding
 is computed once per call), and returns it together with the linear update
@@ -16,7 +17,8 @@ Euler-Maruyama, probability-flow Euler and DDIM use (a, b, c, 0, 0); second-orde
 solvers (Heun, DPM-Solver-2M, ...) pass the previous state and the previous eps back in through
 x_prev and e_prev. Inputs whose coefficient is 0 must still be given, finite and of the right shape
 (zeros, or x itself), so every solver runs the same graph and the state never leaves the device
-between steps.
+between steps. chain.onnx runs L = CHAIN_LENGTH such steps of the (a, b, c, 0, 0) kind in one call:
+for a tiny MLP the per-call overhead of the runtime is larger than the network itself.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ OPSET = 17                      # has every op these nets need; TVM's frontend a
 BATCH = "batch"                 # the symbolic batch dimension in every exported graph
 STEP_INPUTS = ("x", "t", "coef", "z", "x_prev", "e_prev")
 STEP_OUTPUTS = ("x_next", "eps")
+CHAIN_LENGTH = 8                # steps per call of chain.onnx (MLPs only)
 ATOL = 1e-4                     # float32 graphs of these sizes agree to ~1e-6; 1e-4 means a real bug
 
 MakeInputs = Callable[[int], dict[str, np.ndarray]]
@@ -55,6 +58,22 @@ class FusedStep(nn.Module):
         # split, not coef[i]: ONNX Gather becomes TVM's unchecked "fast" take, which warns on every build
         a, b, c, d, e = coef.split(1)
         return a * x + b * eps + c * z + d * x_prev + e * e_prev, eps
+
+
+class ChainStep(nn.Module):
+    """`length` x-only steps in one call, for tiny networks whose step costs less than a call's overhead:
+    x <- c0_k x + c1_k eps_theta(x, t_k) + c2_k z_k for k = 0 .. length-1 (the loop is unrolled)."""
+
+    def __init__(self, net: nn.Module, length: int):
+        super().__init__()
+        self.net, self.length = net, length
+
+    def forward(self, x: torch.Tensor, ts: torch.Tensor, coefs: torch.Tensor, zs: torch.Tensor) -> torch.Tensor:
+        # slices and split, not indexing: ONNX Gather becomes TVM's unchecked "fast" take (see FusedStep)
+        for k, z in enumerate(zs.split(1, dim=1)):
+            a, b, c = coefs[k:k + 1].reshape(3).split(1)
+            x = a * x + b * self.net(x, ts[k:k + 1]) + c * z.squeeze(1)
+        return x
 
 
 def export_onnx(module: nn.Module, example_inputs: dict[str, torch.Tensor], path: str | Path,
@@ -95,7 +114,7 @@ def random_inputs(inputs: list[dict], seed: int = 0) -> MakeInputs:
         out = {}
         for spec in inputs:
             shape = [batch if d == BATCH else d for d in spec["shape"]]
-            draw = rng.uniform(1e-3, 1.0, shape) if spec["name"] == "t" else rng.standard_normal(shape)
+            draw = rng.uniform(1e-3, 1.0, shape) if spec["name"] in ("t", "ts") else rng.standard_normal(shape)
             out[spec["name"]] = draw.astype(np.float32)
         return out
     return make
@@ -132,6 +151,12 @@ def step_io(shape: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
     return inputs, [_spec(name, shape) for name in STEP_OUTPUTS]
 
 
+def chain_io(shape: tuple[int, ...], length: int) -> tuple[list[dict], list[dict]]:
+    """Input and output descriptions of chain.onnx: zs is (B, length, *shape), batch first like every input."""
+    return ([_spec("x", shape), _spec("ts", (length,), batched=False), _spec("coefs", (length, 3), batched=False),
+             _spec("zs", (length, *shape))], [_spec("x_next", shape)])
+
+
 def generator_io(latent_dim: int, shape: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
     """Input and output descriptions of generator.onnx."""
     return [_spec("z", (latent_dim,))], [_spec("x", shape)]
@@ -166,6 +191,8 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path) -> dict:
         functions = {"generator": (net, generator_io(net.cfg.latent_dim, shape))}
     else:
         functions = {"eps": (net, eps_io(shape)), "step": (FusedStep(net), step_io(shape))}
+        if config["net"].get("arch") == "mlp":   # tiny: several steps per call pay the call overhead once
+            functions["chain"] = (ChainStep(net, CHAIN_LENGTH), chain_io(shape, CHAIN_LENGTH))
     return {name: export_function(module, out_dir / f"{name}.onnx", *io)
             for name, (module, io) in functions.items()}
 

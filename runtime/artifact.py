@@ -36,6 +36,7 @@ MAX_DIM = 1 << 16
 MAX_ELEMENTS = 1 << 24               # per sample: 64 MiB of float32, far beyond any model gencc trains
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 FUNCTIONS = {"diffusion": ("step", "eps"), "gan": ("generator",)}
+OPTIONAL_FUNCTIONS = {"diffusion": ("chain",), "gan": ()}   # chain: several steps per call (tiny MLPs)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def _files(root: Path, files) -> dict:
 
 def _functions(root: Path, functions, model: str, files: dict) -> dict:
     _expect(isinstance(functions, dict), f"{root}: manifest 'functions' must be an object")
-    for name in FUNCTIONS[model]:
+    for name in FUNCTIONS[model] + tuple(n for n in OPTIONAL_FUNCTIONS[model] if n in functions):
         f = functions.get(name)
         _expect(isinstance(f, dict), f"{root}: a {model} artifact needs the function {name!r}")
         for kind in ("library", "onnx"):

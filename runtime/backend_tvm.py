@@ -144,12 +144,31 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
         rows[...] = buf.reshape(k, per)
         return [tvm.runtime.from_dlpack(rows[i].reshape(buf.shape[1:])) for i in range(k)]
 
+    chain_fn, chain_length = None, 0
+    if "chain" in m.functions and on_cpu:
+        chain, spec = function("chain"), {s["name"]: s["shape"] for s in m.functions["chain"]["inputs"]}
+        chain_length = spec["ts"][0]
+        ts_buf, coefs_buf = to_device(np.zeros(chain_length, np.float32)), to_device(np.zeros((chain_length, 3), np.float32))
+        ts_view, coefs_view = np.from_dlpack(ts_buf), np.from_dlpack(coefs_buf)
+
+        def chain_fn(x, ts: np.ndarray, coefs: np.ndarray, zs: list):
+            """L steps in one call; the L draws are laid out batch-first (B, L, ...) in one aligned block."""
+            shape = tuple(x.shape)
+            block = _aligned_empty(math.prod(shape) * chain_length).reshape(shape[0], chain_length, *shape[1:])
+            for k, z in enumerate(zs):
+                block[:, k] = 0.0 if z is None else z
+            with lock:
+                ts_view[:] = ts
+                coefs_view[:] = coefs
+                return chain(x, ts_buf, coefs_buf, tvm.runtime.from_dlpack(block))
+
     def eps_fn(x: np.ndarray, t: float) -> np.ndarray:
         return eps(to_device(x), to_device(np.full((len(x),), t, np.float32))).numpy()
 
     # A NaN check copies the state to the host; every 10 steps is cheap and still names where it began.
     return Model.from_manifest(m, "tvm", eps_fn=eps_fn, step_fn=step_fn, to_device=to_device,
-                               to_numpy=to_numpy, check_every=10, steps_to_device=steps_to_device if on_cpu else None)
+                               to_numpy=to_numpy, check_every=10, steps_to_device=steps_to_device if on_cpu else None,
+                               chain_fn=chain_fn, chain_length=chain_length)
 
 
 def _aligned_empty(n: int, align: int = 64) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import GenccError
 from .noise import SampleNoise
 from .normalize import Normalization
-from .samplers import DEFAULT_SPACING, STOCHASTIC, get_sampler, time_grid
+from .samplers import DEFAULT_SPACING, PLANS, STOCHASTIC, get_sampler, run_plan_chained, time_grid
 from .sde import VPSDE
 
 DEFAULT_STEPS = 200
@@ -39,6 +39,8 @@ class Model:
     to_numpy: Callable = np.asarray             # the backend's array -> numpy
     check_every: int = 1                        # steps between NaN/inf checks; >1 where a check costs a copy
     steps_to_device: Callable | None = None     # (k, B, ...) np -> k device arrays in one go (bulk noise)
+    chain_fn: Callable | None = None            # optional: several plan steps per call (samplers.run_plan_chained)
+    chain_length: int = 0
 
     @classmethod
     def from_manifest(cls, m, backend: str, **callables) -> "Model":
@@ -87,8 +89,19 @@ class Model:
             if callback:
                 callback(k, x)
 
-        fn = get_sampler(sampler)
         spacing = spacing or DEFAULT_SPACING.get(sampler, "uniform")
+        if self.chain_fn is not None and sampler in PLANS and callback is None:
+            # Several steps per compiled call; a user callback needs every step, so it takes the other path.
+            plan = PLANS[sampler](time_grid(self.sde, steps, spacing), self.sde, **options)
+            host = _BulkNoise(noise, np.asarray)
+            x = run_plan_chained(self.chain_fn, self.chain_length, self.step_fn, to_device(noise.prior()), plan,
+                                 _BulkNoise(noise, to_device, self.steps_to_device), host,
+                                 check=lambda k, x: _check_finite(to_numpy(x), f"step {k} (checked every "
+                                                                  f"{self.chain_length} steps)"))
+            x = np.asarray(to_numpy(x), dtype=np.float32)
+            _check_finite(x, "the final denoising step")
+            return x
+        fn = get_sampler(sampler)
         x = fn(self.eps_fn, to_device(noise.prior()), time_grid(self.sde, steps, spacing), self.sde,
                _BulkNoise(noise, to_device, self.steps_to_device if fused else None)
                if sampler in STOCHASTIC else None,

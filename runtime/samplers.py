@@ -29,6 +29,8 @@ StepFn = Callable[..., tuple[Any, Any]]        # (x, t, coef, z=None, x_prev=Non
 NoiseFn = Callable[[int], Any]                 # j -> the j-th N(0, I) draw, shaped like x
 Callback = Callable[[int, Any], None]          # (step index, state)
 Coef = tuple[float, float, float, float, float]
+PlanStep = tuple[float, Coef, "int | None", "int | None"]   # (t, coef, noise draw or None, reported step or None)
+ChainFn = Callable[..., Any]                   # (x, ts (L,), coefs (L, 3), zs: L arrays (B, ...)) -> x after L steps
 
 
 def affine_step(eps_fn: EpsFn) -> StepFn:
@@ -70,10 +72,56 @@ def _denoise(step: StepFn, x, t: float, sde: VPSDE):
     return step(x, t, (1.0 / g, -s / g, 0.0, 0.0, 0.0))[0]
 
 
+def _denoise_step(ts, sde: VPSDE) -> "PlanStep":
+    """The plan's last entry: Tweedie's x0 at t_eps, no noise, not reported."""
+    t = float(ts[-1])
+    g, s = sde.gamma(t), sde.sigma(t)
+    return (t, (1.0 / g, -s / g, 0.0, 0.0, 0.0), None, None)
+
+
+def run_plan(step: StepFn, x, plan: list["PlanStep"], noise: NoiseFn | None, callback: Callback | None = None):
+    """Carry out a plan one step call at a time."""
+    for t, coef, draw, k in plan:
+        x, _ = step(x, t, coef, None if draw is None else noise(draw))
+        if k is not None:
+            _report(callback, k, x)
+    return x
+
+
+def run_plan_chained(chain: ChainFn, length: int, step: StepFn, x, plan: list["PlanStep"],
+                     noise: NoiseFn | None, host_noise: NoiseFn, check: Callback | None = None):
+    """Carry out a plan `length` steps per call of `chain`, the rest (fewer than `length`) one by one.
+
+    `chain(x, ts (L,), coefs (L, 3), zs)` applies L steps x <- c0 x + c1 eps(x, t) + c2 z in one
+    compiled call, with zs a list of L numpy draws (None where a step draws none), so the host's
+    per-call overhead is paid once per L steps. `noise(j)` is draw j for `step` (on its device),
+    `host_noise(j)` the same draw as a numpy array; `check(k, x)` runs after each chained call.
+    """
+    i = 0
+    while len(plan) - i >= length:
+        block = plan[i:i + length]
+        x = chain(x, np.array([t for t, *_ in block], np.float32),
+                  np.array([c[:3] for _, c, _, _ in block], np.float32),
+                  [None if draw is None else host_noise(draw) for _, _, draw, _ in block])
+        i += length
+        reported = [k for *_, k in block if k is not None]
+        if check is not None and reported:
+            check(reported[-1], x)
+    return run_plan(step, x, plan[i:], noise, None)
+
+
 def _em_coef(sde: VPSDE, t: float, h: float) -> Coef:
     """Reverse-SDE Euler-Maruyama: x + h [1/2 beta x - beta eps / sigma] + sqrt(beta h) z."""
     beta, sigma = sde.beta(t), sde.sigma(t)
     return (1.0 + 0.5 * h * beta, -h * beta / sigma, math.sqrt(beta * h), 0.0, 0.0)
+
+
+def em_plan(ts, sde: VPSDE) -> list[PlanStep]:
+    plan = []
+    for k in range(len(ts) - 1):
+        t, h = float(ts[k]), float(ts[k] - ts[k + 1])   # h > 0: we integrate backwards in time
+        plan.append((t, _em_coef(sde, t, h), k, k))
+    return plan + [_denoise_step(ts, sde)]
 
 
 def sample_em(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn, callback: Callback | None = None,
@@ -82,12 +130,22 @@ def sample_em(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn, callback: Callba
 
     NFE = steps + 1.
     """
-    step = _step_of(eps_fn, step_fn)
+    return run_plan(_step_of(eps_fn, step_fn), x, em_plan(ts, sde), noise, callback)
+
+
+def pc_plan(ts, sde: VPSDE, corrector_steps: int = 1, snr: float = 0.16) -> list[PlanStep]:
+    if corrector_steps < 0 or snr <= 0:
+        raise GenccError(f"pc needs corrector_steps >= 0 and snr > 0, got {corrector_steps} and {snr}")
+    plan, draws = [], 1 + corrector_steps
     for k in range(len(ts) - 1):
-        t, h = float(ts[k]), float(ts[k] - ts[k + 1])   # h > 0: we integrate backwards in time
-        x, _ = step(x, t, _em_coef(sde, t, h), noise(k))
-        _report(callback, k, x)
-    return _denoise(step, x, float(ts[-1]), sde)
+        t, h = float(ts[k]), float(ts[k] - ts[k + 1])
+        sigma = sde.sigma(t)
+        alpha = math.exp(-(sde.int_beta(t) - sde.int_beta(float(ts[k + 1]))))
+        e = 2.0 * alpha * (snr * sigma) ** 2
+        for i in range(corrector_steps):   # Corrector: Langevin MCMC at the current noise level.
+            plan.append((t, (1.0, -e / sigma, math.sqrt(2.0 * e), 0.0, 0.0), k * draws + i, None))
+        plan.append((t, _em_coef(sde, t, h), k * draws + corrector_steps, k))   # Predictor.
+    return plan + [_denoise_step(ts, sde)]
 
 
 def sample_pc(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn, callback: Callback | None = None,
@@ -100,20 +158,21 @@ def sample_pc(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn, callback: Callba
     batch as score_sde does: this keeps each sample independent of the batch and the corrector fusable.
     NFE = steps (1 + corrector_steps) + 1.
     """
-    if corrector_steps < 0 or snr <= 0:
-        raise GenccError(f"pc needs corrector_steps >= 0 and snr > 0, got {corrector_steps} and {snr}")
-    step = _step_of(eps_fn, step_fn)
-    draws = 1 + corrector_steps
+    return run_plan(_step_of(eps_fn, step_fn), x, pc_plan(ts, sde, corrector_steps, snr), noise, callback)
+
+
+def ancestral_plan(ts, sde: VPSDE) -> list[PlanStep]:
+    plan = []
     for k in range(len(ts) - 1):
-        t, h = float(ts[k]), float(ts[k] - ts[k + 1])
-        sigma = sde.sigma(t)
-        alpha = math.exp(-(sde.int_beta(t) - sde.int_beta(float(ts[k + 1]))))
-        e = 2.0 * alpha * (snr * sigma) ** 2
-        for i in range(corrector_steps):   # Corrector: Langevin MCMC at the current noise level.
-            x, _ = step(x, t, (1.0, -e / sigma, math.sqrt(2.0 * e), 0.0, 0.0), noise(k * draws + i))
-        x, _ = step(x, t, _em_coef(sde, t, h), noise(k * draws + corrector_steps))   # Predictor.
-        _report(callback, k, x)
-    return _denoise(step, x, float(ts[-1]), sde)
+        t, s = float(ts[k]), float(ts[k + 1])
+        g_t, sg_t, g_s, sg_s = sde.gamma(t), sde.sigma(t), sde.gamma(s), sde.sigma(s)
+        g_ts = g_t / g_s
+        var_ts = -math.expm1(-(sde.int_beta(t) - sde.int_beta(s)))   # 1 - gamma_ts^2, exact at small gaps
+        c_x0 = g_s * var_ts / sg_t ** 2                              # weight of x0_hat = (x - sigma_t eps) / gamma_t
+        coef = (c_x0 / g_t + g_ts * sg_s ** 2 / sg_t ** 2, -c_x0 * sg_t / g_t,
+                sg_s * math.sqrt(var_ts) / sg_t, 0.0, 0.0)
+        plan.append((t, coef, k, k))
+    return plan + [_denoise_step(ts, sde)]
 
 
 def sample_ancestral(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn, callback: Callback | None = None,
@@ -124,30 +183,22 @@ def sample_ancestral(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn, callback:
     (gamma_s sigma_ts^2 / sigma_t^2) x0_hat + (gamma_ts sigma_s^2 / sigma_t^2) x_t and std sigma_s sigma_ts / sigma_t.
     NFE = steps + 1.
     """
-    step = _step_of(eps_fn, step_fn)
+    return run_plan(_step_of(eps_fn, step_fn), x, ancestral_plan(ts, sde), noise, callback)
+
+
+def ode_euler_plan(ts, sde: VPSDE) -> list[PlanStep]:
+    plan = []
     for k in range(len(ts) - 1):
-        t, s = float(ts[k]), float(ts[k + 1])
-        g_t, sg_t, g_s, sg_s = sde.gamma(t), sde.sigma(t), sde.gamma(s), sde.sigma(s)
-        g_ts = g_t / g_s
-        var_ts = -math.expm1(-(sde.int_beta(t) - sde.int_beta(s)))   # 1 - gamma_ts^2, exact at small gaps
-        c_x0 = g_s * var_ts / sg_t ** 2                              # weight of x0_hat = (x - sigma_t eps) / gamma_t
-        coef = (c_x0 / g_t + g_ts * sg_s ** 2 / sg_t ** 2, -c_x0 * sg_t / g_t,
-                sg_s * math.sqrt(var_ts) / sg_t, 0.0, 0.0)
-        x, _ = step(x, t, coef, noise(k))
-        _report(callback, k, x)
-    return _denoise(step, x, float(ts[-1]), sde)
+        t, h = float(ts[k]), float(ts[k] - ts[k + 1])
+        beta, sigma = sde.beta(t), sde.sigma(t)
+        plan.append((t, (1.0 + 0.5 * h * beta, -0.5 * h * beta / sigma, 0.0, 0.0, 0.0), None, k))
+    return plan + [_denoise_step(ts, sde)]
 
 
 def sample_ode_euler(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn | None = None,
                      callback: Callback | None = None, step_fn: StepFn | None = None):
     """Euler on the probability-flow ODE dx/dt = -1/2 beta(t) [x - eps/sigma_t]. NFE = steps + 1."""
-    step = _step_of(eps_fn, step_fn)
-    for k in range(len(ts) - 1):
-        t, h = float(ts[k]), float(ts[k] - ts[k + 1])
-        beta, sigma = sde.beta(t), sde.sigma(t)
-        x, _ = step(x, t, (1.0 + 0.5 * h * beta, -0.5 * h * beta / sigma, 0.0, 0.0, 0.0))
-        _report(callback, k, x)
-    return _denoise(step, x, float(ts[-1]), sde)
+    return run_plan(_step_of(eps_fn, step_fn), x, ode_euler_plan(ts, sde), noise, callback)
 
 
 def sample_ode_heun(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn | None = None,
@@ -170,19 +221,22 @@ def sample_ode_heun(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn | None = No
     return _denoise(step, x, float(ts[-1]), sde)
 
 
+def ddim_plan(ts, sde: VPSDE) -> list[PlanStep]:
+    plan = []
+    for k in range(len(ts) - 1):
+        t, t_next = float(ts[k]), float(ts[k + 1])
+        g, s, gn, sn = sde.gamma(t), sde.sigma(t), sde.gamma(t_next), sde.sigma(t_next)
+        plan.append((t, (gn / g, sn - gn * s / g, 0.0, 0.0, 0.0), None, k))
+    return plan + [_denoise_step(ts, sde)]
+
+
 def sample_ddim(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn | None = None,
                 callback: Callback | None = None, step_fn: StepFn | None = None):
     """Deterministic DDIM (Song, Meng & Ermon 2021) on the continuous VP schedule. NFE = steps + 1.
 
     x0 = (x - sigma_t eps) / gamma_t, then x_next = gamma_next x0 + sigma_next eps.
     """
-    step = _step_of(eps_fn, step_fn)
-    for k in range(len(ts) - 1):
-        t, t_next = float(ts[k]), float(ts[k + 1])
-        g, s, gn, sn = sde.gamma(t), sde.sigma(t), sde.gamma(t_next), sde.sigma(t_next)
-        x, _ = step(x, t, (gn / g, sn - gn * s / g, 0.0, 0.0, 0.0))
-        _report(callback, k, x)
-    return _denoise(step, x, float(ts[-1]), sde)
+    return run_plan(_step_of(eps_fn, step_fn), x, ddim_plan(ts, sde), noise, callback)
 
 
 def sample_dpm2m(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn | None = None,
@@ -223,6 +277,16 @@ SAMPLERS: dict[str, Callable] = {
     "ode-heun": sample_ode_heun,
     "ddim": sample_ddim,
     "dpm2m": sample_dpm2m,
+}
+
+# Samplers whose every step is x <- c0 x + c1 eps + c2 z (no x_prev, e_prev): a plan of steps known up
+# front, which a backend can run several steps per compiled call (run_plan_chained).
+PLANS: dict[str, Callable[..., list]] = {
+    "em": em_plan,
+    "pc": pc_plan,
+    "ancestral": ancestral_plan,
+    "ode-euler": ode_euler_plan,
+    "ddim": ddim_plan,
 }
 
 STOCHASTIC = frozenset({"em", "pc", "ancestral"})

@@ -229,3 +229,18 @@ def test_compiling_after_a_runtime_only_load_is_a_clear_error(arts, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert "loaded TVM's runtime library only" in r.stdout, r.stdout + r.stderr
     assert not (tmp_path / "x.gencc").exists()
+
+
+@pytest.mark.parametrize("sampler", ["em", "ddim", "pc"])
+def test_several_steps_per_call_match_one_step_per_call(arts, sampler):
+    """The MLP artifact's chain.so (8 steps per call) gives the per-step path's samples, and is used."""
+    m = gencc.load(arts["mlp"][1])
+    assert m.chain_fn is not None and m.chain_length == 8
+    chain, calls = m.chain_fn, []
+    m.chain_fn = lambda *a: calls.append(1) or chain(*a)
+    fast = m.sample(9, steps=21, sampler=sampler, seed=2, batch_size=4)
+    plan_len = (21 * (2 if sampler == "pc" else 1)) + 1
+    assert len(calls) == 3 * (plan_len // 8)   # 3 chunks of at most 4 samples
+    m.chain_fn = None
+    np.testing.assert_allclose(fast, m.sample(9, steps=21, sampler=sampler, seed=2, batch_size=4), atol=1e-5)
+    assert "chain" not in json.loads((arts["unet"][1] / "manifest.json").read_text())["functions"]

@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from gencc.cli.main import app
-from gencc.compiler.bench import BenchConfig, gflops, ratio
+from gencc.compiler.bench import BenchConfig, gflops, ratio, run_step_seconds
 from gencc.compiler.flops import count_flops
 from gencc.runtime.errors import GenccError
 
@@ -52,6 +52,12 @@ def test_flops_of_an_exported_mlp_match_its_layers(tmp_path):
 def test_ratio_and_gflops():
     assert ratio(2.0, 1.0) == 2.0 and ratio(1.0, 4.0) == 0.25
     assert gflops(2_000_000_000, 0.5) == pytest.approx(4.0)
+
+
+def test_step_in_a_run_counts_every_chunk_and_the_denoising_call():
+    # 10 samples at batch 4 = 3 chunks, each 100 steps + 1 denoising call
+    assert run_step_seconds({"samples": 10, "steps": 100, "seconds": 3.03}, 4) == pytest.approx(0.01)
+    assert run_step_seconds({"samples": 1, "steps": 9, "seconds": 1.0}, 1) == pytest.approx(0.1)
 
 
 def test_bench_config_is_validated():

@@ -10,7 +10,7 @@ from gencc.runtime.errors import GenccError
 from gencc.runtime.model import Model
 from gencc.runtime.noise import SampleNoise
 from gencc.runtime.normalize import Normalization
-from gencc.runtime.samplers import SAMPLERS, get_sampler, nfe, time_grid
+from gencc.runtime.samplers import PLANS, SAMPLERS, affine_step, get_sampler, nfe, run_plan_chained, time_grid
 from gencc.runtime.sde import VPSDE
 
 MU = np.array([1.0, -2.0])
@@ -127,3 +127,29 @@ def test_bad_sampler_and_steps():
     with pytest.raises(GenccError, match="steps must be a positive integer"):
         time_grid(SDE, 0)
     assert nfe("em", 10) == 11 and nfe("ode-heun", 10) == 21 and nfe("pc", 10, corrector_steps=2) == 31
+
+
+def numpy_chain(eps_fn):
+    """A reference `chain` for run_plan_chained: the L steps applied one by one in numpy."""
+    calls = []
+
+    def chain(x, ts, coefs, zs):
+        calls.append(len(ts))
+        for t, (a, b, c), z in zip(ts, coefs, zs):
+            x = a * x + b * eps_fn(x, float(t)) + (0.0 if z is None else c * z)
+        return x
+    return chain, calls
+
+
+@pytest.mark.parametrize("sampler", sorted(PLANS))
+@pytest.mark.parametrize("length", [1, 3, 8])
+def test_chained_plans_give_the_samplers_own_result(sampler, length):
+    """Several steps per call change nothing: the same steps, the same draws, in the same order."""
+    noise = SampleNoise(4, np.arange(6), (2,))
+    ts = time_grid(SDE, 13)
+    ref = SAMPLERS[sampler](exact_eps, noise.prior(), ts, SDE, noise.step)
+    chain, calls = numpy_chain(lambda x, t: exact_eps(x, np.float32(t)))
+    plan = PLANS[sampler](ts, SDE)
+    x = run_plan_chained(chain, length, affine_step(exact_eps), noise.prior(), plan, noise.step, noise.step)
+    assert calls == [length] * (len(plan) // length)   # the rest (fewer than L) ran one by one
+    np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-5)   # chain times pass through float32, as compiled
