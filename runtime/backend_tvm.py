@@ -168,7 +168,9 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
     # A NaN check copies the state to the host; every 10 steps is cheap and still names where it began.
     return Model.from_manifest(m, "tvm", eps_fn=eps_fn, step_fn=step_fn, to_device=to_device,
                                to_numpy=to_numpy, check_every=10, steps_to_device=steps_to_device if on_cpu else None,
-                               chain_fn=chain_fn, chain_length=chain_length)
+                               chain_fn=chain_fn, chain_length=chain_length,
+                               # a tuned static-batch step beats the untuned chain at its batch size
+                               chain_skip=frozenset(int(b) for b in m.functions["step"].get("static", {})))
 
 
 def _aligned_empty(n: int, align: int = 64) -> np.ndarray:

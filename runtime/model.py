@@ -41,6 +41,7 @@ class Model:
     steps_to_device: Callable | None = None     # (k, B, ...) np -> k device arrays in one go (bulk noise)
     chain_fn: Callable | None = None            # optional: several plan steps per call (samplers.run_plan_chained)
     chain_length: int = 0
+    chain_skip: frozenset = frozenset()         # batch sizes that run faster one step per call (tuned libraries)
 
     @classmethod
     def from_manifest(cls, m, backend: str, **callables) -> "Model":
@@ -90,7 +91,7 @@ class Model:
                 callback(k, x)
 
         spacing = spacing or DEFAULT_SPACING.get(sampler, "uniform")
-        if self.chain_fn is not None and sampler in PLANS and callback is None:
+        if self.chain_fn is not None and sampler in PLANS and callback is None and len(idx) not in self.chain_skip:
             # Several steps per compiled call; a user callback needs every step, so it takes the other path.
             plan = PLANS[sampler](time_grid(self.sde, steps, spacing), self.sde, **options)
             host = _BulkNoise(noise, np.asarray)
