@@ -14,6 +14,7 @@ in a temporary folder (no port to pick), or `torchrun` starts them and this modu
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -72,35 +73,37 @@ def train_parallel(model: str, data: Dataset, out: str | Path, cfg: TrainConfig,
     left out; given, it must equal torchrun's world size. `progress` is called in rank 0 (here, in the
     calling process) only.
     """
+    check_parallel(model, data, cfg, nproc=nproc, device=device)
     job = _Job(model, data, Path(out), cfg, width, resume, device)
     launch = torchrun_launch()
     if launch is not None:
-        if nproc is not None and nproc != launch.world:
-            raise GenccError(f"--nproc {nproc} disagrees with torchrun's {launch.world} processes; leave it out")
-        _check_job(job, launch.world, launch.local_rank + 1)
         return _run_rank(job, launch.rank, launch.world, launch.local_rank, "env://", progress)
-    if nproc is None:
-        raise GenccError("nproc must be given when not launched by torchrun")
-    _check_job(job, nproc, nproc)
     check_output(job.out, resume)
     return _spawn(job, nproc, progress)
 
 
-def _check_job(job: _Job, world: int, gpus_needed: int) -> None:
+def check_parallel(model: str, data: Dataset, cfg: TrainConfig, *, nproc: int | None, device: str) -> None:
     """Refuse, before any process starts, what some rank would refuse or get wrong later."""
-    if job.model not in MODELS:
-        raise GenccError(f"unknown model {job.model!r}; expected one of {', '.join(MODELS)}")
+    launch = torchrun_launch()
+    if launch is not None and nproc is not None and nproc != launch.world:
+        raise GenccError(f"--nproc {nproc} disagrees with torchrun's {launch.world} processes; leave it out")
+    if launch is None and nproc is None:
+        raise GenccError("nproc must be given when not launched by torchrun")
+    world = launch.world if launch else nproc
+    if model not in MODELS:
+        raise GenccError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
     if world < 1:
         raise GenccError(f"nproc must be a positive number of processes, got {world}")
-    if job.cfg.batch_size % world:
-        raise GenccError(f"batch-size {job.cfg.batch_size} does not split evenly over {world} processes; "
+    if cfg.batch_size % world:
+        raise GenccError(f"batch-size {cfg.batch_size} does not split evenly over {world} processes; "
                          f"choose a multiple of {world}")
-    if job.device not in DEVICES:
-        raise GenccError(f"unknown training device {job.device!r}; expected one of {', '.join(DEVICES)}")
-    if job.device == "cuda" and torch.cuda.device_count() < gpus_needed:
+    if device not in DEVICES:
+        raise GenccError(f"unknown training device {device!r}; expected one of {', '.join(DEVICES)}")
+    gpus_needed = launch.local_rank + 1 if launch else world
+    if device == "cuda" and torch.cuda.device_count() < gpus_needed:
         raise GenccError(f"--device cuda needs {gpus_needed} GPUs (one per process); "
                          f"this machine has {torch.cuda.device_count()}")
-    if job.model == "gan" and job.data.kind == "image" and job.device == "cpu" and world > 1:
+    if model == "gan" and data.kind == "image" and device == "cpu" and world > 1:
         # The generator's BatchNorm must normalise over the global batch; torch's SyncBatchNorm is GPU-only.
         raise GenccError(f"a GAN on images trains on {world} CPU processes with the wrong BatchNorm "
                          "statistics (SyncBatchNorm needs CUDA); use --device cuda or one process")
@@ -172,7 +175,11 @@ def _run_rank(job: _Job, rank: int, world: int, local_rank: int, init_method: st
         run = (run_cls.resume(job.out, job.data, job.cfg) if job.resume and job.out.exists()
                else run_cls.new(job.data, job.cfg, job.width))
         run.distribute(rank, world, device)
-        return run.fit(job.out, progress if rank == 0 else None)
+        result = run.fit(job.out, progress if rank == 0 else None)
+        # Leave together: a rank tearing its group down while rank 0 still writes the last checkpoint can
+        # abort in gloo's teardown, and a returned rank can promise the checkpoint is complete.
+        dist.barrier()
+        return result
     finally:
         dist.destroy_process_group()
 
@@ -188,8 +195,9 @@ def _spawn(job: _Job, nproc: int, progress: Progress | None) -> TrainResult:
                                 start_method="spawn")
         relay = _Relay(queue, progress)
         try:
-            while not procs.join(timeout=0.1):
-                relay.drain()
+            with _quiet_teardown():
+                while not procs.join(timeout=0.1):
+                    relay.drain()
         except (ProcessRaisedException, ProcessExitedException):
             relay.drain()
             if relay.error is not None:
@@ -198,6 +206,18 @@ def _spawn(job: _Job, nproc: int, progress: Progress | None) -> TrainResult:
         relay.drain()
     steps, losses = relay.done
     return TrainResult(job.out, steps, losses, time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _quiet_teardown():
+    """Silence torch's warning for each rank it stops after another failed: the failure is reported here."""
+    log = logging.getLogger("torch.multiprocessing.spawn")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _spawned(rank: int, world: int, init: str, threads: int, job: _Job, queue) -> None:
