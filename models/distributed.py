@@ -84,12 +84,7 @@ def train_parallel(model: str, data: Dataset, out: str | Path, cfg: TrainConfig,
 
 def check_parallel(model: str, data: Dataset, cfg: TrainConfig, *, nproc: int | None, device: str) -> None:
     """Refuse, before any process starts, what some rank would refuse or get wrong later."""
-    launch = torchrun_launch()
-    if launch is not None and nproc is not None and nproc != launch.world:
-        raise GenccError(f"--nproc {nproc} disagrees with torchrun's {launch.world} processes; leave it out")
-    if launch is None and nproc is None:
-        raise GenccError("nproc must be given when not launched by torchrun")
-    world = launch.world if launch else nproc
+    world, gpus_needed = _world(nproc)
     if model not in MODELS:
         raise GenccError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
     if world < 1:
@@ -99,7 +94,6 @@ def check_parallel(model: str, data: Dataset, cfg: TrainConfig, *, nproc: int | 
                          f"choose a multiple of {world}")
     if device not in DEVICES:
         raise GenccError(f"unknown training device {device!r}; expected one of {', '.join(DEVICES)}")
-    gpus_needed = launch.local_rank + 1 if launch else world
     if device == "cuda" and torch.cuda.device_count() < gpus_needed:
         raise GenccError(f"--device cuda needs {gpus_needed} GPUs (one per process); "
                          f"this machine has {torch.cuda.device_count()}")
@@ -107,6 +101,18 @@ def check_parallel(model: str, data: Dataset, cfg: TrainConfig, *, nproc: int | 
         # The generator's BatchNorm must normalise over the global batch; torch's SyncBatchNorm is GPU-only.
         raise GenccError(f"a GAN on images trains on {world} CPU processes with the wrong BatchNorm "
                          "statistics (SyncBatchNorm needs CUDA); use --device cuda or one process")
+
+
+def _world(nproc: int | None) -> tuple[int, int]:
+    """(number of processes, GPUs this machine needs for its share) from --nproc or torchrun's group."""
+    launch = torchrun_launch()
+    if launch is None:
+        if nproc is None:
+            raise GenccError("nproc must be given when not launched by torchrun")
+        return nproc, nproc
+    if nproc is not None and nproc != launch.world:
+        raise GenccError(f"--nproc {nproc} disagrees with torchrun's {launch.world} processes; leave it out")
+    return launch.world, launch.local_rank + 1
 
 
 class _Distributed:
@@ -123,8 +129,8 @@ class _Distributed:
             net = getattr(self, name)
             if device.type == "cuda":   # global-batch BatchNorm statistics; the same state_dict keys
                 net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-            setattr(self, name, DistributedDataParallel(net, device_ids=[device.index] if device.index is not None
-                                                        else None))
+            ids = [device.index] if device.type == "cuda" else None
+            setattr(self, name, DistributedDataParallel(net, device_ids=ids))
         for opt in [v for v in vars(self).values() if isinstance(v, torch.optim.Optimizer)]:
             opt.load_state_dict(opt.state_dict())   # loading casts a resumed state onto its parameters' device
 
@@ -169,7 +175,7 @@ def _run_rank(job: _Job, rank: int, world: int, local_rank: int, init_method: st
     dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world)
     try:
         if rank == 0:
-            check_output(job.out, job.resume)   # under torchrun nobody has checked yet
+            check_output(job.out, job.resume)   # again: torchrun's ranks start without a parent's checks
         dist.barrier()   # the other ranks read a resumed checkpoint only after rank 0 has recovered it
         run_cls = _DiffusionDDP if job.model == "diffusion" else _GANDDP
         run = (run_cls.resume(job.out, job.data, job.cfg) if job.resume and job.out.exists()

@@ -7,12 +7,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_user_error, gencc
 
 from gencc.models import checkpoint as ckpt
 from gencc.models.data import load_dataset
 from gencc.models.distributed import train_parallel
 from gencc.models.train import TrainConfig, train
-from cli_helpers import assert_user_error, gencc
 
 MOONS = load_dataset("moons", n=512)
 CFG = TrainConfig(steps=8, batch_size=16, ckpt_every=4)
