@@ -18,7 +18,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,7 +193,6 @@ def _spawn(job: _Job, nproc: int, progress: Progress | None) -> TrainResult:
     """Run ranks 0..nproc-1 as child processes; relay rank 0's progress and any rank's GenccError here."""
     queue = torch.multiprocessing.get_context("spawn").SimpleQueue()
     threads = max(1, torch.get_num_threads() // nproc)   # the ranks share this process's cores
-    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gencc-ddp-") as tmp:
         init = (Path(tmp) / "rendezvous").as_uri()
         procs = start_processes(_spawned, args=(nproc, init, threads, job, queue), nprocs=nproc, join=False,
@@ -210,8 +208,7 @@ def _spawn(job: _Job, nproc: int, progress: Progress | None) -> TrainResult:
                 raise GenccError(relay.error) from None
             raise
         relay.drain()
-    steps, losses = relay.done
-    return TrainResult(job.out, steps, losses, time.perf_counter() - start)
+    return TrainResult(job.out, *relay.done)
 
 
 @contextlib.contextmanager
@@ -236,7 +233,7 @@ def _spawned(rank: int, world: int, init: str, threads: int, job: _Job, queue) -
         queue.put(("error", str(e)))
         sys.exit(2)   # not an exception: the parent prints the one-line message, not a child's traceback
     if rank == 0:
-        queue.put(("done", result.steps, result.losses))
+        queue.put(("done", result.steps, result.losses, result.seconds))
 
 
 class _Relay:
@@ -245,7 +242,7 @@ class _Relay:
     def __init__(self, queue, progress: Progress | None):
         self.queue, self.progress = queue, progress
         self.error: str | None = None
-        self.done: tuple[int, dict] | None = None
+        self.done: tuple[int, dict, float] | None = None   # rank 0's steps, losses, seconds in fit
 
     def drain(self) -> None:
         while not self.queue.empty():
@@ -255,4 +252,4 @@ class _Relay:
             elif kind == "error" and self.error is None:
                 self.error = rest[0]
             elif kind == "done":
-                self.done = (rest[0], rest[1])
+                self.done = tuple(rest)
