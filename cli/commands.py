@@ -26,22 +26,33 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, seed, width, resume,
-                  image_size, channels, ckpt_every=None) -> None:
+                  image_size, channels, ckpt_every=None, nproc=None, device="cpu") -> None:
     from dataclasses import replace
+    from functools import partial
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from gencc.models.data import load_dataset
+    from gencc.models.distributed import check_parallel, torchrun_launch, train_parallel
     from gencc.models.train import check_output, default_config, train
 
-    check_output(out, resume)
+    launch = torchrun_launch()
+    distributed = nproc is not None or launch is not None
+    if device != "cpu" and not distributed:
+        raise GenccError(f"--device {device} is for distributed training; pass --nproc N (1 is fine)")
+    quiet = launch is not None and launch.rank != 0   # torchrun's other ranks: rank 0 reports for all
+    if not quiet:
+        check_output(out, resume)
     dataset = load_dataset(data, seed=seed, image_size=image_size, channels=channels)
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ckpt_every=ckpt_every).items()
                  if v is not None}
     cfg = replace(default_config(model, dataset.kind), seed=seed, **overrides)
+    if distributed:
+        check_parallel(model, dataset, cfg, nproc=nproc, device=device)
+    fit = partial(train_parallel, nproc=nproc, device=device) if distributed else train
     columns = (TextColumn("[bold]train {task.fields[model]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as bar:
+    with Progress(*columns, transient=False, disable=quiet) as bar:
         task = bar.add_task("train", total=cfg.steps, model=model, losses="")
 
         def progress(step: int, total: int, losses: dict) -> None:
@@ -49,9 +60,10 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
                 text = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
                 bar.update(task, completed=step, losses=text)
 
-        result = train(model, dataset, out, cfg, width=width, resume=resume, progress=progress)
+        result = fit(model, dataset, out, cfg, width=width, resume=resume, progress=progress)
     losses = " ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
-    typer.echo(f"wrote {result.path} (step {result.steps}, {losses}, {result.seconds:.1f} s)")
+    if not quiet:
+        typer.echo(f"wrote {result.path} (step {result.steps}, {losses}, {result.seconds:.1f} s)")
 
 
 def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device,

@@ -43,12 +43,20 @@ def train(
     image_size: Optional[int] = typer.Option(None, help="resize images in a folder to this side"),
     channels: Optional[int] = typer.Option(None, help="1 or 3 channels for an image folder"),
     ckpt_every: Optional[int] = typer.Option(None, help="steps between checkpoints (default 1000)"),
+    nproc: Optional[int] = typer.Option(None, help="train with DistributedDataParallel over this many local "
+                                        "processes; --batch-size is the global batch"),
+    device: str = typer.Option("cpu", help="distributed training device: cpu (gloo) or cuda (NCCL, one GPU "
+                               "per process)"),
 ):
-    """Train a diffusion model or a GAN.  Example: gencc train diffusion --data moons --out moons.ckpt"""
+    """Train a diffusion model or a GAN.  Example: gencc train diffusion --data moons --out moons.ckpt
+
+    Distributed: --nproc 2, or: torchrun --standalone --nproc_per_node 2 -m gencc.cli.main train ...
+    """
     from gencc.cli.commands import train_command
 
     train_command(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
-                  resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every)
+                  resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every,
+                  nproc=nproc, device=device)
 
 
 @app.command()

@@ -108,6 +108,10 @@ class _Run:
     """Shared loop: per-step seeded draws, checkpoints every `ckpt_every` steps and at the end."""
 
     model: str
+    # Distributed training (models/distributed.py) narrows these to this process's equal slice of every
+    # global batch and its own device; one process trains on the whole batch on the CPU.
+    part = slice(None)
+    device = torch.device("cpu")
 
     def __init__(self, data: Dataset, cfg: TrainConfig, norm: Normalization, net_cfg, step: int = 0):
         self.data, self.cfg, self.norm, self.net_cfg, self.step = data, cfg, norm, net_cfg, step
@@ -119,7 +123,7 @@ class _Run:
         while self.step < self.cfg.steps:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
             idx = torch.randint(len(self.x), (self.cfg.batch_size,), generator=g)
-            self.losses = self.train_step(self.x[idx], g)
+            self.losses = self.reduce(self.train_step(self.x[idx], g))
             if not all(math.isfinite(v) for v in self.losses.values()):
                 raise GenccError(f"training diverged at step {self.step}: losses {self.losses}; "
                                  f"try a smaller --lr than {self.cfg.lr}")
@@ -129,6 +133,14 @@ class _Run:
             if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
                 self.save(out)
         return TrainResult(out, self.step, self.losses, time.perf_counter() - start)
+
+    def share(self, *batch: torch.Tensor) -> list[torch.Tensor]:
+        """This process's rows of tensors drawn for the global batch, so sample i's draws never depend on N."""
+        return [v[self.part].to(self.device) for v in batch]
+
+    def reduce(self, losses: dict) -> dict:
+        """The global batch's mean losses; a single process already has them."""
+        return losses
 
     def config(self) -> dict:
         return {
@@ -189,6 +201,7 @@ class _DiffusionRun(_Run):
         # Denoising score matching with lambda_t = sigma_t^2: regress eps_theta(x_t, t) on eps.
         t = self.sde.t_eps + (1.0 - self.sde.t_eps) * torch.rand(len(x0), generator=g)
         eps = torch.randn(x0.shape, generator=g)
+        x0, t, eps = self.share(x0, t, eps)
         loss = ((self.net(self.sde.marginal(x0, t, eps), t) - eps) ** 2).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -237,6 +250,7 @@ class _GANRun(_Run):
 
     def train_step(self, x: torch.Tensor, g: torch.Generator) -> dict:
         z = torch.randn(len(x), self.net_cfg.latent_dim, generator=g)
+        x, z = self.share(x, z)
         fake = self.G(z)
         # 1) D step: minimise -log D(x) - log(1 - D(G(z))), with G held fixed.
         d_loss = discriminator_loss(self.D(x), self.D(fake.detach()))
