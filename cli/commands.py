@@ -55,7 +55,7 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
 
 
 def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device,
-                   options=None, resume: bool = False, trusted_keys=None) -> None:
+                   options=None, resume: bool = False, trusted_keys=None, preview_dir=None, preview_every=None) -> None:
     """Samples stream to `out` batch by batch (runtime/stream.py): memory does not grow with n."""
     import gencc
     from gencc.runtime.stream import SUFFIXES, sample_to_file
@@ -65,6 +65,8 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
         raise GenccError(f"output {str(out)!r} must end in .npz or .npy")
     if png is not None:
         _check_out_file(png, ".png")
+    if preview_dir is not None or preview_every is not None:
+        preview_every = _check_preview(preview_dir, preview_every, steps)
     model = gencc.load(path, backend=backend, device=device, trusted_keys=trusted_keys)
     preview = sample_to_file(model, n, out, batch_size=batch_size, resume=resume,
                              steps=steps, sampler=sampler, seed=seed, options=options)
@@ -72,6 +74,33 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
     if png is not None:
         write_png(png, preview, model.data_name)
         typer.echo(f"wrote {png}" + (f" (the first {len(preview)} samples)" if len(preview) < n else ""))
+    if preview_every is not None:
+        preview_command(model, preview_dir, preview_every, n, steps=steps, sampler=sampler, seed=seed, options=options)
+
+
+def _check_preview(folder, every, steps: int) -> int:
+    from gencc.runtime.preview import check_every, check_preview_dir
+
+    if folder is None:
+        raise GenccError("--preview-every needs --preview DIR")
+    check_preview_dir(folder)
+    return check_every(every if every is not None else max(1, steps // 10))
+
+
+def preview_command(model, folder: Path, every: int, n: int, **sampling) -> None:
+    """The first samples again (identical to the output's: sample i depends on (seed, i)), watched."""
+    from gencc.runtime.preview import IMAGES, POINTS, write_preview
+
+    n = min(n, POINTS if len(model.sample_shape) == 1 else IMAGES)
+    reference = None
+    if model.sample_shape == (2,):
+        from gencc.models.data import BUILTIN_2D, load_dataset
+
+        if model.data_name in BUILTIN_2D:
+            reference = load_dataset(model.data_name, split="test", n=n).data
+    record = write_preview(model, folder, every=every, n=n, reference=reference,
+                           **{k: v for k, v in sampling.items() if v is not None})
+    typer.echo(f"wrote {folder} ({len(record['frames'])} frames of {n} samples: PNGs and reverse.gif)")
 
 
 def write_png(png: Path, samples: np.ndarray, data_name: str) -> None:

@@ -71,14 +71,23 @@ def sample(
                                            help="refuse an artifact not signed by a --trusted-key"),
     trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key",
                                                      help="public key (PEM) to accept signatures from; repeatable"),
+    # Watching the reverse process (runtime/preview.py).
+    preview: Optional[Path] = typer.Option(None, "--preview", help="folder for denoised-estimate PNGs every "
+                                           "--preview-every steps, final.png and reverse.gif"),
+    preview_every: Optional[int] = typer.Option(None, "--preview-every", help="steps between preview frames "
+                                                "(default: steps/10)"),
 ):
-    """Draw samples from a checkpoint or artifact.  Example: gencc sample moons.gencc --n 2000 --out s.npz --png s.png"""
+    """Draw samples from a checkpoint or artifact.  Example: gencc sample moons.gencc --n 2000 --out s.npz --png s.png
+
+    Watch the reverse process: gencc sample moons.gencc --n 2000 --out s.npz --preview frames --preview-every 20
+    """
     from gencc.cli.commands import sample_command
 
     sample_command(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
                    png=png, backend=backend, device=device, resume=resume,
                    trusted_keys=(trusted_key or []) if require_signature or trusted_key else None,
-                   options={"corrector_steps": corrector_steps, "snr": snr} if sampler == "pc" else None)
+                   options={"corrector_steps": corrector_steps, "snr": snr} if sampler == "pc" else None,
+                   preview_dir=preview, preview_every=preview_every)
 
 
 @app.command()
