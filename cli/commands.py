@@ -136,6 +136,18 @@ def info_text(path: Path) -> str:
     return "\n".join(lines)
 
 
+def info_record(path: Path) -> dict:
+    """What `info_text` says, as data: the checked checkpoint config, or the checked artifact manifest."""
+    from gencc.models.checkpoint import load_config
+    from gencc.runtime.artifact import is_artifact, read_manifest
+    from gencc.runtime.signing import signer
+
+    if is_artifact(path):
+        return {"path": str(path), "kind": "artifact", "files_intact": True, "signed_by": signer(path),
+                "manifest": read_manifest(path).raw}
+    return {"path": str(path), "kind": "checkpoint", "config": load_config(path)}
+
+
 def data_command(name: str, n, seed: int, split: str, out: Path) -> None:
     from gencc.models.data import BUILTIN_2D, BUILTIN_IMAGES, load_dataset
 
