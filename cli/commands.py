@@ -26,7 +26,7 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, seed, width, resume,
-                  image_size, channels, ckpt_every=None) -> None:
+                  image_size, channels, ckpt_every=None, preview_dir=None, preview_every: int = 0) -> None:
     from dataclasses import replace
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -35,7 +35,10 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
     from gencc.models.train import check_output, default_config, train
 
     check_output(out, resume)
+    watch = _train_preview(out, preview_dir, preview_every, seed, resume)   # checked before the data loads
     dataset = load_dataset(data, seed=seed, image_size=image_size, channels=channels)
+    if watch is not None and dataset.data.ndim == 2 and dataset.data.shape[1] == 2:
+        watch.reference = dataset.data[:watch_points()]
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ckpt_every=ckpt_every).items()
                  if v is not None}
     cfg = replace(default_config(model, dataset.kind), seed=seed, **overrides)
@@ -49,9 +52,32 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
                 text = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
                 bar.update(task, completed=step, losses=text)
 
-        result = train(model, dataset, out, cfg, width=width, resume=resume, progress=progress)
+        result = train(model, dataset, out, cfg, width=width, resume=resume, progress=progress, watch=watch)
     losses = " ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
     typer.echo(f"wrote {result.path} (step {result.steps}, {losses}, {result.seconds:.1f} s)")
+    if watch is not None and watch.written:
+        typer.echo(f"wrote {', '.join(str(p) for p in watch.written)}")
+
+
+def _train_preview(out: Path, folder, every: int, seed: int, resume: bool):
+    from gencc.models.preview import TrainPreview, check_train_preview, preview_dir_for
+
+    folder = Path(folder) if folder is not None else preview_dir_for(out)
+    check_train_preview(folder, every)
+    if every == 0:
+        return None
+    start = 0
+    if resume and out.exists():
+        from gencc.models.checkpoint import load_config
+
+        start = load_config(out)["step"]
+    return TrainPreview(folder, every, seed=seed, start_step=start)
+
+
+def watch_points() -> int:
+    from gencc.models.preview import POINTS
+
+    return POINTS
 
 
 def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device,

@@ -48,12 +48,18 @@ def train(
     image_size: Optional[int] = typer.Option(None, help="resize images in a folder to this side"),
     channels: Optional[int] = typer.Option(None, help="1 or 3 channels for an image folder"),
     ckpt_every: Optional[int] = typer.Option(None, help="steps between checkpoints (default 1000)"),
+    # Watching training (models/preview.py).
+    preview: Optional[Path] = typer.Option(None, "--preview", help="folder for loss.png and sample pictures "
+                                           "(default: OUT.preview beside the checkpoint)"),
+    preview_every: int = typer.Option(2000, "--preview-every", help="steps between previews, and one at the "
+                                      "end; 0: none"),
 ):
     """Train a diffusion model or a GAN.  Example: gencc train diffusion --data moons --out moons.ckpt"""
     from gencc.cli.commands import train_command
 
     train_command(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
-                  resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every)
+                  resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every,
+                  preview_dir=preview, preview_every=preview_every)
 
 
 @app.command()
