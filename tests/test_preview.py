@@ -125,3 +125,88 @@ def test_denoised_estimates_agree_across_tvm_ort_and_torch(tiny_moons_diffusion,
               "--preview", tmp_path / "p", "--preview-every", 1)
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "p").glob("step_*.png"))) == 4
+
+
+# Training previews (models/preview.py).
+
+def _train_weights(tmp_path, name, model, data, steps, watch=None, **kw):
+    from dataclasses import replace
+
+    from gencc.models.checkpoint import load_train_state, load_weights
+    from gencc.models.data import load_dataset
+    from gencc.models.train import default_config, train
+
+    ds = load_dataset(data)
+    cfg = replace(default_config(model, ds.kind), steps=steps, ckpt_every=steps, **kw)
+    train(model, ds, tmp_path / name, cfg, watch=watch)
+    return load_weights(tmp_path / name), load_train_state(tmp_path / name)
+
+
+def _assert_same_tensors(a, b):
+    import torch
+
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same_tensors(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same_tensors(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    else:
+        assert a == b
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,data,kw", [("diffusion", "moons", {}), ("gan", "digits", {"batch_size": 8})])
+def test_training_previews_leave_the_weights_bit_identical(tmp_path, model, data, kw):
+    # The GAN's generator has BatchNorm: sampling it in training mode would move its running statistics.
+    from gencc.models.preview import TrainPreview
+
+    watch = TrainPreview(tmp_path / "p", every=2, seed=0)
+    plain = _train_weights(tmp_path, "plain", model, data, 5, **kw)
+    watched = _train_weights(tmp_path, "watched", model, data, 5, watch=watch, **kw)
+    _assert_same_tensors(plain, watched)
+    assert sorted(p.name for p in (tmp_path / "p").glob("samples_*.png")) == \
+        ["samples_step000002.png", "samples_step000004.png", "samples_step000005.png"]
+    assert (tmp_path / "p" / "loss.png").is_file()
+    rows = (tmp_path / "p" / "losses.csv").read_text().splitlines()
+    assert len(rows) == 6 and rows[0].startswith("step,")
+
+
+def test_loss_chart_draws_each_loss():
+    from gencc.models.preview import COLOURS, loss_chart
+
+    rows = [[s, 1.0 / s, 0.5] for s in range(1, 200)]
+    img = np.asarray(loss_chart(rows, ["d_loss", "g_loss"]))
+    for colour in COLOURS[:2]:
+        assert (img == colour).all(axis=-1).sum() > 100   # each series' smoothed line is drawn
+
+
+@pytest.mark.slow
+def test_cli_train_previews_beside_the_checkpoint_and_resume_keeps_the_history(tmp_path):
+    out = tmp_path / "m.ckpt"
+    r = gencc("train", "diffusion", "--data", "moons", "--out", out, "--steps", 4, "--preview-every", 2)
+    assert r.exit_code == 0, r.output
+    folder = tmp_path / "m.ckpt.preview"
+    assert sorted(p.name for p in folder.iterdir()) == \
+        ["loss.png", "losses.csv", "samples_step000002.png", "samples_step000004.png"]
+    assert not (out / "loss.png").exists()   # the checkpoint holds only its own files
+    r = gencc("train", "diffusion", "--data", "moons", "--out", out, "--steps", 6, "--preview-every", 2, "--resume")
+    assert r.exit_code == 0, r.output
+    steps = [int(line.split(",")[0]) for line in (folder / "losses.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    r = gencc("train", "diffusion", "--data", "moons", "--out", tmp_path / "n.ckpt", "--steps", 2,
+              "--preview-every", 0)
+    assert r.exit_code == 0 and not (tmp_path / "n.ckpt.preview").exists()
+
+
+def test_cli_train_preview_errors_are_one_line(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    assert_user_error(gencc("train", "diffusion", "--data", "moons", "--out", tmp_path / "m.ckpt",
+                            "--preview-every", -1), "preview-every", "-1")
+    assert_user_error(gencc("train", "diffusion", "--data", "moons", "--out", tmp_path / "m.ckpt",
+                            "--preview", tmp_path / "file"), "not a directory")
+    assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "m.ckpt").exists()
