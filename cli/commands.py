@@ -94,6 +94,10 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
     if preview_dir is not None or preview_every is not None:
         preview_every = _check_preview(preview_dir, preview_every, steps)
     model = gencc.load(path, backend=backend, device=device, trusted_keys=trusted_keys)
+    if preview_every is not None:
+        from gencc.runtime.preview import check_picturable
+
+        check_picturable(model)   # before the samples, not after
     preview = sample_to_file(model, n, out, batch_size=batch_size, resume=resume,
                              steps=steps, sampler=sampler, seed=seed, options=options)
     typer.echo(f"wrote {out} ({n} samples, shape {preview.shape[1:]}, backend {model.backend})")

@@ -4,7 +4,8 @@ Samples come from a copy of the sampled weights (the EMA eps-network: a quick DP
 GAN generator: G(z)), with noise fixed by (seed, sample index) through runtime/noise.py's Philox, not
 torch's generator: previews neither draw from nor perturb the training's random stream, so a run's
 weights are bit-identical with and without them (tests/test_preview.py checks it). The folder holds
-`loss.png`, `losses.csv` (every step's losses; kept across --resume) and `samples_step000123.png`.
+`loss.png`, `losses.csv` (every step's losses; kept across --resume) and `samples_step000123.png`
+(images and 2-D points only: other data gets the loss curve alone).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from gencc.runtime.atomic import write_bytes_atomic
 from gencc.runtime.errors import GenccError
-from gencc.runtime.render import save_png
+from gencc.runtime.render import picturable, save_png
 
 DEFAULT_EVERY = 2000
 QUICK_STEPS = 20               # DPM-Solver++(2M) on a log-SNR grid: 10 steps already land close (README)
@@ -58,11 +59,14 @@ class TrainPreview:
 
     def write(self, step: int, model) -> None:
         self.folder.mkdir(exist_ok=True)
-        picture = self.folder / f"samples_step{step:06d}.png"
-        save_png(picture, quick_samples(model, self.seed), self.reference)
+        self.written = []
+        if picturable(model.sample_shape):   # other vectors (e.g. 3-D points) get the loss curve only
+            picture = self.folder / f"samples_step{step:06d}.png"
+            save_png(picture, quick_samples(model, self.seed), self.reference)
+            self.written.append(picture)
         write_bytes_atomic(self.folder / "losses.csv", self._csv())
         write_bytes_atomic(self.folder / "loss.png", _png(loss_chart(self.rows, self.names)))
-        self.written = [picture, self.folder / "loss.png"]
+        self.written.append(self.folder / "loss.png")
 
     def _csv(self) -> bytes:
         buf = io.StringIO()

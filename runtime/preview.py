@@ -17,7 +17,7 @@ from .atomic import atomic_dir
 from .errors import GenccError
 from .jsonfile import read_json
 from .model import Model
-from .render import picture
+from .render import picturable, picture
 from .watch import StepView
 
 FORMAT = "gencc-preview"
@@ -39,6 +39,12 @@ def check_preview_dir(path: str | Path) -> Path:
     return path
 
 
+def check_picturable(model: Model) -> None:
+    if not picturable(model.sample_shape):
+        raise GenccError(f"--preview draws images or 2-D points; this model makes samples of shape "
+                         f"{model.sample_shape}")
+
+
 def check_every(every: int) -> int:
     if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every <= 0:
         raise GenccError(f"preview-every must be a positive integer, got {every!r}")
@@ -54,6 +60,7 @@ def write_preview(model: Model, out_dir: str | Path, *, every: int, n: int | Non
     `gencc sample` run with the same settings writes."""
     out_dir = check_preview_dir(out_dir)
     every = check_every(every)
+    check_picturable(model)
     n = n or (POINTS if len(model.sample_shape) == 1 else IMAGES)
     frames = _Frames(every)
     final = model.sample(n, batch_size=n, on_step=frames, **sampling)

@@ -18,6 +18,11 @@ def save_png(path: str | Path, samples: np.ndarray, reference: np.ndarray | None
         Image.fromarray(img).save(tmp, format="PNG")
 
 
+def picturable(sample_shape: tuple[int, ...]) -> bool:
+    """Whether `picture` can draw samples of this shape: images (C, H, W) or 2-D points."""
+    return len(sample_shape) == 3 or tuple(sample_shape) == (2,)
+
+
 def picture(samples: np.ndarray, reference: np.ndarray | None = None, frame: np.ndarray | None = None) -> np.ndarray:
     """The uint8 picture save_png writes; `frame` (points) fixes a scatter plot's axes, e.g. across frames."""
     if samples.ndim == 4:

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from cli_helpers import assert_user_error, gencc
+from gencc.runtime.errors import GenccError
 from gencc.runtime.model import Model
 from gencc.runtime.noise import SampleNoise
 from gencc.runtime.normalize import Normalization
@@ -210,3 +211,16 @@ def test_cli_train_preview_errors_are_one_line(tmp_path):
     assert_user_error(gencc("train", "diffusion", "--data", "moons", "--out", tmp_path / "m.ckpt",
                             "--preview", tmp_path / "file"), "not a directory")
     assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "m.ckpt").exists()
+
+
+def test_previews_of_data_that_cannot_be_pictured(tmp_path):
+    # 3-D points: gencc sample --preview refuses up front; training previews draw the loss curve alone.
+    m = Model("diffusion", (3,), Normalization((0.0,), (1.0,), (3,)), "exact", sde=SDE, eps_fn=linear_eps)
+    with pytest.raises(GenccError, match=r"images or 2-D points.*\(3,\)"):
+        write_preview(m, tmp_path / "p", every=1, steps=2)
+    assert not (tmp_path / "p").exists()
+    from gencc.models.preview import TrainPreview
+
+    watch = TrainPreview(tmp_path / "t", every=1)
+    watch(1, 1, {"loss": 0.5}, lambda: m)
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["loss.png", "losses.csv"]
