@@ -37,8 +37,8 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
     check_output(out, resume)
     watch = _train_preview(out, preview_dir, preview_every, seed, resume)   # checked before the data loads
     dataset = load_dataset(data, seed=seed, image_size=image_size, channels=channels)
-    if watch is not None and dataset.data.ndim == 2 and dataset.data.shape[1] == 2:
-        watch.reference = dataset.data[:watch_points()]
+    if watch is not None:
+        watch.draw_over(dataset.data)
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ckpt_every=ckpt_every).items()
                  if v is not None}
     cfg = replace(default_config(model, dataset.kind), seed=seed, **overrides)
@@ -72,12 +72,6 @@ def _train_preview(out: Path, folder, every: int, seed: int, resume: bool):
 
         start = load_config(out)["step"]
     return TrainPreview(folder, every, seed=seed, start_step=start)
-
-
-def watch_points() -> int:
-    from gencc.models.preview import POINTS
-
-    return POINTS
 
 
 def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device,

@@ -49,6 +49,11 @@ class TrainPreview:
         self.rows = _read_history(self.folder / "losses.csv", start_step)
         self.written: list[Path] = []
 
+    def draw_over(self, data: np.ndarray) -> None:
+        """2-D training points, an even subset of them, go under each sample picture in grey."""
+        if data.ndim == 2 and data.shape[1] == 2:
+            self.reference = data[::max(1, len(data) // POINTS)][:POINTS]
+
     def __call__(self, step: int, total: int, losses: dict, snapshot) -> None:
         if not self.names:
             self.names = list(losses)
@@ -103,37 +108,50 @@ def loss_chart(rows: list[list[float]], names: list[str], size: tuple[int, int] 
     """Each loss against the step: raw values pale, a moving average strong, on shared linear axes."""
     from PIL import Image, ImageDraw
 
-    w, h = size
-    left, right, top, bottom = 60, 10, 24, 30
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
     data = np.asarray(rows, np.float64).reshape(-1, 1 + len(names))
     steps, values = data[:, 0], data[:, 1:]
-    lo, hi = np.percentile(values, [0.5, 99.5]) if len(values) else (0.0, 1.0)
-    lo, hi = lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9)
-    s0, s1 = (steps.min(), max(steps.max(), steps.min() + 1)) if len(steps) else (0, 1)
-
-    def xy(s, v):
-        return (left + (s - s0) / (s1 - s0) * (w - left - right),
-                top + (hi - np.clip(v, lo, hi)) / (hi - lo) * (h - top - bottom))
-
-    draw.rectangle((left, top, w - right, h - bottom), outline="black")
-    for v in np.linspace(lo, hi, 5):
-        y = xy(s0, v)[1]
-        draw.line((left - 4, y, left, y), fill="black")
-        draw.text((2, y - 6), f"{v:.3g}", fill="black")
-    for s in (s0, s1):
-        draw.text((xy(s, lo)[0] - (4 if s == s0 else 8 * len(str(int(s)))), h - bottom + 6), str(int(s)), fill="black")
-    draw.text((w // 2 - 10, h - bottom + 6), "step", fill="black")
+    axes = _Axes(size, steps, values)
+    axes.draw(draw)
     for i, name in enumerate(names):
         colour = COLOURS[i % len(COLOURS)]
         pale = tuple(int(c + (255 - c) * 0.7) for c in colour)
-        for series, fill in ((values[:, i], pale), (_smooth(values[:, i]), colour)):
-            pts = [xy(s, v) for s, v in zip(steps, series)][::max(1, len(steps) // 2000)]
+        for series, fill, width in ((values[:, i], pale, 1), (_smooth(values[:, i]), colour, 2)):
+            pts = [axes.xy(s, v) for s, v in zip(steps, series)][::max(1, len(steps) // 2000)]
             if len(pts) > 1:
-                draw.line(pts, fill=fill, width=1 if fill is pale else 2)
-        draw.text((left + 8 + 110 * i, 6), f"{name} {values[-1, i]:.4f}" if len(values) else name, fill=colour)
+                draw.line(pts, fill=fill, width=width)
+        draw.text((axes.left + 8 + 110 * i, 6), f"{name} {values[-1, i]:.4f}" if len(values) else name, fill=colour)
     return img
+
+
+class _Axes:
+    """Data -> pixel map of the plot box; the y range ignores the top and bottom 0.5% (early spikes)."""
+
+    left, right, top, bottom = 60, 10, 24, 30
+
+    def __init__(self, size: tuple[int, int], steps: np.ndarray, values: np.ndarray):
+        self.w, self.h = size
+        lo, hi = np.percentile(values, [0.5, 99.5]) if values.size else (0.0, 1.0)
+        pad = 0.05 * (hi - lo + 1e-9)
+        self.lo, self.hi = lo - pad, hi + pad
+        self.s0 = steps.min() if len(steps) else 0
+        self.s1 = max(steps.max(), self.s0 + 1) if len(steps) else 1
+
+    def xy(self, s: float, v: float) -> tuple[float, float]:
+        x = self.left + (s - self.s0) / (self.s1 - self.s0) * (self.w - self.left - self.right)
+        y = self.top + (self.hi - np.clip(v, self.lo, self.hi)) / (self.hi - self.lo) * (self.h - self.top - self.bottom)
+        return x, y
+
+    def draw(self, draw) -> None:
+        draw.rectangle((self.left, self.top, self.w - self.right, self.h - self.bottom), outline="black")
+        for v in np.linspace(self.lo, self.hi, 5):
+            y = self.xy(self.s0, v)[1]
+            draw.line((self.left - 4, y, self.left, y), fill="black")
+            draw.text((2, y - 6), f"{v:.3g}", fill="black")
+        for s, shift in ((self.s0, 4), (self.s1, 8 * len(str(int(self.s1))))):
+            draw.text((self.xy(s, self.lo)[0] - shift, self.h - self.bottom + 6), str(int(s)), fill="black")
+        draw.text((self.w // 2 - 10, self.h - self.bottom + 6), "step", fill="black")
 
 
 def _smooth(v: np.ndarray) -> np.ndarray:
