@@ -63,6 +63,7 @@ def _train_preview(out: Path, folder, every: int, seed: int, resume: bool):
     from gencc.models.preview import TrainPreview, check_train_preview, preview_dir_for
 
     folder = Path(folder) if folder is not None else preview_dir_for(out)
+    _check_distinct(folder, (out,))   # a checkpoint directory is replaced whole at every save
     check_train_preview(folder, every)
     if every == 0:
         return None
@@ -86,7 +87,7 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
     if png is not None:
         _check_out_file(png, ".png")
     if preview_dir is not None or preview_every is not None:
-        preview_every = _check_preview(preview_dir, preview_every, steps)
+        preview_every = _check_preview(preview_dir, preview_every, steps, others=(out, png))
     model = gencc.load(path, backend=backend, device=device, trusted_keys=trusted_keys)
     if preview_every is not None:
         from gencc.runtime.preview import check_picturable
@@ -102,11 +103,12 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
         preview_command(model, preview_dir, preview_every, n, steps=steps, sampler=sampler, seed=seed, options=options)
 
 
-def _check_preview(folder, every, steps: int) -> int:
+def _check_preview(folder, every, steps: int, others=()) -> int:
     from gencc.runtime.preview import check_every, check_preview_dir
 
     if folder is None:
         raise GenccError("--preview-every needs --preview DIR")
+    _check_distinct(folder, others)
     check_preview_dir(folder)
     return check_every(every if every is not None else max(1, steps // 10))
 
@@ -158,6 +160,12 @@ def info_text(path: Path) -> str:
         lines.append(f"  sde:        {json.dumps(c['sde'])}")
     lines.append(f"  versions:   {json.dumps(c.get('versions', {}))}")
     return "\n".join(lines)
+
+
+def _check_distinct(folder: Path, others) -> None:
+    for other in others:
+        if other is not None and Path(folder).resolve() == Path(other).resolve():
+            raise GenccError(f"--preview {str(folder)!r} is also an output ({str(other)!r}); choose another folder")
 
 
 def info_record(path: Path) -> dict:

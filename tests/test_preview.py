@@ -94,6 +94,7 @@ def test_cli_preview_of_a_gan_image_model(tiny_digits_gan, tmp_path):
     (("--preview", "{foreign}"), ("not empty", "preview.json")),
     (("--preview", "{tmp}/no/such/dir"), ("does not exist",)),
     (("--preview-every", "5"), ("needs --preview",)),
+    (("--preview", "{tmp}/s.npz"), ("also an output",)),
 ])
 def test_cli_preview_errors_are_one_line(tmp_path, args, words):
     (tmp_path / "file").write_text("mine")
@@ -210,6 +211,8 @@ def test_cli_train_preview_errors_are_one_line(tmp_path):
                             "--preview-every", -1), "preview-every", "-1")
     assert_user_error(gencc("train", "diffusion", "--data", "moons", "--out", tmp_path / "m.ckpt",
                             "--preview", tmp_path / "file"), "not a directory")
+    assert_user_error(gencc("train", "diffusion", "--data", "moons", "--out", tmp_path / "m.ckpt",
+                            "--preview", tmp_path / "m.ckpt"), "also an output")
     assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "m.ckpt").exists()
 
 
