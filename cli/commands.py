@@ -26,7 +26,8 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, seed, width, resume,
-                  image_size, channels, ckpt_every=None, nproc=None, device="cpu") -> None:
+                  image_size, channels, ckpt_every=None, nproc=None, device="cpu", preview_dir=None,
+                  preview_every: int = 0) -> None:
     from dataclasses import replace
     from functools import partial
 
@@ -40,16 +41,22 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
     distributed = nproc is not None or launch is not None
     if device != "cpu" and not distributed:
         raise GenccError(f"--device {device} is for distributed training; pass --nproc N (1 is fine)")
+    if distributed and preview_dir is not None:
+        raise GenccError("--preview is for single-process training; drop it, or --nproc")
     quiet = launch is not None and launch.rank != 0   # torchrun's other ranks: rank 0 reports for all
     if not quiet:
         check_output(out, resume)
+    # Previews watch the single-process loop; distributed training runs without them.
+    watch = None if distributed else _train_preview(out, preview_dir, preview_every, seed, resume)
     dataset = load_dataset(data, seed=seed, image_size=image_size, channels=channels)
+    if watch is not None:
+        watch.draw_over(dataset.data)
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ckpt_every=ckpt_every).items()
                  if v is not None}
     cfg = replace(default_config(model, dataset.kind), seed=seed, **overrides)
     if distributed:
         check_parallel(model, dataset, cfg, nproc=nproc, device=device)
-    fit = partial(train_parallel, nproc=nproc, device=device) if distributed else train
+    fit = partial(train_parallel, nproc=nproc, device=device) if distributed else partial(train, watch=watch)
     columns = (TextColumn("[bold]train {task.fields[model]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=False, disable=quiet) as bar:
@@ -64,10 +71,29 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
     losses = " ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
     if not quiet:
         typer.echo(f"wrote {result.path} (step {result.steps}, {losses}, {result.seconds:.1f} s)")
+    if watch is not None and watch.written:
+        typer.echo(f"wrote {', '.join(str(p) for p in watch.written)}")
+
+
+def _train_preview(out: Path, folder, every: int, seed: int, resume: bool):
+    from gencc.models.preview import TrainPreview, check_train_preview, preview_dir_for
+
+    folder = Path(folder) if folder is not None else preview_dir_for(out)
+    _check_distinct(folder, (out,))   # a checkpoint directory is replaced whole at every save
+    check_train_preview(folder, every)
+    if every == 0:
+        return None
+    start = 0
+    if resume and out.exists():
+        from gencc.models.checkpoint import load_config
+
+        start = load_config(out)["step"]
+    return TrainPreview(folder, every, seed=seed, start_step=start)
 
 
 def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device,
-                   options=None, resume: bool = False, trusted_keys=None, shard: str | None = None) -> None:
+                   options=None, resume: bool = False, trusted_keys=None, shard: str | None = None,
+                   preview_dir=None, preview_every=None) -> None:
     """Samples stream to `out` batch by batch (runtime/stream.py): memory does not grow with n.
     With `shard` ("k/N"), only shard k's slice of the n samples is drawn (runtime/shard.py)."""
     import gencc
@@ -83,6 +109,8 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
                          f"got {str(out)!r}")
     if png is not None:
         _check_out_file(png, ".png")
+    if preview_dir is not None or preview_every is not None:
+        preview_every = _check_preview(preview_dir, preview_every, steps, others=(out, png))
     model = gencc.load(path, backend=backend, device=device, trusted_keys=trusted_keys)
     sampling = dict(steps=steps, sampler=sampler, seed=seed, options=options)
     start, count, extra = 0, n, None
@@ -100,6 +128,8 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
     if png is not None:
         write_png(png, preview, model.data_name)
         typer.echo(f"wrote {png}" + (f" (the first {len(preview)} samples)" if len(preview) < count else ""))
+    if preview_every is not None:
+        preview_command(model, preview_dir, preview_every, n, steps=steps, sampler=sampler, seed=seed, options=options)
 
 
 def write_png(png: Path, samples: np.ndarray, data_name: str) -> None:
@@ -133,6 +163,24 @@ def info_text(path: Path) -> str:
         lines.append(f"  sde:        {json.dumps(c['sde'])}")
     lines.append(f"  versions:   {json.dumps(c.get('versions', {}))}")
     return "\n".join(lines)
+
+
+def _check_distinct(folder: Path, others) -> None:
+    for other in others:
+        if other is not None and Path(folder).resolve() == Path(other).resolve():
+            raise GenccError(f"--preview {str(folder)!r} is also an output ({str(other)!r}); choose another folder")
+
+
+def info_record(path: Path) -> dict:
+    """What `info_text` says, as data: the checked checkpoint config, or the checked artifact manifest."""
+    from gencc.models.checkpoint import load_config
+    from gencc.runtime.artifact import is_artifact, read_manifest
+    from gencc.runtime.signing import signer
+
+    if is_artifact(path):
+        return {"path": str(path), "kind": "artifact", "files_intact": True, "signed_by": signer(path),
+                "manifest": read_manifest(path).raw}
+    return {"path": str(path), "kind": "checkpoint", "config": load_config(path)}
 
 
 def data_command(name: str, n, seed: int, split: str, out: Path) -> None:

@@ -12,7 +12,12 @@ import typer
 from gencc.runtime.errors import GenccError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train generative models in PyTorch, compile them with TVM, and sample them.")
+                  help="Train generative models in PyTorch, compile them with TVM, and sample them.\n\n"
+                       "Example: gencc train diffusion --data moons --out moons.ckpt && "
+                       "gencc sample moons.ckpt --n 1000 --out s.npz --png s.png\n\n"
+                       "Exit status: 0 ok, 2 user error (one line on stderr), 130 interrupted, 1 a bug "
+                       "(with a traceback); gencc doctor: 3 when this machine cannot run gencc's CPU path.")
+JSON_HELP = "write the result as JSON to this file, or - for stdout (the text then goes to stderr)"
 
 
 def _user_errors(fn):
@@ -47,6 +52,11 @@ def train(
                                         "processes; --batch-size is the global batch"),
     device: str = typer.Option("cpu", help="distributed training device: cpu (gloo) or cuda (NCCL, one GPU "
                                "per process)"),
+    # Watching training (models/preview.py).
+    preview: Optional[Path] = typer.Option(None, "--preview", help="folder for loss.png and sample pictures "
+                                           "(default: OUT.preview beside the checkpoint)"),
+    preview_every: int = typer.Option(2000, "--preview-every", help="steps between previews, and one at the "
+                                      "end; 0: none"),
 ):
     """Train a diffusion model or a GAN.  Example: gencc train diffusion --data moons --out moons.ckpt
 
@@ -56,7 +66,7 @@ def train(
 
     train_command(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
                   resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every,
-                  nproc=nproc, device=device)
+                  nproc=nproc, device=device, preview_dir=preview, preview_every=preview_every)
 
 
 @app.command()
@@ -81,18 +91,25 @@ def sample(
                                                      help="public key (PEM) to accept signatures from; repeatable"),
     shard: Optional[str] = typer.Option(None, help="k/N: draw only shard k (0-based) of the n samples, into a "
                                         ".npz that `gencc merge` joins"),
+    # Watching the reverse process (runtime/preview.py).
+    preview: Optional[Path] = typer.Option(None, "--preview", help="folder for denoised-estimate PNGs every "
+                                           "--preview-every steps, final.png and reverse.gif"),
+    preview_every: Optional[int] = typer.Option(None, "--preview-every", help="steps between preview frames "
+                                                "(default: steps/10)"),
 ):
     """Draw samples from a checkpoint or artifact.
 
     Example: gencc sample moons.gencc --n 2000 --out s.npz --png s.png
              gencc sample moons.gencc --n 1000000 --shard 0/4 --out part0.npz   # on 4 machines, then gencc merge
+             gencc sample moons.gencc --n 2000 --out s.npz --preview frames --preview-every 20   # watch it
     """
     from gencc.cli.commands import sample_command
 
     sample_command(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
                    png=png, backend=backend, device=device, resume=resume,
                    trusted_keys=(trusted_key or []) if require_signature or trusted_key else None, shard=shard,
-                   options={"corrector_steps": corrector_steps, "snr": snr} if sampler == "pc" else None)
+                   options={"corrector_steps": corrector_steps, "snr": snr} if sampler == "pc" else None,
+                   preview_dir=preview, preview_every=preview_every)
 
 
 @app.command()
@@ -154,7 +171,10 @@ def compile_(
 def verify(path: Path = typer.Argument(..., help="artifact directory"),
            sign: Optional[Path] = typer.Option(None, "--sign", help="private key to re-sign a signed artifact "
                                                "with (marking it verified rewrites its manifest)")):
-    """Check a compiled artifact against ONNX Runtime on this machine's device, and mark it verified."""
+    """Check a compiled artifact against ONNX Runtime on this machine's device, and mark it verified.
+
+    Example: gencc verify moons-cuda.gencc
+    """
     from gencc.compiler.compile import verify as verify_
 
     verify_(path, log=typer.echo, sign=sign)
@@ -188,11 +208,15 @@ def keygen(out: Path = typer.Option(..., "--out", help="folder for private.pem (
 
 @app.command()
 @_user_errors
-def info(path: Path = typer.Argument(..., help="checkpoint or artifact directory")):
-    """Describe a checkpoint or a compiled artifact.  Example: gencc info moons.gencc"""
-    from gencc.cli.commands import info_text
+def info(path: Path = typer.Argument(..., help="checkpoint or artifact directory"),
+         json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP)):
+    """Describe a checkpoint or a compiled artifact.  Example: gencc info moons.gencc --json -"""
+    from gencc.cli.commands import info_record, info_text
+    from gencc.cli.output import check_json_dest, emit_json, say
 
-    typer.echo(info_text(path))
+    check_json_dest(json_out)
+    say(info_text(path), json_out)
+    emit_json(info_record(path), json_out)
 
 
 @app.command()
@@ -214,7 +238,10 @@ def data(
 @_user_errors
 def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="folder for checkpoints, samples, PNGs"),
          quick: bool = typer.Option(False, "--quick", help="tiny budgets, for smoke tests")):
-    """Train diffusion and GAN on digits and diffusion on moons, sample each, write PNGs."""
+    """Train diffusion and GAN on digits and diffusion on moons, sample each, write PNGs.
+
+    Example: gencc demo --out out/demo
+    """
     from gencc.cli.demo import run_demo
 
     run_demo(out, quick=quick)
@@ -226,7 +253,7 @@ def eval_(
     samples: Path = typer.Argument(..., help=".npz with a 'samples' array, as written by gencc sample"),
     data: str = typer.Option(..., "--data", help="built-in name (moons, swissroll, gaussians8, checkerboard, "
                              "digits) or the .npy/.npz file or image folder the model learned"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the full result as JSON"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
     n_ref: Optional[int] = typer.Option(None, "--n-ref", help="reference examples (default: as many as samples "
                                         "for built-in 2-D sets, all 297 digits test images, half a user's file)"),
     seed: int = typer.Option(0, help="seed for the reference draw and the metrics' projections"),
@@ -235,19 +262,13 @@ def eval_(
 
     Example: gencc eval s.npz --data moons --json s.json
     """
-    import json
-
-    from gencc.cli.commands import _check_out_file
+    from gencc.cli.output import check_json_dest, emit_json, say
     from gencc.models.evaluate import evaluate, format_table, load_samples
-    from gencc.runtime.atomic import write_bytes_atomic
 
-    if json_out is not None:
-        _check_out_file(json_out, ".json")
+    check_json_dest(json_out)
     result = evaluate(load_samples(samples), data, n_ref=n_ref, seed=seed)
-    typer.echo(format_table(result))
-    if json_out is not None:
-        write_bytes_atomic(json_out, (json.dumps(result, indent=2) + "\n").encode())
-        typer.echo(f"wrote {json_out}")
+    say(format_table(result), json_out)
+    emit_json(result, json_out)
 
 
 @app.command()
@@ -260,7 +281,7 @@ def bench(
     sampler: str = typer.Option("em", help="sampler of the end-to-end run"),
     artifact: Optional[Path] = typer.Option(None, help="use this artifact as 'tvm' (default: compile one)"),
     tuned: Optional[Path] = typer.Option(None, help="artifact to measure as 'tvm-tuned'"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report as JSON"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
     md: Optional[Path] = typer.Option(None, help="write the table as Markdown"),
     plot: Optional[Path] = typer.Option(None, help="write a latency-vs-batch plot (PNG, needs matplotlib)"),
 ):
@@ -275,13 +296,35 @@ def bench(
                           batches=tuple(int(b) for b in batch.split(",") if b.strip()), steps=steps, sampler=sampler)
     except ValueError:
         raise GenccError(f"--batch must be a comma list of integers, got {batch!r}") from None
-    for p in (json_out, md, plot):
+    from gencc.cli.output import check_json_dest, emit_json, say
+
+    check_json_dest(json_out)
+    for p in (md, plot):
         if p is not None and not p.parent.is_dir():
             raise GenccError(f"output folder {str(p.parent)!r} does not exist")
     arts = {k: v for k, v in (("tvm", artifact), ("tvm-tuned", tuned)) if v is not None}
     report = run_bench(checkpoint, cfg, arts, log=lambda s: typer.echo(s, err=True))
-    typer.echo(markdown(report))
-    save_outputs(report, json_out, md, plot)
+    say(markdown(report), json_out)
+    save_outputs(report, None, md, plot)
+    emit_json(report, json_out)
+
+
+@app.command()
+@_user_errors
+def doctor(json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP)):
+    """Report versions, CPU (ISA flags), GPU, nvcc, CUDA and whether TVM's runtime loads; exit 3 if the CPU path cannot run.
+
+    Example: gencc doctor --json -
+    """
+    from gencc.cli.doctor import collect, format_text
+    from gencc.cli.output import check_json_dest, emit_json, say
+
+    check_json_dest(json_out)
+    report = collect()
+    say(format_text(report), json_out)
+    emit_json(report, json_out)
+    if not report["cpu_path_usable"]:
+        raise typer.Exit(3)
 
 
 def main() -> None:

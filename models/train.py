@@ -30,6 +30,7 @@ from .gan import discriminator_loss, generator_loss
 
 MODELS = ("diffusion", "gan")
 Progress = Callable[[int, int, dict], None]   # (step, total steps, latest losses)
+Watch = Callable[[int, int, dict, Callable], None]   # (step, total, losses, snapshot() -> runtime Model)
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,17 @@ class TrainResult:
 
 
 def train(model: str, data: Dataset, out: str | Path, cfg: TrainConfig, *, width: int | None = None,
-          resume: bool = False, progress: Progress | None = None) -> TrainResult:
-    """Train a diffusion model or a GAN on `data`, writing a checkpoint to `out` as it goes."""
+          resume: bool = False, progress: Progress | None = None, watch: Watch | None = None) -> TrainResult:
+    """Train a diffusion model or a GAN on `data`, writing a checkpoint to `out` as it goes.
+
+    `watch` is called after every step with a `snapshot()` that builds a sampling Model from a copy of
+    the current weights (models/preview.py draws previews with it); it cannot change training."""
     out = check_output(out, resume)
     if model not in MODELS:
         raise GenccError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
     run = _DiffusionRun if model == "diffusion" else _GANRun
     r = run.resume(out, data, cfg) if resume and out.exists() else run.new(data, cfg, width)
-    return r.fit(out, progress)
+    return r.fit(out, progress, watch)
 
 
 @contextlib.contextmanager
@@ -118,7 +122,7 @@ class _Run:
         self.x = torch.from_numpy(norm.encode(data.data))
         self.losses: dict = {}
 
-    def fit(self, out: Path, progress: Progress | None) -> TrainResult:
+    def fit(self, out: Path, progress: Progress | None, watch: Watch | None = None) -> TrainResult:
         start = time.perf_counter()
         while self.step < self.cfg.steps:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
@@ -132,6 +136,8 @@ class _Run:
                 progress(self.step, self.cfg.steps, self.losses)
             if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
                 self.save(out)
+            if watch:
+                watch(self.step, self.cfg.steps, self.losses, self.snapshot)
         return TrainResult(out, self.step, self.losses, time.perf_counter() - start)
 
     def share(self, *batch: torch.Tensor) -> list[torch.Tensor]:
@@ -216,6 +222,13 @@ class _DiffusionRun(_Run):
         for e, p in zip(self.ema.parameters(), self.net.parameters()):
             e.lerp_(p, 1.0 - decay)
 
+    def snapshot(self):
+        """A torch-backend Model over a copy of the EMA weights: sampling it leaves training untouched."""
+        from gencc.runtime.backend_torch import model_from_net
+
+        return model_from_net("diffusion", copy.deepcopy(self.ema), tuple(self.data.data.shape[1:]), self.norm,
+                              sde=self.sde, data_name=self.data.name)
+
     def save(self, out: Path) -> None:
         config = {**self.config(), "sde": self.sde.to_dict()}
         ckpt.save_checkpoint(out, config, self.ema.state_dict(),
@@ -263,6 +276,13 @@ class _GANRun(_Run):
         g_loss.backward()
         self._clip_and_step(self.G.parameters(), self.opt_g, self.cfg.grad_clip * 10)
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+
+    def snapshot(self):
+        """A Model over a copy of G in eval mode: BatchNorm's running statistics of G itself stay untouched."""
+        from gencc.runtime.backend_torch import model_from_net
+
+        return model_from_net("gan", copy.deepcopy(self.G), tuple(self.data.data.shape[1:]), self.norm,
+                              latent_dim=self.net_cfg.latent_dim, data_name=self.data.name)
 
     def save(self, out: Path) -> None:
         ckpt.save_checkpoint(out, self.config(), self.G.state_dict(),

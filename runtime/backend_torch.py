@@ -34,22 +34,32 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     except RuntimeError as e:
         from .errors import GenccError
         raise GenccError(f"weights in {str(path)!r} do not match its config: {str(e).splitlines()[0]}") from None
+    sde = VPSDE.from_dict(config["sde"]) if config["model"] == "diffusion" else None
+    latent = getattr(net_cfg, "latent_dim", None)
+    return model_from_net(config["model"], net, shape, norm, sde=sde, latent_dim=latent, info=config,
+                          data_name=config["data"]["name"], device=device)
+
+
+def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, *, sde: VPSDE | None = None,
+                   latent_dim: int | None = None, info: dict | None = None, data_name: str = "",
+                   device: str = "cpu") -> Model:
+    """A Model over an in-memory eps-network or generator (which this puts in eval mode)."""
+    import torch
+
     net = net.to(device).eval().requires_grad_(False)
 
     def to_torch(a: np.ndarray) -> "torch.Tensor":
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
-    if config["model"] == "gan":
+    if kind == "gan":
         @torch.inference_mode()
         def generate_fn(z: np.ndarray) -> np.ndarray:
             return net(to_torch(z)).cpu().numpy()
-        return Model("gan", shape, norm, "torch", generate_fn=generate_fn,
-                     latent_shape=(net_cfg.latent_dim,), info=config,
-                     data_name=config["data"]["name"])
+        return Model("gan", shape, norm, "torch", generate_fn=generate_fn, latent_shape=(latent_dim,),
+                     info=info or {}, data_name=data_name)
 
     @torch.inference_mode()
     def eps_fn(x: np.ndarray, t: float) -> np.ndarray:
         return net(to_torch(x), torch.full((len(x),), t, dtype=torch.float32, device=device)).cpu().numpy()
 
-    return Model("diffusion", shape, norm, "torch", sde=VPSDE.from_dict(config["sde"]), eps_fn=eps_fn, info=config,
-                 data_name=config["data"]["name"])
+    return Model("diffusion", shape, norm, "torch", sde=sde, eps_fn=eps_fn, info=info or {}, data_name=data_name)

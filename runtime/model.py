@@ -15,8 +15,9 @@ import numpy as np
 from .errors import GenccError
 from .noise import SampleNoise
 from .normalize import Normalization
-from .samplers import DEFAULT_SPACING, PLANS, STOCHASTIC, get_sampler, run_plan_chained, time_grid
+from .samplers import DEFAULT_SPACING, PLANS, STOCHASTIC, affine_step, get_sampler, run_plan_chained, time_grid
 from .sde import VPSDE
+from .watch import LastEval, StepView
 
 DEFAULT_STEPS = 200
 DEFAULT_SAMPLER = "em"
@@ -51,12 +52,14 @@ class Model:
 
     def sample(self, n: int, *, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: int = 0,
                batch_size: int = 1024, callback: Callable[[int, Any], None] | None = None,
-               start: int = 0, spacing: str | None = None, options: dict | None = None) -> np.ndarray:
+               start: int = 0, spacing: str | None = None, options: dict | None = None,
+               on_step: Callable[[StepView], None] | None = None) -> np.ndarray:
         """Samples start .. start+n-1 in the data's own units, shape (n, *sample_shape), float32.
 
         Sample i depends only on (seed, i): batch size and chunking do not change it. `spacing`
         ("uniform" or "logsnr") defaults to the sampler's own choice; `options` go to the sampler
-        (e.g. {"corrector_steps": 2, "snr": 0.16} for pc).
+        (e.g. {"corrector_steps": 2, "snr": 0.16} for pc). `on_step(view)` sees each step of each chunk
+        with its denoised estimate at no extra network call (runtime/watch.py).
         """
         _check_positive("n", n)
         _check_positive("batch-size", batch_size)
@@ -67,21 +70,28 @@ class Model:
         out = np.empty((n,) + self.sample_shape, np.float32)
         for lo in range(0, n, batch_size):
             idx = np.arange(start + lo, start + min(n, lo + batch_size), dtype=np.int64)
-            out[lo:lo + len(idx)] = self._sample_chunk(idx, steps, sampler, seed, callback, spacing, options or {})
+            out[lo:lo + len(idx)] = self._sample_chunk(idx, steps, sampler, seed, callback, spacing, options or {},
+                                                       on_step)
         return self.normalization.decode(out)
 
-    def _sample_chunk(self, idx: np.ndarray, steps: int, sampler: str, seed: int, callback, spacing, options) -> np.ndarray:
+    def _sample_chunk(self, idx: np.ndarray, steps: int, sampler: str, seed: int, callback, spacing, options,
+                      on_step=None) -> np.ndarray:
         if self.kind == "gan":
             x = np.asarray(self.to_numpy(self.generate_fn(SampleNoise(seed, idx, self.latent_shape).prior())))
             _check_finite(x, "the generator output")
             if callback:
                 callback(0, x)
+            if on_step:
+                on_step(StepView(0, int(idx[0]), None, x, normalization=self.normalization))
             return x
         noise = SampleNoise(seed, idx, self.sample_shape)
         fused = self.step_fn is not None
         to_device = self.to_device if fused else np.asarray
         to_numpy = self.to_numpy if fused else np.asarray
         every = self.check_every if fused else 1
+        # The unfused step is the one the samplers would build; naming it here lets LastEval watch it.
+        step = self.step_fn if fused else affine_step(self.eps_fn)
+        last = LastEval(step) if on_step else None
 
         def watch(k: int, x) -> None:
             if callback or (k + 1) % every == 0:
@@ -89,10 +99,14 @@ class Model:
                 _check_finite(x, f"step {k}" if every == 1 else f"step {k} (checked every {every} steps)")
             if callback:
                 callback(k, x)
+            if on_step:
+                on_step(StepView(k, int(idx[0]), float(last.t), x, last.x_in, last.eps, self.sde,
+                                 self.normalization, to_numpy))
 
         spacing = spacing or DEFAULT_SPACING.get(sampler, "uniform")
-        if self.chain_fn is not None and sampler in PLANS and callback is None and len(idx) not in self.chain_skip:
-            # Several steps per compiled call; a user callback needs every step, so it takes the other path.
+        if self.chain_fn is not None and sampler in PLANS and callback is None and on_step is None \
+                and len(idx) not in self.chain_skip:
+            # Several steps per compiled call; watching needs every step, so it takes the other path.
             plan = PLANS[sampler](time_grid(self.sde, steps, spacing), self.sde, **options)
             host = _BulkNoise(noise, np.asarray)
             x = run_plan_chained(self.chain_fn, self.chain_length, self.step_fn, to_device(noise.prior()), plan,
@@ -106,7 +120,7 @@ class Model:
         x = fn(self.eps_fn, to_device(noise.prior()), time_grid(self.sde, steps, spacing), self.sde,
                _BulkNoise(noise, to_device, self.steps_to_device if fused else None)
                if sampler in STOCHASTIC else None,
-               callback=watch, step_fn=self.step_fn if fused else None, **options)
+               callback=watch, step_fn=last or step, **options)
         x = np.asarray(to_numpy(x), dtype=np.float32)
         _check_finite(x, "the final denoising step")
         return x

@@ -13,14 +13,23 @@ def save_png(path: str | Path, samples: np.ndarray, reference: np.ndarray | None
     """Images (N, C, H, W) in [0, 1] become a grid; (N, 2) points a scatter plot (reference in grey)."""
     from PIL import Image
 
-    if samples.ndim == 4:
-        img = image_grid(samples)
-    elif samples.ndim == 2 and samples.shape[1] == 2:
-        img = scatter(samples, reference)
-    else:
-        raise GenccError(f"--png draws images (N, C, H, W) or 2-D points (N, 2); samples have shape {samples.shape}")
+    img = picture(samples, reference)
     with atomic_path(path) as tmp:
         Image.fromarray(img).save(tmp, format="PNG")
+
+
+def picturable(sample_shape: tuple[int, ...]) -> bool:
+    """Whether `picture` can draw samples of this shape: images (C, H, W) or 2-D points."""
+    return len(sample_shape) == 3 or tuple(sample_shape) == (2,)
+
+
+def picture(samples: np.ndarray, reference: np.ndarray | None = None, frame: np.ndarray | None = None) -> np.ndarray:
+    """The uint8 picture save_png writes; `frame` (points) fixes a scatter plot's axes, e.g. across frames."""
+    if samples.ndim == 4:
+        return image_grid(samples)
+    if samples.ndim == 2 and samples.shape[1] == 2:
+        return scatter(samples, reference, frame=frame)
+    raise GenccError(f"pictures are of images (N, C, H, W) or 2-D points (N, 2); samples have shape {samples.shape}")
 
 
 def image_grid(x: np.ndarray, max_images: int = 100, scale: int = 4) -> np.ndarray:
@@ -38,9 +47,10 @@ def image_grid(x: np.ndarray, max_images: int = 100, scale: int = 4) -> np.ndarr
     return out[..., 0] if c == 1 else out
 
 
-def scatter(points: np.ndarray, reference: np.ndarray | None = None, size: int = 512) -> np.ndarray:
-    """Samples in blue over reference data in grey, on a shared frame that fits the reference."""
-    frame = reference if reference is not None else points
+def scatter(points: np.ndarray, reference: np.ndarray | None = None, size: int = 512,
+            frame: np.ndarray | None = None) -> np.ndarray:
+    """Samples in blue over reference data in grey, on a frame that fits `frame`, else the reference."""
+    frame = frame if frame is not None else reference if reference is not None else points
     lo, hi = np.percentile(frame, 0.5, axis=0), np.percentile(frame, 99.5, axis=0)
     pad = 0.1 * (hi - lo) + 1e-6
     lo, hi = lo - pad, hi + pad
