@@ -132,6 +132,33 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
         preview_command(model, preview_dir, preview_every, n, steps=steps, sampler=sampler, seed=seed, options=options)
 
 
+def _check_preview(folder, every, steps: int, others=()) -> int:
+    from gencc.runtime.preview import check_every, check_preview_dir
+
+    if folder is None:
+        raise GenccError("--preview-every needs --preview DIR")
+    _check_distinct(folder, others)
+    check_preview_dir(folder)
+    return check_every(every if every is not None else max(1, steps // 10))
+
+
+def preview_command(model, folder: Path, every: int, n: int, **sampling) -> None:
+    """The first samples again (identical to the output's: sample i depends on (seed, i)), watched."""
+    from gencc.runtime.preview import IMAGES, POINTS, write_preview
+
+    n = min(n, POINTS if len(model.sample_shape) == 1 else IMAGES)
+    reference = None
+    if model.sample_shape == (2,):
+        from gencc.models.data import BUILTIN_2D, load_dataset
+
+        if model.data_name in BUILTIN_2D:
+            reference = load_dataset(model.data_name, split="test", n=n).data
+    record = write_preview(model, folder, every=every, n=n, reference=reference,
+                           **{k: v for k, v in sampling.items() if v is not None})
+    typer.echo(f"wrote {folder} ({len(record['frames'])} frames of {n} samples: PNGs and reverse.gif)")
+
+
+
 def write_png(png: Path, samples: np.ndarray, data_name: str) -> None:
     """2-D samples are drawn over held-out data of the same built-in set, when there is one."""
     from gencc.runtime.render import save_png
