@@ -26,7 +26,7 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, seed, width, resume,
-                  image_size, channels, ckpt_every=None) -> None:
+                  image_size, channels, ckpt_every=None, conditional: bool = False) -> None:
     from dataclasses import replace
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -36,6 +36,10 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
 
     check_output(out, resume)
     dataset = load_dataset(data, seed=seed, image_size=image_size, channels=channels)
+    if conditional:
+        from gencc.models.train import count_classes
+
+        count_classes(dataset)   # unlabelled data fails here, before the progress bar starts
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ckpt_every=ckpt_every).items()
                  if v is not None}
     cfg = replace(default_config(model, dataset.kind), seed=seed, **overrides)
@@ -49,13 +53,14 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
                 text = " ".join(f"{k}={v:.4f}" for k, v in losses.items())
                 bar.update(task, completed=step, losses=text)
 
-        result = train(model, dataset, out, cfg, width=width, resume=resume, progress=progress)
+        result = train(model, dataset, out, cfg, width=width, resume=resume, progress=progress,
+                       conditional=conditional)
     losses = " ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
     typer.echo(f"wrote {result.path} (step {result.steps}, {losses}, {result.seconds:.1f} s)")
 
 
 def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device,
-                   options=None, resume: bool = False, trusted_keys=None) -> None:
+                   options=None, resume: bool = False, trusted_keys=None, label=None, guidance=None) -> None:
     """Samples stream to `out` batch by batch (runtime/stream.py): memory does not grow with n."""
     import gencc
     from gencc.runtime.stream import SUFFIXES, sample_to_file
@@ -66,8 +71,9 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
     if png is not None:
         _check_out_file(png, ".png")
     model = gencc.load(path, backend=backend, device=device, trusted_keys=trusted_keys)
+    conditioning = {k: v for k, v in (("label", label), ("guidance", guidance)) if v is not None}
     preview = sample_to_file(model, n, out, batch_size=batch_size, resume=resume,
-                             steps=steps, sampler=sampler, seed=seed, options=options)
+                             steps=steps, sampler=sampler, seed=seed, options=options, **conditioning)
     typer.echo(f"wrote {out} ({n} samples, shape {preview.shape[1:]}, backend {model.backend})")
     if png is not None:
         write_png(png, preview, model.data_name)
@@ -129,7 +135,8 @@ def artifact_text(path: Path) -> str:
     r = m.raw
     lines = [f"{path}: gencc artifact (format version {r['format_version']}), files intact",
              f"  model:      {m.model}, sample shape {m.sample_shape}"
-             + (f", latent {m.latent_shape}" if m.latent_shape else ""),
+             + (f", latent {m.latent_shape}" if m.latent_shape else "")
+             + (f", class-conditional ({m.num_classes} classes)" if m.num_classes else ""),
              f"  data:       {r.get('data')}",
              f"  target:     {json.dumps(m.target)}  verified: {m.verified}",
              f"  tvm:        {r.get('tvm_version')}"]

@@ -43,12 +43,15 @@ def train(
     image_size: Optional[int] = typer.Option(None, help="resize images in a folder to this side"),
     channels: Optional[int] = typer.Option(None, help="1 or 3 channels for an image folder"),
     ckpt_every: Optional[int] = typer.Option(None, help="steps between checkpoints (default 1000)"),
+    conditional: bool = typer.Option(False, "--conditional",
+                                     help="class-conditional, on the data's labels (digits, or an .npz with 'labels')"),
 ):
     """Train a diffusion model or a GAN.  Example: gencc train diffusion --data moons --out moons.ckpt"""
     from gencc.cli.commands import train_command
 
     train_command(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
-                  resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every)
+                  resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every,
+                  conditional=conditional)
 
 
 @app.command()
@@ -71,12 +74,16 @@ def sample(
                                            help="refuse an artifact not signed by a --trusted-key"),
     trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key",
                                                      help="public key (PEM) to accept signatures from; repeatable"),
+    label: Optional[int] = typer.Option(None, "--label", help="conditional models: the class to draw "
+                                        "(default: diffusion unconditional, GAN sample i gets class i mod K)"),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="conditional diffusion: classifier-free "
+                                             "guidance w >= 0, eps = (1+w) eps(x,t,label) - w eps(x,t,null); default 0"),
 ):
     """Draw samples from a checkpoint or artifact.  Example: gencc sample moons.gencc --n 2000 --out s.npz --png s.png"""
     from gencc.cli.commands import sample_command
 
     sample_command(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
-                   png=png, backend=backend, device=device, resume=resume,
+                   png=png, backend=backend, device=device, resume=resume, label=label, guidance=guidance,
                    trusted_keys=(trusted_key or []) if require_signature or trusted_key else None,
                    options={"corrector_steps": corrector_steps, "snr": snr} if sampler == "pc" else None)
 

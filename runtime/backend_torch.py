@@ -39,17 +39,28 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     def to_torch(a: np.ndarray) -> "torch.Tensor":
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
+    k = net_cfg.num_classes   # > 0: the callables also take one-hot labels (runtime/conditioning.py)
     if config["model"] == "gan":
         @torch.inference_mode()
-        def generate_fn(z: np.ndarray) -> np.ndarray:
-            return net(to_torch(z)).cpu().numpy()
+        def generate_fn(z: np.ndarray, *y: np.ndarray) -> np.ndarray:
+            return net(to_torch(z), *map(to_torch, y)).cpu().numpy()
         return Model("gan", shape, norm, "torch", generate_fn=generate_fn,
                      latent_shape=(net_cfg.latent_dim,), info=config,
-                     data_name=config["data"]["name"])
+                     data_name=config["data"]["name"], num_classes=k)
+
+    if k:
+        from gencc.models.conditioning import GuidedEps
+
+        guided = GuidedEps(net, k, shape, shared_t=False).to(device)
 
     @torch.inference_mode()
-    def eps_fn(x: np.ndarray, t: float) -> np.ndarray:
-        return net(to_torch(x), torch.full((len(x),), t, dtype=torch.float32, device=device)).cpu().numpy()
+    def eps_fn(x: np.ndarray, t: float, *cond) -> np.ndarray:
+        """cond: (y one-hot rows, w) for conditional checkpoints: the guided eps, as compiled artifacts compute it."""
+        t = torch.full((len(x),), t, dtype=torch.float32, device=device)
+        if not cond:
+            return net(to_torch(x), t).cpu().numpy()
+        y, w = cond
+        return guided(to_torch(x), t, to_torch(y), to_torch(np.array([w]))).cpu().numpy()
 
     return Model("diffusion", shape, norm, "torch", sde=VPSDE.from_dict(config["sde"]), eps_fn=eps_fn, info=config,
-                 data_name=config["data"]["name"])
+                 data_name=config["data"]["name"], num_classes=k)

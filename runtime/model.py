@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .conditioning import check_condition, chunk_labels, rows
 from .errors import GenccError
 from .noise import SampleNoise
 from .normalize import Normalization
@@ -38,22 +39,29 @@ class Model:
     to_device: Callable = np.asarray            # numpy -> the backend's array (a TVM tensor stays on its device)
     to_numpy: Callable = np.asarray             # the backend's array -> numpy
     check_every: int = 1                        # steps between NaN/inf checks; >1 where a check costs a copy
+    # > 0: class-conditional (runtime/conditioning.py). The callables then take one-hot rows y (and the
+    # guidance w): eps_fn(x, t, y, w), step_fn(..., y=, w=), generate_fn(z, y).
+    num_classes: int = 0
 
     @classmethod
     def from_manifest(cls, m, backend: str, **callables) -> "Model":
         """A Model for an artifact's manifest (see runtime/artifact.py), with the backend's callables."""
-        return cls(m.model, m.sample_shape, m.normalization, backend, sde=m.sde,
-                   latent_shape=m.latent_shape, info=m.raw, data_name=str(m.raw.get("data", "")), **callables)
+        return cls(m.model, m.sample_shape, m.normalization, backend, sde=m.sde, latent_shape=m.latent_shape,
+                   info=m.raw, data_name=str(m.raw.get("data", "")), num_classes=m.num_classes, **callables)
 
     def sample(self, n: int, *, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: int = 0,
                batch_size: int = 1024, callback: Callable[[int, Any], None] | None = None,
-               start: int = 0, spacing: str | None = None, options: dict | None = None) -> np.ndarray:
+               start: int = 0, spacing: str | None = None, options: dict | None = None,
+               label=None, guidance: float | None = None) -> np.ndarray:
         """Samples start .. start+n-1 in the data's own units, shape (n, *sample_shape), float32.
 
         Sample i depends only on (seed, i): batch size and chunking do not change it. `spacing`
         ("uniform" or "logsnr") defaults to the sampler's own choice; `options` go to the sampler
-        (e.g. {"corrector_steps": 2, "snr": 0.16} for pc).
+        (e.g. {"corrector_steps": 2, "snr": 0.16} for pc). Class-conditional models only: `label`, one
+        class for every sample or a sequence of n; `guidance` w >= 0, the classifier-free guidance
+        scale of diffusion models, eps = (1 + w) eps(x, t, label) - w eps(x, t, null), default 0.
         """
+        check_condition(self.kind, self.num_classes, label, guidance)
         _check_positive("n", n)
         _check_positive("batch-size", batch_size)
         _check_memory(n, batch_size, self.sample_shape)
@@ -63,18 +71,34 @@ class Model:
         out = np.empty((n,) + self.sample_shape, np.float32)
         for lo in range(0, n, batch_size):
             idx = np.arange(start + lo, start + min(n, lo + batch_size), dtype=np.int64)
-            out[lo:lo + len(idx)] = self._sample_chunk(idx, steps, sampler, seed, callback, spacing, options or {})
+            fns = self._conditioned(chunk_labels(label, idx, n, start, self.num_classes), idx, guidance)
+            out[lo:lo + len(idx)] = self._sample_chunk(idx, steps, sampler, seed, callback, spacing, options or {}, *fns)
         return self.normalization.decode(out)
 
-    def _sample_chunk(self, idx: np.ndarray, steps: int, sampler: str, seed: int, callback, spacing, options) -> np.ndarray:
+    def _conditioned(self, labels: np.ndarray, idx: np.ndarray, guidance: float | None) -> tuple:
+        """(eps_fn, step_fn, generate_fn) with this chunk's labels and the guidance bound in."""
+        if not self.num_classes:
+            return self.eps_fn, self.step_fn, self.generate_fn
+        y = rows(self.kind, labels, idx, self.num_classes)
         if self.kind == "gan":
-            x = np.asarray(self.to_numpy(self.generate_fn(SampleNoise(seed, idx, self.latent_shape).prior())))
+            return None, None, lambda z: self.generate_fn(z, y)
+        w = float(guidance or 0.0)
+        step_fn = None
+        if self.step_fn is not None:
+            y_dev = self.to_device(y)   # uploaded once per chunk: the labels stay on the device
+            step_fn = lambda *a, **k: self.step_fn(*a, y=y_dev, w=w, **k)   # noqa: E731
+        return (lambda x, t: self.eps_fn(x, t, y, w)), step_fn, None
+
+    def _sample_chunk(self, idx: np.ndarray, steps: int, sampler: str, seed: int, callback, spacing, options,
+                      eps_fn, step_fn, generate_fn) -> np.ndarray:
+        if self.kind == "gan":
+            x = np.asarray(self.to_numpy(generate_fn(SampleNoise(seed, idx, self.latent_shape).prior())))
             _check_finite(x, "the generator output")
             if callback:
                 callback(0, x)
             return x
         noise = SampleNoise(seed, idx, self.sample_shape)
-        fused = self.step_fn is not None
+        fused = step_fn is not None
         to_device = self.to_device if fused else np.asarray
         to_numpy = self.to_numpy if fused else np.asarray
         every = self.check_every if fused else 1
@@ -88,9 +112,9 @@ class Model:
 
         fn = get_sampler(sampler)
         spacing = spacing or DEFAULT_SPACING.get(sampler, "uniform")
-        x = fn(self.eps_fn, to_device(noise.prior()), time_grid(self.sde, steps, spacing), self.sde,
+        x = fn(eps_fn, to_device(noise.prior()), time_grid(self.sde, steps, spacing), self.sde,
                _BulkNoise(noise, to_device) if sampler in STOCHASTIC else None,
-               callback=watch, step_fn=self.step_fn if fused else None, **options)
+               callback=watch, step_fn=step_fn, **options)
         x = np.asarray(to_numpy(x), dtype=np.float32)
         _check_finite(x, "the final denoising step")
         return x
