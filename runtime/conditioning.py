@@ -58,7 +58,7 @@ def chunk_labels(label, idx: np.ndarray, n_total: int, start: int, num_classes: 
     """Labels of the samples `idx` (absolute indices, the call drew start..start+n_total-1).
 
     An int labels every sample; a sequence gives one label per sample of the call. None: -1, meaning
-    the null class for diffusion, and i mod K is substituted for GANs by `rows`.
+    the null class for diffusion, and i mod K is substituted for GANs by `label_rows`.
     """
     if label is None:
         return np.full(len(idx), -1, np.int64)
@@ -70,7 +70,7 @@ def chunk_labels(label, idx: np.ndarray, n_total: int, start: int, num_classes: 
     return labels[idx - start]
 
 
-def rows(kind: str, labels: np.ndarray, idx: np.ndarray, num_classes: int) -> np.ndarray:
+def label_rows(kind: str, labels: np.ndarray, idx: np.ndarray, num_classes: int) -> np.ndarray:
     """The one-hot rows a network of `kind` reads for `labels` (-1: no label given)."""
     if kind == "diffusion":
         return one_hot(np.where(labels < 0, num_classes, labels), num_classes + 1)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .conditioning import check_condition, chunk_labels, rows
+from .conditioning import check_condition, chunk_labels, label_rows
 from .errors import GenccError
 from .noise import SampleNoise
 from .normalize import Normalization
@@ -79,7 +79,7 @@ class Model:
         """(eps_fn, step_fn, generate_fn) with this chunk's labels and the guidance bound in."""
         if not self.num_classes:
             return self.eps_fn, self.step_fn, self.generate_fn
-        y = rows(self.kind, labels, idx, self.num_classes)
+        y = label_rows(self.kind, labels, idx, self.num_classes)
         if self.kind == "gan":
             return None, None, lambda z: self.generate_fn(z, y)
         w = float(guidance or 0.0)

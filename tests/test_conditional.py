@@ -18,7 +18,7 @@ from gencc.models.nets import MLPConfig, MLPEps
 from gencc.models.train import default_config, train
 from gencc.models.unet import UNetConfig, UNetEps
 from gencc.runtime.artifact import CFG_STEP_CONTRACT, MANIFEST, read_manifest
-from gencc.runtime.conditioning import chunk_labels, rows
+from gencc.runtime.conditioning import chunk_labels, label_rows
 from gencc.runtime.errors import GenccError
 
 K = 3
@@ -85,6 +85,22 @@ def test_conditional_training_needs_labels(tmp_path):
         train("diffusion", moons, tmp_path / "m", cfg, conditional=True)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["diffusion", "gan"])
+def test_conditional_resume_reaches_the_same_weights(tmp_path, model):
+    from gencc.models import checkpoint as ckpt
+
+    digits = load_dataset("digits", n=64)
+    cfg = replace(default_config(model, "image"), steps=4, batch_size=8, ckpt_every=2)
+    train(model, digits, tmp_path / "full", cfg, width=16, conditional=True)
+    train(model, digits, tmp_path / "half", replace(cfg, steps=2), width=16, conditional=True)
+    train(model, digits, tmp_path / "half", cfg, resume=True)   # num_classes comes from the checkpoint
+    a, b = ckpt.load_weights(tmp_path / "full"), ckpt.load_weights(tmp_path / "half")
+    assert a.keys() == b.keys() and any(k.startswith(("label", "embed")) for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
 def test_conditional_checkpoint_stores_num_classes(cond_diffusion, cond_gan):
     for ckpt in (cond_diffusion, cond_gan):
         assert json.loads((ckpt / "config.json").read_text())["net"]["num_classes"] == 10
@@ -133,9 +149,9 @@ def test_guided_step_and_its_onnx_export(tmp_path, arch):
 def test_runtime_label_rows():
     idx = np.arange(10, 16)
     none = chunk_labels(None, idx, 6, 10, 4)
-    assert rows("diffusion", none, idx, 4)[:, 4].all()                               # null class
-    assert rows("gan", none, idx, 4).argmax(1).tolist() == [2, 3, 0, 1, 2, 3]        # i mod K
-    assert rows("gan", chunk_labels(3, idx, 6, 10, 4), idx, 4).argmax(1).tolist() == [3] * 6
+    assert label_rows("diffusion", none, idx, 4)[:, 4].all()                               # null class
+    assert label_rows("gan", none, idx, 4).argmax(1).tolist() == [2, 3, 0, 1, 2, 3]        # i mod K
+    assert label_rows("gan", chunk_labels(3, idx, 6, 10, 4), idx, 4).argmax(1).tolist() == [3] * 6
     per_sample = chunk_labels([0, 1, 2, 3, 0, 1], idx[2:4], 6, 10, 4)
     assert per_sample.tolist() == [2, 3]
     with pytest.raises(GenccError, match="3 labels given for 6 samples"):
