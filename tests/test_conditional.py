@@ -146,6 +146,27 @@ def test_guided_step_and_its_onnx_export(tmp_path, arch):
     assert desc["max_abs_err_vs_torch"] <= 1e-4
 
 
+@pytest.mark.slow
+def test_llvm_pipeline_schedules_every_kernel_of_the_guided_unet_step(tmp_path):
+    """The label embedding feeds the time MLP so no matmul on the shared t gets a batch-broadcast epilogue,
+    which the Contraction schedule cannot take (it failed the build before)."""
+    import onnx
+    import tvm
+    from tvm import tirx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from gencc.compiler.build import llvm_passes, resolve_target, rewrite_conv_transpose, rewrite_sigmoid
+
+    net, shape = tiny_net("unet")
+    export_function(GuidedFusedStep(net, K, shape), tmp_path / "step.onnx", *guided_step_io(shape, K))
+    model = rewrite_conv_transpose(rewrite_sigmoid(onnx.load(str(tmp_path / "step.onnx"))))
+    target = resolve_target("llvm", None)[0]
+    with target:
+        mod = tvm.transform.Sequential(llvm_passes(target))(from_onnx(model, keep_params_in_input=False))
+    kernels = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+    assert [name for name, f in kernels.items() if not f.attrs.get("tirx.is_scheduled")] == ["shape_func"]
+
+
 def test_runtime_label_rows():
     idx = np.arange(10, 16)
     none = chunk_labels(None, idx, 6, 10, 4)
