@@ -54,7 +54,7 @@ def check_condition(kind: str, num_classes: int, label, guidance) -> None:
             raise GenccError(f"label {int(bad[0])} is out of range: this model knows classes 0..{num_classes - 1}")
 
 
-def chunk_labels(label, idx: np.ndarray, n_total: int, start: int, num_classes: int) -> np.ndarray:
+def chunk_labels(label, idx: np.ndarray, n_total: int, start: int) -> np.ndarray:
     """Labels of the samples `idx` (absolute indices, the call drew start..start+n_total-1).
 
     An int labels every sample; a sequence gives one label per sample of the call. None: -1, meaning

@@ -71,7 +71,7 @@ class Model:
         out = np.empty((n,) + self.sample_shape, np.float32)
         for lo in range(0, n, batch_size):
             idx = np.arange(start + lo, start + min(n, lo + batch_size), dtype=np.int64)
-            fns = self._conditioned(chunk_labels(label, idx, n, start, self.num_classes), idx, guidance)
+            fns = self._conditioned(chunk_labels(label, idx, n, start), idx, guidance)
             out[lo:lo + len(idx)] = self._sample_chunk(idx, steps, sampler, seed, callback, spacing, options or {}, *fns)
         return self.normalization.decode(out)
 

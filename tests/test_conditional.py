@@ -169,14 +169,14 @@ def test_llvm_pipeline_schedules_every_kernel_of_the_guided_unet_step(tmp_path):
 
 def test_runtime_label_rows():
     idx = np.arange(10, 16)
-    none = chunk_labels(None, idx, 6, 10, 4)
+    none = chunk_labels(None, idx, 6, 10)
     assert label_rows("diffusion", none, idx, 4)[:, 4].all()                               # null class
     assert label_rows("gan", none, idx, 4).argmax(1).tolist() == [2, 3, 0, 1, 2, 3]        # i mod K
-    assert label_rows("gan", chunk_labels(3, idx, 6, 10, 4), idx, 4).argmax(1).tolist() == [3] * 6
-    per_sample = chunk_labels([0, 1, 2, 3, 0, 1], idx[2:4], 6, 10, 4)
+    assert label_rows("gan", chunk_labels(3, idx, 6, 10), idx, 4).argmax(1).tolist() == [3] * 6
+    per_sample = chunk_labels([0, 1, 2, 3, 0, 1], idx[2:4], 6, 10)
     assert per_sample.tolist() == [2, 3]
     with pytest.raises(GenccError, match="3 labels given for 6 samples"):
-        chunk_labels([0, 1, 2], idx, 6, 10, 4)
+        chunk_labels([0, 1, 2], idx, 6, 10)
 
 
 # --- the compiled conditional contract ----------------------------------------------------------------------
