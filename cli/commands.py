@@ -27,7 +27,7 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, seed, width, resume,
                   image_size, channels, ckpt_every=None, nproc=None, device="cpu", preview_dir=None,
-                  preview_every: int = 0) -> None:
+                  preview_every: int = 0, conditional: bool = False) -> None:
     from dataclasses import replace
     from functools import partial
 
@@ -43,6 +43,8 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
         raise GenccError(f"--device {device} is for distributed training; pass --nproc N (1 is fine)")
     if distributed and preview_dir is not None:
         raise GenccError("--preview is for single-process training; drop it, or --nproc")
+    if distributed and conditional:
+        raise GenccError("--conditional is for single-process training for now; drop --nproc")
     quiet = launch is not None and launch.rank != 0   # torchrun's other ranks: rank 0 reports for all
     if not quiet:
         check_output(out, resume)
@@ -51,12 +53,17 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
     dataset = load_dataset(data, seed=seed, image_size=image_size, channels=channels)
     if watch is not None:
         watch.draw_over(dataset.data)
+    if conditional:
+        from gencc.models.train import count_classes
+
+        count_classes(dataset)   # unlabelled data fails here, before the progress bar starts
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ckpt_every=ckpt_every).items()
                  if v is not None}
     cfg = replace(default_config(model, dataset.kind), seed=seed, **overrides)
     if distributed:
         check_parallel(model, dataset, cfg, nproc=nproc, device=device)
-    fit = partial(train_parallel, nproc=nproc, device=device) if distributed else partial(train, watch=watch)
+    fit = partial(train_parallel, nproc=nproc, device=device) if distributed else \
+        partial(train, watch=watch, conditional=conditional)
     columns = (TextColumn("[bold]train {task.fields[model]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=False, disable=quiet) as bar:
@@ -93,7 +100,7 @@ def _train_preview(out: Path, folder, every: int, seed: int, resume: bool):
 
 def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device,
                    options=None, resume: bool = False, trusted_keys=None, shard: str | None = None,
-                   preview_dir=None, preview_every=None) -> None:
+                   preview_dir=None, preview_every=None, label=None, guidance=None) -> None:
     """Samples stream to `out` batch by batch (runtime/stream.py): memory does not grow with n.
     With `shard` ("k/N"), only shard k's slice of the n samples is drawn (runtime/shard.py)."""
     import gencc
@@ -112,7 +119,8 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
     if preview_dir is not None or preview_every is not None:
         preview_every = _check_preview(preview_dir, preview_every, steps, others=(out, png))
     model = gencc.load(path, backend=backend, device=device, trusted_keys=trusted_keys)
-    sampling = dict(steps=steps, sampler=sampler, seed=seed, options=options)
+    conditioning = {k: v for k, v in (("label", label), ("guidance", guidance)) if v is not None}
+    sampling = dict(steps=steps, sampler=sampler, seed=seed, options=options, **conditioning)
     start, count, extra = 0, n, None
     if part is not None:
         start, hi = part.range(n, batch_size)
@@ -129,7 +137,7 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
         write_png(png, preview, model.data_name)
         typer.echo(f"wrote {png}" + (f" (the first {len(preview)} samples)" if len(preview) < count else ""))
     if preview_every is not None:
-        preview_command(model, preview_dir, preview_every, n, steps=steps, sampler=sampler, seed=seed, options=options)
+        preview_command(model, preview_dir, preview_every, n, **sampling)
 
 
 def _check_preview(folder, every, steps: int, others=()) -> int:
@@ -232,7 +240,8 @@ def artifact_text(path: Path) -> str:
     r = m.raw
     lines = [f"{path}: gencc artifact (format version {r['format_version']}), files intact",
              f"  model:      {m.model}, sample shape {m.sample_shape}"
-             + (f", latent {m.latent_shape}" if m.latent_shape else ""),
+             + (f", latent {m.latent_shape}" if m.latent_shape else "")
+             + (f", class-conditional ({m.num_classes} classes)" if m.num_classes else ""),
              f"  data:       {r.get('data')}",
              f"  target:     {json.dumps(m.target)}  verified: {m.verified}",
              f"  tvm:        {r.get('tvm_version')}"]

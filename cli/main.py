@@ -57,6 +57,8 @@ def train(
                                            "(default: OUT.preview beside the checkpoint)"),
     preview_every: int = typer.Option(2000, "--preview-every", help="steps between previews, and one at the "
                                       "end; 0: none"),
+    conditional: bool = typer.Option(False, "--conditional",
+                                     help="class-conditional, on the data's labels (digits, or an .npz with 'labels')"),
 ):
     """Train a diffusion model or a GAN.  Example: gencc train diffusion --data moons --out moons.ckpt
 
@@ -66,7 +68,8 @@ def train(
 
     train_command(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
                   resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every,
-                  nproc=nproc, device=device, preview_dir=preview, preview_every=preview_every)
+                  nproc=nproc, device=device, preview_dir=preview, preview_every=preview_every,
+                  conditional=conditional)
 
 
 @app.command()
@@ -96,6 +99,10 @@ def sample(
                                            "--preview-every steps, final.png and reverse.gif"),
     preview_every: Optional[int] = typer.Option(None, "--preview-every", help="steps between preview frames "
                                                 "(default: steps/10)"),
+    label: Optional[int] = typer.Option(None, "--label", help="conditional models: the class to draw "
+                                        "(default: diffusion unconditional, GAN sample i gets class i mod K)"),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="conditional diffusion: classifier-free "
+                                             "guidance w >= 0, eps = (1+w) eps(x,t,label) - w eps(x,t,null); default 0"),
 ):
     """Draw samples from a checkpoint or artifact.
 
@@ -106,7 +113,7 @@ def sample(
     from gencc.cli.commands import sample_command
 
     sample_command(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
-                   png=png, backend=backend, device=device, resume=resume,
+                   png=png, backend=backend, device=device, resume=resume, label=label, guidance=guidance,
                    trusted_keys=(trusted_key or []) if require_signature or trusted_key else None, shard=shard,
                    options={"corrector_steps": corrector_steps, "snr": snr} if sampler == "pc" else None,
                    preview_dir=preview, preview_every=preview_every)

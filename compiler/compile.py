@@ -156,8 +156,11 @@ def _describe(config: dict, functions: dict) -> dict:
     meta = {"model": config["model"], "sample_shape": data["sample_shape"],
             "normalization": data["normalization"], "data": data["name"],
             "source": {"checkpoint_step": config["step"], "net": config["net"]}, "functions": functions}
+    num_classes = config["net"].get("num_classes", 0)
+    if num_classes:   # class-conditional: labels (and guidance) are inputs of every function
+        meta["num_classes"] = num_classes
     if config["model"] == "diffusion":
-        meta.update(sde=config["sde"], step_contract=artifact.STEP_CONTRACT)
+        meta.update(sde=config["sde"], step_contract=artifact.CFG_STEP_CONTRACT if num_classes else artifact.STEP_CONTRACT)
     else:
         meta["latent_shape"] = [config["net"]["latent_dim"]]
     return meta

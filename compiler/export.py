@@ -8,6 +8,8 @@ Three functions, every batched tensor with a symbolic batch axis "batch" (dim 0)
   generator.onnx  z (B, latent)                                           -> x (B, *shape)
   chain.onnx      MLPs only: x, ts (L,), coefs (L, 3), zs (B, L, *shape)  -> x after L steps
 
+Class-conditional checkpoints add labels and a guidance scale to these (compiler/export_conditional.py).
+
 The fused step evaluates eps = eps_theta(x, t) once, with t shared by the batch (so the time embedding
 is computed once per call), and returns it together with the linear update
 
@@ -55,9 +57,13 @@ class FusedStep(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, coef: torch.Tensor, z: torch.Tensor,
                 x_prev: torch.Tensor, e_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         eps = self.net(x, t)
+        return self.update(coef, x, eps, z, x_prev, e_prev), eps
+
+    @staticmethod
+    def update(coef: torch.Tensor, x, eps, z, x_prev, e_prev) -> torch.Tensor:
         # split, not coef[i]: ONNX Gather becomes TVM's unchecked "fast" take, which warns on every build
         a, b, c, d, e = coef.split(1)
-        return a * x + b * eps + c * z + d * x_prev + e * e_prev, eps
+        return a * x + b * eps + c * z + d * x_prev + e * e_prev
 
 
 class ChainStep(nn.Module):
@@ -187,7 +193,11 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path) -> dict:
     out_dir = _prepare_out_dir(out_dir)
     net = _load_net(ckpt_dir, config)
     shape = tuple(config["data"]["sample_shape"])
-    if config["model"] == "gan":
+    if net.cfg.num_classes:
+        from .export_conditional import conditional_functions
+
+        functions = conditional_functions(config["model"], net, shape)
+    elif config["model"] == "gan":
         functions = {"generator": (net, generator_io(net.cfg.latent_dim, shape))}
     else:
         functions = {"eps": (net, eps_io(shape)), "step": (FusedStep(net), step_io(shape))}

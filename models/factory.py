@@ -10,21 +10,21 @@ from .nets import MLPConfig, MLPEps
 from .unet import UNetConfig, UNetEps
 
 
-def eps_net_config(sample_shape: tuple[int, ...], width: int | None = None) -> MLPConfig | UNetConfig:
-    """An MLP for (D,) vectors, a UNet for (C, H, W) images."""
+def eps_net_config(sample_shape: tuple[int, ...], width: int | None = None,
+                   num_classes: int = 0) -> MLPConfig | UNetConfig:
+    """An MLP for (D,) vectors, a UNet for (C, H, W) images; class-conditional when num_classes > 0."""
     if len(sample_shape) == 1:
-        return MLPConfig(data_dim=sample_shape[0], **({"width": width} if width else {}))
+        return MLPConfig(data_dim=sample_shape[0], num_classes=num_classes, **({"width": width} if width else {}))
     c, h, w = sample_shape
     if h != w or h % 4:
         raise GenccError(f"the UNet needs square images with a side divisible by 4, got {h}x{w}")
     mults = (1, 2) if h <= 8 else (1, 2, 2)
-    return UNetConfig(channels=c, size=h, mults=mults, **({"width": width} if width else {}))
+    return UNetConfig(channels=c, size=h, mults=mults, num_classes=num_classes, **({"width": width} if width else {}))
 
 
-def gan_config(sample_shape: tuple[int, ...], width: int | None = None) -> GANConfig:
-    if len(sample_shape) == 3:
-        return GANConfig(sample_shape=sample_shape, latent_dim=64, width=width or 128)
-    return GANConfig(sample_shape=sample_shape, latent_dim=16, width=width or 128)
+def gan_config(sample_shape: tuple[int, ...], width: int | None = None, num_classes: int = 0) -> GANConfig:
+    latent_dim = 64 if len(sample_shape) == 3 else 16
+    return GANConfig(sample_shape=sample_shape, latent_dim=latent_dim, width=width or 128, num_classes=num_classes)
 
 
 def config_from_dict(d: dict) -> MLPConfig | UNetConfig | GANConfig:

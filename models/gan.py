@@ -2,6 +2,10 @@
 
 The discriminator outputs a logit. D minimises -log D(x) - log(1 - D(G(z))); G minimises the
 non-saturating -log D(G(z)). Both are BCE-with-logits, which is the numerically stable form.
+
+Class-conditional variant (num_classes > 0; labels as one-hot rows, models/conditioning.py): G sees
+[z, E_g y], a label embedding concatenated with z (Mirza & Osindero 2014); D is a projection
+discriminator (Miyato & Koyama 2018), logit = psi(phi(x)) + <E_d y, phi(x)>.
 """
 from __future__ import annotations
 
@@ -12,21 +16,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .nets import conditional_dict
+
 
 @dataclass(frozen=True)
 class GANConfig:
     sample_shape: tuple[int, ...] = (2,)   # (D,) for vectors, (C, H, W) for images
     latent_dim: int = 16                   # z ~ N(0, I) of this size
     width: int = 256                       # MLP hidden units, or channels of the first conv layer
+    num_classes: int = 0                   # > 0: class-conditional G and D
 
     @property
     def is_image(self) -> bool:
         return len(self.sample_shape) == 3
 
+    @property
+    def g_inputs(self) -> int:
+        """G's input width: z, plus a label embedding of the same size when conditional."""
+        return self.latent_dim * (2 if self.num_classes else 1)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["sample_shape"] = list(self.sample_shape)
-        return {"arch": "gan", **d}
+        return conditional_dict({"arch": "gan", **d})
 
 
 def _mlp(n_in: int, width: int, n_out: int, act: nn.Module) -> nn.Sequential:
@@ -40,21 +52,24 @@ class Generator(nn.Module):
     def __init__(self, cfg: GANConfig):
         super().__init__()
         self.cfg = cfg
+        if cfg.num_classes:
+            self.embed = nn.Linear(cfg.num_classes, cfg.latent_dim, bias=False)
         if not cfg.is_image:
-            self.net = _mlp(cfg.latent_dim, cfg.width, cfg.sample_shape[0], nn.ReLU())
+            self.net = _mlp(cfg.g_inputs, cfg.width, cfg.sample_shape[0], nn.ReLU())
             return
         c, size, _ = cfg.sample_shape
         n_up = _num_upsamplings(size)
         ch = [max(cfg.width >> i, 16) for i in range(n_up + 1)]
-        layers: list[nn.Module] = [nn.Linear(cfg.latent_dim, ch[0] * 16), nn.Unflatten(1, (ch[0], 4, 4)),
+        layers: list[nn.Module] = [nn.Linear(cfg.g_inputs, ch[0] * 16), nn.Unflatten(1, (ch[0], 4, 4)),
                                    nn.BatchNorm2d(ch[0]), nn.ReLU()]
         for i in range(n_up):   # each transposed conv doubles the resolution: 4 -> 8 -> 16 ...
             layers += [nn.ConvTranspose2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.BatchNorm2d(ch[i + 1]), nn.ReLU()]
         layers += [nn.Conv2d(ch[-1], c, 3, padding=1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """`y`: one-hot labels (B, num_classes); conditional generators only."""
+        return self.net(z if y is None else torch.cat([z, self.embed(y)], dim=1))
 
 
 class Discriminator(nn.Module):
@@ -64,18 +79,27 @@ class Discriminator(nn.Module):
         super().__init__()
         if not cfg.is_image:
             self.net = _mlp(cfg.sample_shape[0], cfg.width, 1, nn.LeakyReLU(0.2))
-            return
-        c, size, _ = cfg.sample_shape
-        n_down = _num_upsamplings(size)
-        ch = [max(cfg.width >> (n_down - i), 16) for i in range(n_down + 1)]
-        layers: list[nn.Module] = [nn.Conv2d(c, ch[0], 3, padding=1), nn.LeakyReLU(0.2)]
-        for i in range(n_down):   # halve the resolution down to 4x4
-            layers += [nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
-        layers += [nn.Flatten(), nn.Linear(ch[-1] * 16, 1)]
-        self.net = nn.Sequential(*layers)
+        else:
+            self.net = _conv_discriminator(cfg)
+        if cfg.num_classes:   # projection onto the features the final linear layer reads
+            self.embed = nn.Linear(cfg.num_classes, self.net[-1].in_features, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is None:
+            return self.net(x).squeeze(1)
+        features = self.net[:-1](x)
+        return self.net[-1](features).squeeze(1) + (self.embed(y) * features).sum(1)
+
+
+def _conv_discriminator(cfg: GANConfig) -> nn.Sequential:
+    c, size, _ = cfg.sample_shape
+    n_down = _num_upsamplings(size)
+    ch = [max(cfg.width >> (n_down - i), 16) for i in range(n_down + 1)]
+    layers: list[nn.Module] = [nn.Conv2d(c, ch[0], 3, padding=1), nn.LeakyReLU(0.2)]
+    for i in range(n_down):   # halve the resolution down to 4x4
+        layers += [nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+    layers += [nn.Flatten(), nn.Linear(ch[-1] * 16, 1)]
+    return nn.Sequential(*layers)
 
 
 def _num_upsamplings(size: int) -> int:

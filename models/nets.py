@@ -22,9 +22,15 @@ class MLPConfig:
     width: int = 256        # hidden units; 256 fits the vector units and learns 2-D sets in a minute
     depth: int = 3          # hidden layers after the input projection
     emb_dim: int = 32       # sinusoidal features of t
+    num_classes: int = 0    # > 0: class-conditional, with one more (null) class for guidance (models/conditioning.py)
 
     def to_dict(self) -> dict:
-        return {"arch": "mlp", **asdict(self)}
+        return conditional_dict({"arch": "mlp", **asdict(self)})
+
+
+def conditional_dict(d: dict) -> dict:
+    """An unconditional net's config without num_classes, so it reads exactly as before conditioning existed."""
+    return d if d.get("num_classes") else {k: v for k, v in d.items() if k != "num_classes"}
 
 
 class MLPEps(nn.Module):
@@ -42,9 +48,14 @@ class MLPEps(nn.Module):
         self.hidden = nn.ModuleList(nn.Linear(cfg.width, cfg.width) for _ in range(cfg.depth))
         self.out = nn.Linear(cfg.width, cfg.data_dim)
         self.act = nn.SiLU()
+        if cfg.num_classes:   # absent otherwise: unconditional weights stay as they were
+            self.in_y = nn.Linear(cfg.num_classes + 1, cfg.width, bias=False)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """`y`: one-hot labels (B, num_classes + 1), the last column the null class; conditional nets only."""
         h = self.in_x(x) + self.in_t(timestep_embedding(t, self.cfg.emb_dim))
+        if y is not None:
+            h = h + self.in_y(y)
         for layer in self.hidden:
             h = layer(self.act(h))
         return self.out(self.act(h))

@@ -24,6 +24,7 @@ from gencc.runtime.normalize import Normalization
 from gencc.runtime.sde import VPSDE
 
 from . import checkpoint as ckpt
+from .conditioning import drop_labels, one_hot
 from .data import Dataset
 from .factory import build_eps_net, build_gan, config_from_dict, eps_net_config, gan_config
 from .gan import discriminator_loss, generator_loss
@@ -76,17 +77,33 @@ class TrainResult:
 
 
 def train(model: str, data: Dataset, out: str | Path, cfg: TrainConfig, *, width: int | None = None,
-          resume: bool = False, progress: Progress | None = None, watch: Watch | None = None) -> TrainResult:
+          resume: bool = False, progress: Progress | None = None, watch: Watch | None = None,
+          conditional: bool = False) -> TrainResult:
     """Train a diffusion model or a GAN on `data`, writing a checkpoint to `out` as it goes.
 
     `watch` is called after every step with a `snapshot()` that builds a sampling Model from a copy of
-    the current weights (models/preview.py draws previews with it); it cannot change training."""
+    the current weights (models/preview.py draws previews with it); it cannot change training.
+    `conditional`: learn p(x | label) from data.labels (classes 0..K-1, K = the largest label + 1).
+    """
     out = check_output(out, resume)
     if model not in MODELS:
         raise GenccError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
     run = _DiffusionRun if model == "diffusion" else _GANRun
-    r = run.resume(out, data, cfg) if resume and out.exists() else run.new(data, cfg, width)
+    if resume and out.exists():
+        r = run.resume(out, data, cfg)
+    else:
+        r = run.new(data, cfg, width, count_classes(data) if conditional else 0)
     return r.fit(out, progress, watch)
+
+
+def count_classes(data: Dataset) -> int:
+    """The number of classes of labelled data (its largest label + 1); refuses data without labels."""
+    if data.labels is None or len(data.labels) == 0:
+        raise GenccError(f"{data.name!r} has no labels; conditional training needs labelled data "
+                         "(digits, or an .npz with an int 'labels' array)")
+    if data.labels.min() < 0:
+        raise GenccError(f"{data.name!r} has a negative label {int(data.labels.min())}; labels must be 0..K-1")
+    return int(data.labels.max()) + 1
 
 
 @contextlib.contextmanager
@@ -108,6 +125,14 @@ def check_output(out: str | Path, resume: bool) -> Path:
     return out
 
 
+def _labels(data: Dataset, num_classes: int) -> torch.Tensor:
+    """data.labels as int64, checked against the classes the network was built for."""
+    n = count_classes(data)
+    if n > num_classes:
+        raise GenccError(f"{data.name!r} has labels up to {n - 1}; the network knows classes 0..{num_classes - 1}")
+    return torch.from_numpy(data.labels.astype(np.int64))
+
+
 class _Run:
     """Shared loop: per-step seeded draws, checkpoints every `ckpt_every` steps and at the end."""
 
@@ -120,14 +145,16 @@ class _Run:
     def __init__(self, data: Dataset, cfg: TrainConfig, norm: Normalization, net_cfg, step: int = 0):
         self.data, self.cfg, self.norm, self.net_cfg, self.step = data, cfg, norm, net_cfg, step
         self.x = torch.from_numpy(norm.encode(data.data))
+        self.y = _labels(data, net_cfg.num_classes) if net_cfg.num_classes else None   # conditional runs only
         self.losses: dict = {}
 
     def fit(self, out: Path, progress: Progress | None, watch: Watch | None = None) -> TrainResult:
+        """Train to cfg.steps; train_step(x, g, labels) gets labels (B,) int64 only when conditional."""
         start = time.perf_counter()
         while self.step < self.cfg.steps:
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.step)
             idx = torch.randint(len(self.x), (self.cfg.batch_size,), generator=g)
-            self.losses = self.reduce(self.train_step(self.x[idx], g))
+            self.losses = self.reduce(self.train_step(self.x[idx], g, None if self.y is None else self.y[idx]))
             if not all(math.isfinite(v) for v in self.losses.values()):
                 raise GenccError(f"training diverged at step {self.step}: losses {self.losses}; "
                                  f"try a smaller --lr than {self.cfg.lr}")
@@ -190,9 +217,9 @@ class _DiffusionRun(_Run):
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
 
     @classmethod
-    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None):
+    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None, num_classes: int = 0):
         norm = Normalization.fit(data.data, data.kind)
-        return cls(data, cfg, norm, eps_net_config(data.data.shape[1:], width), VPSDE())
+        return cls(data, cfg, norm, eps_net_config(data.data.shape[1:], width, num_classes), VPSDE())
 
     @classmethod
     def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
@@ -203,12 +230,16 @@ class _DiffusionRun(_Run):
         r.opt.load_state_dict(state["opt"])
         return r
 
-    def train_step(self, x0: torch.Tensor, g: torch.Generator) -> dict:
+    def train_step(self, x0: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> dict:
         # Denoising score matching with lambda_t = sigma_t^2: regress eps_theta(x_t, t) on eps.
         t = self.sde.t_eps + (1.0 - self.sde.t_eps) * torch.rand(len(x0), generator=g)
         eps = torch.randn(x0.shape, generator=g)
-        x0, t, eps = self.share(x0, t, eps)
-        loss = ((self.net(self.sde.marginal(x0, t, eps), t) - eps) ** 2).mean()
+        cond = ()
+        if labels is not None:   # label dropout trains the null class that guidance contrasts against
+            k = self.net_cfg.num_classes
+            cond = (one_hot(drop_labels(labels, k, g), k + 1),)   # drawn for the global batch, like t and eps
+        x0, t, eps, *cond = self.share(x0, t, eps, *cond)
+        loss = ((self.net(self.sde.marginal(x0, t, eps), t, *cond) - eps) ** 2).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self._clip_and_step(self.net.parameters(), self.opt, self.cfg.grad_clip)
@@ -247,9 +278,9 @@ class _GANRun(_Run):
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
 
     @classmethod
-    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None):
+    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None, num_classes: int = 0):
         norm = Normalization.fit(data.data, data.kind)
-        return cls(data, cfg, norm, gan_config(tuple(data.data.shape[1:]), width))
+        return cls(data, cfg, norm, gan_config(tuple(data.data.shape[1:]), width, num_classes))
 
     @classmethod
     def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
@@ -261,17 +292,19 @@ class _GANRun(_Run):
         r.opt_d.load_state_dict(state["opt_d"])
         return r
 
-    def train_step(self, x: torch.Tensor, g: torch.Generator) -> dict:
+    def train_step(self, x: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> dict:
         z = torch.randn(len(x), self.net_cfg.latent_dim, generator=g)
-        x, z = self.share(x, z)
-        fake = self.G(z)
+        # Conditional: fakes get the batch's real labels, so both sides see the data's class frequencies.
+        cond = () if labels is None else (one_hot(labels, self.net_cfg.num_classes),)
+        x, z, *cond = self.share(x, z, *cond)
+        fake = self.G(z, *cond)
         # 1) D step: minimise -log D(x) - log(1 - D(G(z))), with G held fixed.
-        d_loss = discriminator_loss(self.D(x), self.D(fake.detach()))
+        d_loss = discriminator_loss(self.D(x, *cond), self.D(fake.detach(), *cond))
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self._clip_and_step(self.D.parameters(), self.opt_d, self.cfg.grad_clip * 10)
         # 2) G step against the updated D: non-saturating -log D(G(z)).
-        g_loss = generator_loss(self.D(fake))
+        g_loss = generator_loss(self.D(fake, *cond))
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self._clip_and_step(self.G.parameters(), self.opt_g, self.cfg.grad_clip * 10)

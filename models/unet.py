@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .nets import timestep_embedding
+from .nets import conditional_dict, timestep_embedding
 
 
 @dataclass(frozen=True)
@@ -21,11 +21,12 @@ class UNetConfig:
     mults: tuple[int, ...] = (1, 2)       # channel multiplier per resolution; len - 1 downsamplings
     groups: int = 8                       # GroupNorm groups; must divide every channel count
     emb_dim: int = 128
+    num_classes: int = 0                  # > 0: class-conditional, plus a null class (models/conditioning.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mults"] = list(self.mults)
-        return {"arch": "unet", **d}
+        return conditional_dict({"arch": "unet", **d})
 
 
 class ResBlock(nn.Module):
@@ -88,9 +89,16 @@ class UNetEps(nn.Module):
             if i > 0:
                 self.upsample.append(nn.ConvTranspose2d(chans[i], chans[i - 1], 4, stride=2, padding=1))
         self.head = nn.Sequential(nn.GroupNorm(cfg.groups, chans[0]), nn.SiLU(), nn.Conv2d(chans[0], cfg.channels, 3, padding=1))
+        if cfg.num_classes:   # a label embedding added to the time features, then mixed by the time MLP
+            self.label = nn.Linear(cfg.num_classes + 1, cfg.emb_dim, bias=False)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time(timestep_embedding(t, self.cfg.emb_dim))
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """`y`: one-hot labels (B, num_classes + 1), the last column the null class; conditional nets only."""
+        emb = timestep_embedding(t, self.cfg.emb_dim)
+        # Added before the time MLP rather than after it (as guided diffusion does): after it, the MLP's
+        # last matmul on the shared t (1 row) gets a broadcast epilogue over the batch, which gencc's
+        # CPU Contraction schedule fails on (TVM "Cannot dispatch a null expression").
+        emb = self.time(emb if y is None else emb + self.label(y))
         h = self.stem(x)
         skips = []
         for i, block in enumerate(self.down):

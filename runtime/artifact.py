@@ -10,6 +10,12 @@ NAME.gencc/ is a directory:
 The fused step computes x_next = coef[0] x + coef[1] eps_theta(x, t) + coef[2] z + coef[3] x_prev
 + coef[4] e_prev, with t of shape (1,) shared by the batch. The runtime derives `coef` from the SDE.
 
+Class-conditional artifacts (manifest "num_classes": K > 0; runtime/conditioning.py):
+  diffusion, step contract "affine5-cfg-v1": step and eps take two more inputs, y (B, K + 1) one-hot
+  labels whose last column is the null class, and w (1,) the guidance scale; eps_theta above is then
+  the guided (1 + w) eps(x, t, y) - w eps(x, t, null), both branches in one network call.
+  GAN: the generator takes (z, y) with y (B, K) one-hot.
+
 The manifest is checked field by field and every file's hash is verified before any library is
 loaded: a compiled library is native code, and loading it runs that code.
 """
@@ -31,6 +37,8 @@ FORMAT = "gencc-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STEP_CONTRACT = "affine5-v1"
+CFG_STEP_CONTRACT = "affine5-cfg-v1"   # affine5-v1 plus labels y and guidance w (see the module docstring)
+MAX_CLASSES = 1 << 12
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_DIM = 1 << 16
 MAX_ELEMENTS = 1 << 24               # per sample: 64 MiB of float32, far beyond any model gencc trains
@@ -52,6 +60,7 @@ class Manifest:
     functions: dict                     # name -> {"library", "onnx", "inputs", "outputs"}
     files: dict                         # file name -> sha256 hex
     raw: dict
+    num_classes: int = 0                # > 0: class-conditional (inputs y, and w for diffusion)
 
     def path(self, function: str, kind: str) -> Path:
         """The library ("library") or ONNX ("onnx") file of a compiled function."""
@@ -84,9 +93,7 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> Manifest:
     files = _files(root, raw.get("files"))
     functions = _functions(root, raw.get("functions"), model, files)
     target = _target(root, raw.get("target"))
-    if model == "diffusion":
-        _expect(raw.get("step_contract") == STEP_CONTRACT,
-                f"{root}: unknown sampler-step contract {short(raw.get('step_contract'))}")
+    num_classes = _num_classes(root, raw, model, functions)
     sample_shape = _shape(raw.get("sample_shape"), "sample_shape")
     normalization = Normalization.from_dict(_dict(raw.get("normalization"), "normalization"))
     _expect(normalization.sample_shape == sample_shape,
@@ -95,7 +102,8 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> Manifest:
                  latent_shape=_shape(raw.get("latent_shape", []), "latent_shape", allow_empty=model != "gan"),
                  normalization=normalization,
                  sde=VPSDE.from_dict(_dict(raw.get("sde"), "sde")) if model == "diffusion" else None,
-                 target=target, verified=raw.get("verified") is True, functions=functions, files=files, raw=raw)
+                 target=target, verified=raw.get("verified") is True, functions=functions, files=files, raw=raw,
+                 num_classes=num_classes)
     if verify_hashes:
         verify_files(m)
     return m
@@ -156,6 +164,26 @@ def _functions(root: Path, functions, model: str, files: dict) -> dict:
         _expect(type(flops) is int and flops > 0,
                 f"{root}: function {name!r} has a malformed flops_per_sample {short(flops)}")
     return functions
+
+
+def _num_classes(root: Path, raw: dict, model: str, functions: dict) -> int:
+    """K for a class-conditional artifact (0 if not), with the step contract and label inputs it implies."""
+    k = raw.get("num_classes", 0)
+    _expect(type(k) is int and 0 <= k <= MAX_CLASSES,
+            f"{root}: num_classes must be an integer in 0..{MAX_CLASSES}, got {short(k)}")
+    if model == "diffusion":
+        contract = CFG_STEP_CONTRACT if k else STEP_CONTRACT
+        _expect(raw.get("step_contract") == contract,
+                f"{root}: sampler-step contract {short(raw.get('step_contract'))} does not fit num_classes {k}; "
+                f"expected {contract!r}")
+    if k:
+        width = k + 1 if model == "diffusion" else k
+        for name in FUNCTIONS[model]:
+            inputs = {s["name"]: s["shape"] for s in functions[name]["inputs"]}
+            _expect(inputs.get("y") == ["batch", width] and (model == "gan" or inputs.get("w") == [1]),
+                    f"{root}: conditional function {name!r} needs inputs y [batch, {width}]"
+                    + (" and w [1]" if model == "diffusion" else "") + f", has {short(list(inputs))}")
+    return k
 
 
 def _io_spec(s) -> bool:

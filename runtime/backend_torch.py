@@ -37,12 +37,13 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     sde = VPSDE.from_dict(config["sde"]) if config["model"] == "diffusion" else None
     latent = getattr(net_cfg, "latent_dim", None)
     return model_from_net(config["model"], net, shape, norm, sde=sde, latent_dim=latent, info=config,
-                          data_name=config["data"]["name"], device=device)
+                          data_name=config["data"]["name"], device=device,
+                          num_classes=getattr(net_cfg, "num_classes", 0))
 
 
 def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, *, sde: VPSDE | None = None,
                    latent_dim: int | None = None, info: dict | None = None, data_name: str = "",
-                   device: str = "cpu") -> Model:
+                   device: str = "cpu", num_classes: int = 0) -> Model:
     """A Model over an in-memory eps-network or generator (which this puts in eval mode)."""
     import torch
 
@@ -53,13 +54,24 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
 
     if kind == "gan":
         @torch.inference_mode()
-        def generate_fn(z: np.ndarray) -> np.ndarray:
-            return net(to_torch(z)).cpu().numpy()
+        def generate_fn(z: np.ndarray, *y: np.ndarray) -> np.ndarray:
+            return net(to_torch(z), *map(to_torch, y)).cpu().numpy()
         return Model("gan", shape, norm, "torch", generate_fn=generate_fn, latent_shape=(latent_dim,),
-                     info=info or {}, data_name=data_name)
+                     info=info or {}, data_name=data_name, num_classes=num_classes)
+
+    if num_classes:   # the callables also take one-hot labels (runtime/conditioning.py)
+        from gencc.models.conditioning import GuidedEps
+
+        guided = GuidedEps(net, num_classes, shape, shared_t=False).to(device)
 
     @torch.inference_mode()
-    def eps_fn(x: np.ndarray, t: float) -> np.ndarray:
-        return net(to_torch(x), torch.full((len(x),), t, dtype=torch.float32, device=device)).cpu().numpy()
+    def eps_fn(x: np.ndarray, t: float, *cond) -> np.ndarray:
+        """cond: (y one-hot rows, w) for conditional checkpoints: the guided eps, as compiled artifacts compute it."""
+        t = torch.full((len(x),), t, dtype=torch.float32, device=device)
+        if not cond:
+            return net(to_torch(x), t).cpu().numpy()
+        y, w = cond
+        return guided(to_torch(x), t, to_torch(y), to_torch(np.array([w]))).cpu().numpy()
 
-    return Model("diffusion", shape, norm, "torch", sde=sde, eps_fn=eps_fn, info=info or {}, data_name=data_name)
+    return Model("diffusion", shape, norm, "torch", sde=sde, eps_fn=eps_fn, info=info or {}, data_name=data_name,
+                 num_classes=num_classes)

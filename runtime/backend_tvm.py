@@ -16,6 +16,7 @@ import numpy as np
 
 from . import threads
 from .artifact import read_manifest
+from .conditioning import null_labels
 from .errors import GenccError
 from .model import Model
 
@@ -102,7 +103,7 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
 
     if m.model == "gan":
         generator = function("generator")
-        return Model.from_manifest(m, "tvm", generate_fn=lambda z: generator(to_device(z)),
+        return Model.from_manifest(m, "tvm", generate_fn=lambda z, *y: generator(to_device(z), *map(to_device, y)),
                                    to_device=to_device, to_numpy=to_numpy)
 
     step, eps = function("step"), function("eps")
@@ -121,8 +122,11 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
     t_buf, coef_buf = to_device(np.zeros(1, np.float32)), to_device(np.zeros(5, np.float32))
     on_cpu = m.target["kind"] == "llvm"
     t_view, coef_view = (np.from_dlpack(t_buf), np.from_dlpack(coef_buf)) if on_cpu else (None, None)
+    w_buf = to_device(np.zeros(1, np.float32))
+    num_classes = m.num_classes
 
-    def step_fn(x, t, coef, z=None, x_prev=None, e_prev=None):
+    def step_fn(x, t, coef, z=None, x_prev=None, e_prev=None, y=None, w=0.0):
+        """Conditional artifacts also take labels y (one-hot, on the device; None: the null class) and w."""
         zero = zeros_like(x)   # inputs whose coefficient is 0 still need a finite tensor
         with lock:             # the buffers are shared by every caller of this model
             if on_cpu:
@@ -131,7 +135,11 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
             else:
                 t_buf.copyfrom(np.array([t], np.float32))
                 coef_buf.copyfrom(np.asarray(coef, np.float32))
-            out = step(x, t_buf, coef_buf, *(zero if v is None else v for v in (z, x_prev, e_prev)))
+            args = [x, t_buf, coef_buf, *(zero if v is None else v for v in (z, x_prev, e_prev))]
+            if num_classes:
+                w_buf.copyfrom(np.array([w], np.float32))
+                args += [to_device(null_labels(x.shape[0], num_classes)) if y is None else y, w_buf]
+            out = step(*args)
         return out[0], out[1]
 
     def steps_to_device(buf: np.ndarray) -> list:
@@ -162,8 +170,10 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
                 coefs_view[:] = coefs
                 return chain(x, ts_buf, coefs_buf, tvm.runtime.from_dlpack(block))
 
-    def eps_fn(x: np.ndarray, t: float) -> np.ndarray:
-        return eps(to_device(x), to_device(np.full((len(x),), t, np.float32))).numpy()
+    def eps_fn(x: np.ndarray, t: float, *cond) -> np.ndarray:
+        """cond: (y one-hot rows, w) for conditional artifacts."""
+        y_w = (to_device(cond[0]), to_device(np.array([cond[1]], np.float32))) if cond else ()
+        return eps(to_device(x), to_device(np.full((len(x),), t, np.float32)), *y_w).numpy()
 
     # A NaN check copies the state to the host; every 10 steps is cheap and still names where it began.
     return Model.from_manifest(m, "tvm", eps_fn=eps_fn, step_fn=step_fn, to_device=to_device,

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .conditioning import check_condition, chunk_labels, label_rows
 from .errors import GenccError
 from .noise import SampleNoise
 from .normalize import Normalization
@@ -43,24 +44,32 @@ class Model:
     chain_fn: Callable | None = None            # optional: several plan steps per call (samplers.run_plan_chained)
     chain_length: int = 0
     chain_skip: frozenset = frozenset()         # batch sizes that run faster one step per call (tuned libraries)
+    # > 0: class-conditional (runtime/conditioning.py). The callables then take one-hot rows y (and the
+    # guidance w): eps_fn(x, t, y, w), step_fn(..., y=, w=), generate_fn(z, y).
+    num_classes: int = 0
 
     @classmethod
     def from_manifest(cls, m, backend: str, **callables) -> "Model":
         """A Model for an artifact's manifest (see runtime/artifact.py), with the backend's callables."""
-        return cls(m.model, m.sample_shape, m.normalization, backend, sde=m.sde,
-                   latent_shape=m.latent_shape, info=m.raw, data_name=str(m.raw.get("data", "")), **callables)
+        return cls(m.model, m.sample_shape, m.normalization, backend, sde=m.sde, latent_shape=m.latent_shape,
+                   info=m.raw, data_name=str(m.raw.get("data", "")), num_classes=m.num_classes, **callables)
 
     def sample(self, n: int, *, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: int = 0,
                batch_size: int = 1024, callback: Callable[[int, Any], None] | None = None,
                start: int = 0, spacing: str | None = None, options: dict | None = None,
-               on_step: Callable[[StepView], None] | None = None) -> np.ndarray:
+               on_step: Callable[[StepView], None] | None = None, label=None,
+               guidance: float | None = None) -> np.ndarray:
         """Samples start .. start+n-1 in the data's own units, shape (n, *sample_shape), float32.
 
         Sample i depends only on (seed, i): batch size and chunking do not change it. `spacing`
         ("uniform" or "logsnr") defaults to the sampler's own choice; `options` go to the sampler
         (e.g. {"corrector_steps": 2, "snr": 0.16} for pc). `on_step(view)` sees each step of each chunk
-        with its denoised estimate at no extra network call (runtime/watch.py).
+        with its denoised estimate at no extra network call (runtime/watch.py). Class-conditional
+        models only: `label`, one class for every sample or a sequence of n; `guidance` w >= 0, the
+        classifier-free guidance scale of diffusion models, eps = (1 + w) eps(x, t, label) - w eps(x, t,
+        null), default 0.
         """
+        check_condition(self.kind, self.num_classes, label, guidance)
         _check_positive("n", n)
         _check_positive("batch-size", batch_size)
         _check_memory(n, batch_size, self.sample_shape)
@@ -70,14 +79,29 @@ class Model:
         out = np.empty((n,) + self.sample_shape, np.float32)
         for lo in range(0, n, batch_size):
             idx = np.arange(start + lo, start + min(n, lo + batch_size), dtype=np.int64)
+            fns = self._conditioned(chunk_labels(label, idx, n, start), idx, guidance)
             out[lo:lo + len(idx)] = self._sample_chunk(idx, steps, sampler, seed, callback, spacing, options or {},
-                                                       on_step)
+                                                       on_step, *fns)
         return self.normalization.decode(out)
 
-    def _sample_chunk(self, idx: np.ndarray, steps: int, sampler: str, seed: int, callback, spacing, options,
-                      on_step=None) -> np.ndarray:
+    def _conditioned(self, labels: np.ndarray, idx: np.ndarray, guidance: float | None) -> tuple:
+        """(eps_fn, step_fn, generate_fn) with this chunk's labels and the guidance bound in."""
+        if not self.num_classes:
+            return self.eps_fn, self.step_fn, self.generate_fn
+        y = label_rows(self.kind, labels, idx, self.num_classes)
         if self.kind == "gan":
-            x = np.asarray(self.to_numpy(self.generate_fn(SampleNoise(seed, idx, self.latent_shape).prior())))
+            return None, None, lambda z: self.generate_fn(z, y)
+        w = float(guidance or 0.0)
+        step_fn = None
+        if self.step_fn is not None:
+            y_dev = self.to_device(y)   # uploaded once per chunk: the labels stay on the device
+            step_fn = lambda *a, **k: self.step_fn(*a, y=y_dev, w=w, **k)   # noqa: E731
+        return (lambda x, t: self.eps_fn(x, t, y, w)), step_fn, None
+
+    def _sample_chunk(self, idx: np.ndarray, steps: int, sampler: str, seed: int, callback, spacing, options,
+                      on_step, eps_fn, step_fn, generate_fn) -> np.ndarray:
+        if self.kind == "gan":
+            x = np.asarray(self.to_numpy(generate_fn(SampleNoise(seed, idx, self.latent_shape).prior())))
             _check_finite(x, "the generator output")
             if callback:
                 callback(0, x)
@@ -85,12 +109,12 @@ class Model:
                 on_step(StepView(0, int(idx[0]), None, x, normalization=self.normalization))
             return x
         noise = SampleNoise(seed, idx, self.sample_shape)
-        fused = self.step_fn is not None
+        fused = step_fn is not None
         to_device = self.to_device if fused else np.asarray
         to_numpy = self.to_numpy if fused else np.asarray
         every = self.check_every if fused else 1
         # The unfused step is the one the samplers would build; naming it here lets LastEval watch it.
-        step = self.step_fn if fused else affine_step(self.eps_fn)
+        step = step_fn if fused else affine_step(eps_fn)
         last = LastEval(step) if on_step else None
 
         def watch(k: int, x) -> None:
@@ -105,11 +129,12 @@ class Model:
 
         spacing = spacing or DEFAULT_SPACING.get(sampler, "uniform")
         if self.chain_fn is not None and sampler in PLANS and callback is None and on_step is None \
-                and len(idx) not in self.chain_skip:
-            # Several steps per compiled call; watching needs every step, so it takes the other path.
+                and not self.num_classes and len(idx) not in self.chain_skip:
+            # Several steps per compiled call; watching needs every step, so it takes the other path
+            # (and the chain has no label inputs: conditional models are never given one).
             plan = PLANS[sampler](time_grid(self.sde, steps, spacing), self.sde, **options)
             host = _BulkNoise(noise, np.asarray)
-            x = run_plan_chained(self.chain_fn, self.chain_length, self.step_fn, to_device(noise.prior()), plan,
+            x = run_plan_chained(self.chain_fn, self.chain_length, step_fn, to_device(noise.prior()), plan,
                                  _BulkNoise(noise, to_device, self.steps_to_device), host,
                                  check=lambda k, x: _check_finite(to_numpy(x), f"step {k} (checked every "
                                                                   f"{self.chain_length} steps)"))
@@ -117,7 +142,7 @@ class Model:
             _check_finite(x, "the final denoising step")
             return x
         fn = get_sampler(sampler)
-        x = fn(self.eps_fn, to_device(noise.prior()), time_grid(self.sde, steps, spacing), self.sde,
+        x = fn(eps_fn, to_device(noise.prior()), time_grid(self.sde, steps, spacing), self.sde,
                _BulkNoise(noise, to_device, self.steps_to_device if fused else None)
                if sampler in STOCHASTIC else None,
                callback=watch, step_fn=last or step, **options)
