@@ -46,7 +46,6 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
     _require_full_tvm()
     from .build import build, resolve_target, run_parity
     from .export import random_inputs
-    from .flops import count_flops
     from .tune import TUNED_FUNCTIONS, tune_into
 
     source, out = Path(source), _check_new_output(out, force)
@@ -61,9 +60,10 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
             info = build(tmp / f["file"], target, arch, tmp / so)
             log(f"compiled {so} for {target_desc} in {info['seconds']['total']:.1f} s")
             functions[name] = {"library": so, "onnx": f["file"], "inputs": f["inputs"], "outputs": f["outputs"],
-                               "pipeline": info["pipeline"],
-                               # lets the runtime run small calls on one thread (runtime/threads.py)
-                               "flops_per_sample": count_flops(tmp / f["file"], 1)}
+                               "pipeline": info["pipeline"]}
+            flops = _flops_per_sample(tmp / f["file"])
+            if flops:   # lets the runtime run small calls on one thread (runtime/threads.py)
+                functions[name]["flops_per_sample"] = flops
             if target_desc["kind"] == "llvm":   # the parity gate: refuse to write a library that disagrees
                 parity[name] = run_parity(tmp / so, tmp / f["file"], random_inputs(f["inputs"]))
                 log(f"parity {so} vs ONNX Runtime: max abs err {parity[name]:.2g}")
@@ -97,7 +97,6 @@ def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None 
 
     from .build import run_parity
     from .export import random_inputs
-    from .flops import count_flops
 
     dev = device_for(import_tvm_runtime(), m.target, None)
     errors = {}
@@ -164,6 +163,19 @@ def _describe(config: dict, functions: dict) -> dict:
     else:
         meta["latent_shape"] = [config["net"]["latent_dim"]]
     return meta
+
+
+def _flops_per_sample(onnx_path: Path) -> int | None:
+    """FLOPs of one sample's call, or None where ONNX shape inference cannot bind the batch (the guided
+    step's doubled batch, for one): the runtime then leaves TVM's thread pool as it is."""
+    from onnx.shape_inference import InferenceError
+
+    from .flops import count_flops
+
+    try:
+        return count_flops(onnx_path, 1) or None
+    except (InferenceError, GenccError):
+        return None
 
 
 def _check_new_output(out: str | Path, force: bool) -> Path:
