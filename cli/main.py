@@ -32,7 +32,7 @@ def _user_errors(fn):
 def train(
     model: str = typer.Argument(..., help="diffusion or gan"),
     data: str = typer.Option(..., "--data", help="built-in name (moons, swissroll, gaussians8, checkerboard, "
-                             "digits) or a .npy/.npz file or image folder"),
+                             "digits, shapes) or a .npy/.npz file or image folder"),
     out: Path = typer.Option(..., "--out", help="checkpoint directory to write"),
     steps: Optional[int] = typer.Option(None, help="training steps (default: sized per dataset)"),
     batch_size: Optional[int] = typer.Option(None, help="minibatch size"),
