@@ -30,7 +30,7 @@ def _user_errors(fn):
 @app.command()
 @_user_errors
 def train(
-    model: str = typer.Argument(..., help="diffusion or gan"),
+    model: str = typer.Argument(..., help="diffusion, gan or latent-diffusion"),
     data: str = typer.Option(..., "--data", help="built-in name (moons, swissroll, gaussians8, checkerboard, "
                              "digits, shapes) or a .npy/.npz file or image folder"),
     out: Path = typer.Option(..., "--out", help="checkpoint directory to write"),
@@ -43,10 +43,23 @@ def train(
     image_size: Optional[int] = typer.Option(None, help="resize images in a folder to this side"),
     channels: Optional[int] = typer.Option(None, help="1 or 3 channels for an image folder"),
     ckpt_every: Optional[int] = typer.Option(None, help="steps between checkpoints (default 1000)"),
+    autoencoder: Optional[Path] = typer.Option(None, "--autoencoder", help="latent-diffusion: reuse this "
+                                               "autoencoder (or a latent-diffusion checkpoint's) instead of training one"),
+    ae_steps: Optional[int] = typer.Option(None, "--ae-steps", help="latent-diffusion: autoencoder training steps"),
 ):
-    """Train a diffusion model or a GAN.  Example: gencc train diffusion --data moons --out moons.ckpt"""
-    from gencc.cli.commands import train_command
+    """Train a diffusion model, a GAN, or latent diffusion (autoencoder, then diffusion on its latents).
 
+    Example: gencc train diffusion --data moons --out moons.ckpt
+             gencc train latent-diffusion --data shapes --out shapes-ld.ckpt
+    """
+    from gencc.cli.commands import latent_train_command, train_command
+
+    if model == "latent-diffusion":
+        return latent_train_command(data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
+                                    resume=resume, image_size=image_size, channels=channels,
+                                    ckpt_every=ckpt_every, autoencoder=autoencoder, ae_steps=ae_steps)
+    if autoencoder is not None or ae_steps is not None:
+        raise GenccError(f"--autoencoder and --ae-steps apply to latent-diffusion, not {model!r}")
     train_command(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
                   resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every)
 

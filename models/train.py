@@ -75,13 +75,18 @@ class TrainResult:
 
 
 def train(model: str, data: Dataset, out: str | Path, cfg: TrainConfig, *, width: int | None = None,
-          resume: bool = False, progress: Progress | None = None) -> TrainResult:
-    """Train a diffusion model or a GAN on `data`, writing a checkpoint to `out` as it goes."""
+          resume: bool = False, progress: Progress | None = None,
+          normalization: Normalization | None = None) -> TrainResult:
+    """Train a diffusion model or a GAN on `data`, writing a checkpoint to `out` as it goes.
+
+    `normalization`: the map to model space of a new run (default: fitted to the data); latent
+    diffusion passes the identity, its latents being scaled already. A resumed run keeps its own.
+    """
     out = check_output(out, resume)
     if model not in MODELS:
         raise GenccError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
     run = _DiffusionRun if model == "diffusion" else _GANRun
-    r = run.resume(out, data, cfg) if resume and out.exists() else run.new(data, cfg, width)
+    r = run.resume(out, data, cfg) if resume and out.exists() else run.new(data, cfg, width, normalization)
     return r.fit(out, progress)
 
 
@@ -172,8 +177,8 @@ class _DiffusionRun(_Run):
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
 
     @classmethod
-    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None):
-        norm = Normalization.fit(data.data, data.kind)
+    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None, norm: Normalization | None = None):
+        norm = norm or Normalization.fit(data.data, data.kind)
         return cls(data, cfg, norm, eps_net_config(data.data.shape[1:], width), VPSDE())
 
     @classmethod
@@ -221,8 +226,8 @@ class _GANRun(_Run):
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
 
     @classmethod
-    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None):
-        norm = Normalization.fit(data.data, data.kind)
+    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None, norm: Normalization | None = None):
+        norm = norm or Normalization.fit(data.data, data.kind)
         return cls(data, cfg, norm, gan_config(tuple(data.data.shape[1:]), width))
 
     @classmethod

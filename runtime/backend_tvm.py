@@ -120,6 +120,10 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
     def eps_fn(x: np.ndarray, t: float) -> np.ndarray:
         return eps(to_device(x), to_device(np.full((len(x),), t, np.float32))).numpy()
 
+    extra = {}
+    if m.model == "latent-diffusion":
+        decoder = function("decoder")
+        extra["decode_fn"] = lambda z: to_numpy(decoder(to_device(z)))
     # A NaN check copies the state to the host; every 10 steps is cheap and still names where it began.
     return Model.from_manifest(m, "tvm", eps_fn=eps_fn, step_fn=step_fn, to_device=to_device,
-                               to_numpy=to_numpy, check_every=10)
+                               to_numpy=to_numpy, check_every=10, **extra)
