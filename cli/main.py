@@ -209,7 +209,7 @@ def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="folder for ch
 def eval_(
     samples: Path = typer.Argument(..., help=".npz with a 'samples' array, as written by gencc sample"),
     data: str = typer.Option(..., "--data", help="built-in name (moons, swissroll, gaussians8, checkerboard, "
-                             "digits) or the .npy/.npz file or image folder the model learned"),
+                             "digits, shapes) or the .npy/.npz file or image folder the model learned"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the full result as JSON"),
     n_ref: Optional[int] = typer.Option(None, "--n-ref", help="reference examples (default: as many as samples "
                                         "for built-in 2-D sets, all 297 digits test images, half a user's file)"),
@@ -237,7 +237,7 @@ def eval_(
 @app.command()
 @_user_errors
 def bench(
-    checkpoint: Path = typer.Argument(..., help="checkpoint directory"),
+    checkpoint: Path = typer.Argument(..., help="checkpoint directory (latent diffusion: step and decoder)"),
     backends: str = typer.Option("torch,ort,tvm", help="comma list of torch, torch-compile, ort, tvm, tvm-tuned"),
     batch: str = typer.Option("1,64,1024", help="comma list of batch sizes"),
     steps: int = typer.Option(100, help="steps of the end-to-end sampling run (0: per-step only)"),

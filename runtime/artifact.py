@@ -12,6 +12,10 @@ NAME.gencc/ is a directory:
 The fused step computes x_next = coef[0] x + coef[1] eps_theta(x, t) + coef[2] z + coef[3] x_prev
 + coef[4] e_prev, with t of shape (1,) shared by the batch. The runtime derives `coef` from the SDE.
 
+The latent-diffusion kind (manifest fields latent_shape and latent_scale, function decoder) was added
+within format version 1: every earlier artifact still reads unchanged, and a gencc from before it
+refuses such an artifact as an unknown model kind rather than misreading it.
+
 The manifest is checked field by field and every file's hash is verified before any library is
 loaded: a compiled library is native code, and loading it runs that code.
 """

