@@ -143,3 +143,18 @@ def test_cli_bad_autoencoders(tiny_shapes_latent, tiny_digits_diffusion, tmp_pat
     assert not out.exists()   # nothing was written by any refused command
     assert_user_error(run_cli("sample", tiny_shapes_latent / "autoencoder", "--n", 2, "--out", tmp_path / "s.npz"),
                       "autoencoder checkpoint")
+
+
+def test_a_64px_image_folder_gets_a_16x16_latent(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    ds = load_dataset(str(folder))
+    out = tmp_path / "ld"
+    train_latent_diffusion(ds, out, replace(TINY, steps=1), replace(TINY, steps=1), width=8, ae_width=8)
+    m = gencc.load(out)
+    assert m.latent_shape == (4, 16, 16) and m.sample(2, steps=2).shape == (2, 3, 64, 64)
