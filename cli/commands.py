@@ -98,6 +98,49 @@ def _train_preview(out: Path, folder, every: int, seed: int, resume: bool):
     return TrainPreview(folder, every, seed=seed, start_step=start)
 
 
+def _progress_bar():
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("[bold]train {task.fields[model]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(*columns, transient=False)
+
+
+def latent_train_command(data: str, out: Path, *, steps, batch_size, lr, seed, width, resume, image_size,
+                         channels, ckpt_every, autoencoder, ae_steps) -> None:
+    """Two stages, one progress bar each; --steps, --batch-size, --lr and --width are the latent stage's."""
+    from dataclasses import replace
+
+    from gencc.models.data import load_dataset
+    from gencc.models.latent import AE_DEFAULT, LATENT_DEFAULT, train_latent_diffusion
+    from gencc.models.train import check_output
+
+    check_output(out, resume)
+    dataset = load_dataset(data, seed=seed, image_size=image_size, channels=channels)
+    if dataset.kind != "image":
+        raise GenccError(f"latent diffusion needs images; {data!r} holds vectors of shape {dataset.data.shape[1:]}")
+    common = {"seed": seed, **({"ckpt_every": ckpt_every} if ckpt_every is not None else {})}
+    ae_cfg = replace(AE_DEFAULT, **common, **({"steps": ae_steps} if ae_steps is not None else {}))
+    overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr).items() if v is not None}
+    cfg = replace(LATENT_DEFAULT, **common, **overrides)
+    with _progress_bar() as bar:
+        def stage(name: str, total: int):
+            task = bar.add_task(name, total=total, model=name, losses="")
+
+            def progress(step: int, total: int, losses: dict) -> None:
+                if step % 20 == 0 or step == total:
+                    bar.update(task, completed=step, losses=" ".join(f"{k}={v:.4f}" for k, v in losses.items()))
+            return progress
+
+        results = train_latent_diffusion(dataset, out, ae_cfg, cfg, autoencoder=autoencoder, width=width,
+                                         resume=resume, progress=stage)
+    ae, latent = results["autoencoder"], results["latent"]
+    ae_text = f"autoencoder step {ae.steps}, {ae.seconds:.1f} s" if ae else \
+        f"autoencoder copied from {autoencoder}" if autoencoder else "autoencoder trained already"
+    typer.echo(f"wrote {out} ({ae_text}; latent step {latent.steps}, loss={latent.losses.get('loss', float('nan')):.4f}, "
+               f"{latent.seconds:.1f} s)")
+
+
 def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device,
                    options=None, resume: bool = False, trusted_keys=None, shard: str | None = None,
                    preview_dir=None, preview_every=None, label=None, guidance=None) -> None:
@@ -184,8 +227,12 @@ def info_text(path: Path) -> str:
     from gencc.models.checkpoint import load_config
     from gencc.runtime.artifact import is_artifact
 
+    from gencc.models.latent import is_latent_checkpoint
+
     if is_artifact(path):
         return artifact_text(path)
+    if is_latent_checkpoint(path):
+        return latent_text(path)
     c = load_config(path)
     d = c["data"]
     lines = [f"{path}: gencc checkpoint (format version {c['version']})",
@@ -218,6 +265,22 @@ def info_record(path: Path) -> dict:
     return {"path": str(path), "kind": "checkpoint", "config": load_config(path)}
 
 
+def latent_text(path: Path) -> str:
+    from gencc.models.latent import AE_DIR, LATENT_DIR, load_latent_checkpoint
+
+    lc = load_latent_checkpoint(path)
+    ae, d = lc.autoencoder, lc.diffusion
+    return "\n".join([
+        f"{path}: gencc latent-diffusion checkpoint ({AE_DIR}/ then {LATENT_DIR}/)",
+        f"  data:        {ae['data']['name']} (sample shape {lc.sample_shape})",
+        f"  latent:      shape {lc.latent_shape}, scale {lc.scale:.4g}",
+        f"  autoencoder: {json.dumps({k: v for k, v in ae['net'].items() if k != 'arch'})}; "
+        f"{ae['step']} steps, last losses {json.dumps(ae.get('losses', {}))}",
+        f"  latent net:  {d['net'].get('arch')} {json.dumps({k: v for k, v in d['net'].items() if k != 'arch'})}; "
+        f"{d['step']} steps, last losses {json.dumps(d.get('losses', {}))}",
+        f"  sde:         {json.dumps(d['sde'])}"])
+
+
 def data_command(name: str, n, seed: int, split: str, out: Path) -> None:
     from gencc.models.data import BUILTIN_2D, BUILTIN_IMAGES, load_dataset
 
@@ -241,7 +304,8 @@ def artifact_text(path: Path) -> str:
     lines = [f"{path}: gencc artifact (format version {r['format_version']}), files intact",
              f"  model:      {m.model}, sample shape {m.sample_shape}"
              + (f", latent {m.latent_shape}" if m.latent_shape else "")
-             + (f", class-conditional ({m.num_classes} classes)" if m.num_classes else ""),
+             + (f", class-conditional ({m.num_classes} classes)" if m.num_classes else "")
+             + (f" (scale {m.latent_scale:.4g})" if m.model == "latent-diffusion" else ""),
              f"  data:       {r.get('data')}",
              f"  target:     {json.dumps(m.target)}  verified: {m.verified}",
              f"  tvm:        {r.get('tvm_version')}"]

@@ -35,9 +35,9 @@ def _user_errors(fn):
 @app.command()
 @_user_errors
 def train(
-    model: str = typer.Argument(..., help="diffusion or gan"),
+    model: str = typer.Argument(..., help="diffusion, gan or latent-diffusion"),
     data: str = typer.Option(..., "--data", help="built-in name (moons, swissroll, gaussians8, checkerboard, "
-                             "digits) or a .npy/.npz file or image folder"),
+                             "digits, shapes) or a .npy/.npz file or image folder"),
     out: Path = typer.Option(..., "--out", help="checkpoint directory to write"),
     steps: Optional[int] = typer.Option(None, help="training steps (default: sized per dataset)"),
     batch_size: Optional[int] = typer.Option(None, help="minibatch size"),
@@ -59,13 +59,27 @@ def train(
                                       "end; 0: none"),
     conditional: bool = typer.Option(False, "--conditional",
                                      help="class-conditional, on the data's labels (digits, or an .npz with 'labels')"),
+    autoencoder: Optional[Path] = typer.Option(None, "--autoencoder", help="latent-diffusion: reuse this "
+                                               "autoencoder (or a latent-diffusion checkpoint's) instead of training one"),
+    ae_steps: Optional[int] = typer.Option(None, "--ae-steps", help="latent-diffusion: autoencoder training steps"),
 ):
-    """Train a diffusion model or a GAN.  Example: gencc train diffusion --data moons --out moons.ckpt
+    """Train a diffusion model, a GAN, or latent diffusion (autoencoder, then diffusion on its latents).
 
     Distributed: --nproc 2, or: torchrun --standalone --nproc_per_node 2 -m gencc.cli.main train ...
-    """
-    from gencc.cli.commands import train_command
 
+    Example: gencc train diffusion --data moons --out moons.ckpt
+             gencc train latent-diffusion --data shapes --out shapes-ld.ckpt
+    """
+    from gencc.cli.commands import latent_train_command, train_command
+
+    if model == "latent-diffusion":
+        if nproc is not None or conditional or preview is not None:
+            raise GenccError("--nproc, --conditional and --preview apply to diffusion and gan, not latent-diffusion")
+        return latent_train_command(data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
+                                    resume=resume, image_size=image_size, channels=channels,
+                                    ckpt_every=ckpt_every, autoencoder=autoencoder, ae_steps=ae_steps)
+    if autoencoder is not None or ae_steps is not None:
+        raise GenccError(f"--autoencoder and --ae-steps apply to latent-diffusion, not {model!r}")
     train_command(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
                   resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every,
                   nproc=nproc, device=device, preview_dir=preview, preview_every=preview_every,
@@ -259,7 +273,7 @@ def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="folder for ch
 def eval_(
     samples: Path = typer.Argument(..., help=".npz with a 'samples' array, as written by gencc sample"),
     data: str = typer.Option(..., "--data", help="built-in name (moons, swissroll, gaussians8, checkerboard, "
-                             "digits) or the .npy/.npz file or image folder the model learned"),
+                             "digits, shapes) or the .npy/.npz file or image folder the model learned"),
     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
     n_ref: Optional[int] = typer.Option(None, "--n-ref", help="reference examples (default: as many as samples "
                                         "for built-in 2-D sets, all 297 digits test images, half a user's file)"),
@@ -281,7 +295,7 @@ def eval_(
 @app.command()
 @_user_errors
 def bench(
-    checkpoint: Path = typer.Argument(..., help="checkpoint directory"),
+    checkpoint: Path = typer.Argument(..., help="checkpoint directory (latent diffusion: step and decoder)"),
     backends: str = typer.Option("torch,ort,tvm", help="comma list of torch, torch-compile, ort, tvm, tvm-tuned"),
     batch: str = typer.Option("1,64,1024", help="comma list of batch sizes"),
     steps: int = typer.Option(100, help="steps of the end-to-end sampling run (0: per-step only)"),

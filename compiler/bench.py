@@ -63,12 +63,10 @@ def gflops(flops: int, seconds: float) -> float:
 def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Path] | None = None,
               log: Log = lambda s: None) -> dict:
     """Measure every backend of `cfg` on `checkpoint`; `artifacts` maps tvm / tvm-tuned to prebuilt ones."""
-    from gencc.models.checkpoint import load_config
-
     from .compile import compile_artifact
     from .flops import count_flops
 
-    config = load_config(checkpoint)
+    config = _config(checkpoint)
     artifacts = dict(artifacts or {})
     with tempfile.TemporaryDirectory(prefix="gencc-bench-") as tmp:
         if "tvm-tuned" in cfg.backends and "tvm-tuned" not in artifacts:
@@ -82,6 +80,8 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
         fn = "generator" if config["model"] == "gan" else "step"
         onnx_file = artifacts["tvm"] / f"{fn}.onnx"
         flops = {b: count_flops(onnx_file, b) for b in cfg.batches}
+        decoder = artifacts["tvm"] / "decoder.onnx"
+        decoder_flops = {b: count_flops(decoder, b) for b in cfg.batches} if decoder.is_file() else None
         log("measuring the machine's matmul peak ...")
         peak = _worker({"peak": True}, cfg.timeout_s)
         results = {}
@@ -89,9 +89,23 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
             path = checkpoint if backend.startswith("torch") else artifacts["tvm-tuned" if backend == "tvm-tuned" else "tvm"]
             log(f"measuring {backend} ...")
             results[backend] = _worker({"backend": backend, "path": str(path), "batches": list(cfg.batches),
-                                        "steps": cfg.steps if config["model"] == "diffusion" else 0,
+                                        "steps": cfg.steps if config["model"] != "gan" else 0,
                                         "sampler": cfg.sampler, "min_seconds": cfg.min_seconds}, cfg.timeout_s)
-    return _summarise(checkpoint, config, cfg, flops, peak, results)
+    report = _summarise(checkpoint, config, cfg, flops, peak, results)
+    if decoder_flops is not None:
+        report["decoder_flops"] = decoder_flops
+    return report
+
+
+def _config(checkpoint: str | Path) -> dict:
+    """The checkpoint's config; for latent diffusion, its latent model's, with the model kind and image data."""
+    from gencc.models.checkpoint import load_config
+    from gencc.models.latent import is_latent_checkpoint, load_latent_checkpoint
+
+    if not is_latent_checkpoint(checkpoint):
+        return load_config(checkpoint)
+    lc = load_latent_checkpoint(checkpoint)
+    return {**lc.diffusion, "model": "latent-diffusion", "data": lc.autoencoder["data"]}
 
 
 def _worker(request: dict, timeout_s: int) -> dict:
@@ -130,6 +144,10 @@ def _summarise(checkpoint, config, cfg: BenchConfig, flops: dict, peak: dict, re
                 rb = ref.get("batches", {}).get(str(batch))
                 if rb:
                     row["step_speedup_vs_torch"] = ratio(rb["step"]["median_s"], step)
+                if "decoder" in b:
+                    row["decoder_median_s"] = b["decoder"]["median_s"]
+                    if rb and "decoder" in rb:
+                        row["decoder_speedup_vs_torch"] = ratio(rb["decoder"]["median_s"], b["decoder"]["median_s"])
                 if "end_to_end" in b:
                     row["samples_per_s"] = b["end_to_end"]["samples_per_s"]
                     row["run_step_s"] = run_step_seconds(b["end_to_end"], batch)
@@ -172,6 +190,11 @@ def markdown(report: dict) -> str:
             f"| {_t(r['run_step_s']) if 'run_step_s' in r else '-'} "
             f"| {r.get('samples_per_s', float('nan')):.0f} | {r.get('e2e_speedup_vs_torch', float('nan')):.2f} "
             f"| {r['startup_s']:.2f} s | {r['peak_rss_mb']:.0f} MB |")
+    decoded = [r for r in report["rows"] if "decoder_median_s" in r]
+    if decoded:   # latent diffusion: the decoder, once per sample; end to end above includes it
+        lines += ["", "| backend | batch | decoder (median) | x torch (decoder) |", "|---|---|---|---|"]
+        lines += [f"| {r['backend']} | {r['batch']} | {_t(r['decoder_median_s'])} "
+                  f"| {r.get('decoder_speedup_vs_torch', float('nan')):.2f} |" for r in decoded]
     return "\n".join(lines) + "\n"
 
 

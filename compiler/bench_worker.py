@@ -70,7 +70,8 @@ def compiled_step(model):
         if model.kind == "gan":
             z = np.random.default_rng(0).standard_normal((batch,) + model.latent_shape).astype(np.float32)
             return lambda: model.generate_fn(z)
-        x, z = (model.to_device(np.random.default_rng(i).standard_normal((batch,) + model.sample_shape)
+        shape = model.latent_shape if model.kind == "latent-diffusion" else model.sample_shape
+        x, z = (model.to_device(np.random.default_rng(i).standard_normal((batch,) + shape)
                                 .astype(np.float32)) for i in (0, 1))
         coef = (1.01, -0.1, 0.05, 0.0, 0.0)
         return lambda: model.step_fn(x, 0.5, coef, z)
@@ -80,9 +81,13 @@ def compiled_step(model):
 def main(args: dict) -> dict:
     import gencc
 
+    from gencc.models.latent import LATENT_DIR, is_latent_checkpoint
+
     backend, path = args["backend"], args["path"]
     if backend in ("torch", "torch-compile"):
-        make, net, config = torch_step(path, compiled=backend == "torch-compile")
+        # latent diffusion: the step is its latent eps-network's, a plain diffusion checkpoint
+        net_path = f"{path}/{LATENT_DIR}" if is_latent_checkpoint(path) else path
+        make, net, config = torch_step(net_path, compiled=backend == "torch-compile")
         model = gencc.load(path, backend="torch")
         if backend == "torch-compile":
             import torch
@@ -99,6 +104,9 @@ def main(args: dict) -> dict:
     result = {"backend": backend, "startup_s": time.perf_counter() - T0, "batches": {}}
     for batch in args["batches"]:
         r = {"step": time_calls(make(batch), min_seconds=args.get("min_seconds", 0.2))}
+        if model.kind == "latent-diffusion":   # the decoder runs once per sample, after the last step
+            z = np.random.default_rng(2).standard_normal((batch,) + model.latent_shape).astype(np.float32)
+            r["decoder"] = time_calls(lambda: model.decode_fn(z), min_seconds=args.get("min_seconds", 0.2))
         if args["steps"] > 0:
             n = max(batch, args.get("min_samples", 1))
             t = time.perf_counter()

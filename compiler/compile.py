@@ -23,8 +23,10 @@ Log = Callable[[str], None]
 def export(checkpoint: str | Path, out: str | Path, log: Log = lambda s: None) -> dict:
     """Write the checkpoint's ONNX functions and their description (export.json) into the folder `out`."""
     from gencc.models.checkpoint import load_config
+    from gencc.models.latent import is_latent_checkpoint, load_latent_checkpoint
 
-    load_config(checkpoint)   # a missing or corrupt checkpoint fails before the output is touched
+    # a missing or corrupt checkpoint fails before the output is touched
+    load_latent_checkpoint(checkpoint) if is_latent_checkpoint(checkpoint) else load_config(checkpoint)
     out = _check_new_output(out, force=True)
     with atomic_dir(out) as tmp:
         meta = _export_into(Path(checkpoint), tmp, log)
@@ -119,8 +121,9 @@ def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None 
 def _onnx_into(source: Path, tmp: Path, log: Log) -> dict:
     """Put the ONNX functions into `tmp` (exporting a checkpoint, or copying an export folder)."""
     from gencc.models.checkpoint import is_checkpoint
+    from gencc.models.latent import is_latent_checkpoint
 
-    if is_checkpoint(source):
+    if is_checkpoint(source) or is_latent_checkpoint(source):
         return _export_into(source, tmp, log)
     meta_path = source / EXPORT_META
     if not meta_path.is_file():
@@ -140,6 +143,10 @@ def _onnx_into(source: Path, tmp: Path, log: Log) -> dict:
 
 def _export_into(checkpoint: Path, tmp: Path, log: Log) -> dict:
     from gencc.models import checkpoint as ckpt
+    from gencc.models.latent import is_latent_checkpoint
+
+    if is_latent_checkpoint(checkpoint):
+        return _export_latent_into(checkpoint, tmp, log)
 
     from .export import export_checkpoint
 
@@ -147,6 +154,15 @@ def _export_into(checkpoint: Path, tmp: Path, log: Log) -> dict:
     for f in functions.values():
         log(f"exported {f['file']} (ONNX Runtime vs torch: max abs err {f['max_abs_err_vs_torch']:.2g})")
     return _describe(ckpt.load_config(checkpoint), functions)
+
+
+def _export_latent_into(root: Path, tmp: Path, log: Log) -> dict:
+    from .export_latent import describe_latent, export_latent_checkpoint
+
+    functions = export_latent_checkpoint(root, tmp)
+    for f in functions.values():
+        log(f"exported {f['file']} (ONNX Runtime vs torch: max abs err {f['max_abs_err_vs_torch']:.2g})")
+    return describe_latent(root, functions)
 
 
 def _describe(config: dict, functions: dict) -> dict:

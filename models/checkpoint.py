@@ -29,6 +29,7 @@ from gencc.runtime.sde import VPSDE
 FORMAT = "gencc-checkpoint"
 VERSION = 1
 CONFIG, WEIGHTS, STATE = "config.json", "weights.safetensors", "train_state.pt"
+MODELS = ("diffusion", "gan", "autoencoder")   # autoencoder: latent diffusion's first stage (models/latent.py)
 MAX_NET_VALUE = 1 << 16   # any width, depth or size in a network config; the weights must fit them too
 
 
@@ -79,7 +80,7 @@ def _check_config(c: dict, where: str) -> None:
         if not ok:
             raise GenccError(f"checkpoint config {where!r}: {what}, got {short(value)}")
 
-    expect(c["model"] in ("diffusion", "gan"), "model must be 'diffusion' or 'gan'", c["model"])
+    expect(c["model"] in MODELS, f"model must be one of {', '.join(MODELS)}", c["model"])
     expect(type(c["step"]) is int and c["step"] >= 0, "step must be a non-negative integer", c["step"])
     net = c["net"]
     expect(isinstance(net, dict) and isinstance(net.get("arch"), str), "net must be an object with an 'arch'", net)
@@ -93,7 +94,8 @@ def _check_config(c: dict, where: str) -> None:
     expect(isinstance(shape, list) and 0 < len(shape) <= 4 and _net_value(shape),
            "data sample_shape must be 1-4 positive integers", shape)
     made = {"mlp": [net.get("data_dim")], "unet": [net.get("channels"), net.get("size"), net.get("size")],
-            "gan": net.get("sample_shape")}.get(net["arch"], shape)
+            "gan": net.get("sample_shape"),
+            "autoencoder": [net.get("channels"), net.get("size"), net.get("size")]}.get(net["arch"], shape)
     expect(made == shape, f"the {net['arch']} network does not make samples of shape {shape}", net)
     norm = Normalization.from_dict(d.get("normalization"))
     expect(list(norm.sample_shape) == shape, f"normalization must be for sample shape {shape}", d.get("normalization"))

@@ -3,7 +3,8 @@ training data of the same size gets against the same reference, i.e. what a perf
 
 Every data set gets the sliced Wasserstein-1 distance and the RBF MMD^2 (flattened, for images); 8x8
 single-channel images also get the Fréchet distance in the shipped digits classifier's feature space and
-that classifier's class coverage (see gencc.runtime.metrics and gencc.models.classifier).
+that classifier's class coverage (see gencc.runtime.metrics and gencc.models.classifier); `shapes`
+images get the shapes classifier's scores (gencc.models.evaluate_shapes).
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def evaluate(samples: np.ndarray, data: str, n_ref: int | None = None, seed: int
               "metrics": distribution_metrics(samples, refs, seed), "notes": list(refs.notes)}
     if samples.shape[1:] == DIGITS_SHAPE:
         result["metrics"].update(classifier_metrics(samples, refs, result))
+    elif data == "shapes":
+        from .evaluate_shapes import shapes_metrics
+        result["metrics"].update(shapes_metrics(samples, refs.held_out, refs.train, result))
     elif samples.ndim == 4:
         result["notes"].append(f"images of shape {samples.shape[1:]} get only sliced Wasserstein and MMD on "
                                "flattened pixels; the Fréchet distance and class coverage need (1, 8, 8) digits")
@@ -97,6 +101,12 @@ def reference_sets(data: str, n: int, n_ref: int | None, seed: int) -> Reference
         notes = [f"reference: {len(held_out)} digits test-split images; floor: {min(n, len(train))} "
                  "train-split images against the same reference"]
         return References(held_out, train[:n], notes + _short_floor_note(n, len(train)))
+    if data == "shapes":
+        held_out = load_dataset("shapes", split="test", n=n_ref, seed=seed).data
+        train = load_dataset("shapes", split="train", n=max(n, 1), seed=seed).data
+        notes = [f"reference: {len(held_out)} shapes test-split images (seed {seed}); floor: {n} "
+                 "train-split images against the same reference"]
+        return References(held_out, train, notes)
     return _split_user_data(data, n, n_ref, seed)
 
 

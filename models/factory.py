@@ -27,7 +27,7 @@ def gan_config(sample_shape: tuple[int, ...], width: int | None = None, num_clas
     return GANConfig(sample_shape=sample_shape, latent_dim=latent_dim, width=width or 128, num_classes=num_classes)
 
 
-def config_from_dict(d: dict) -> MLPConfig | UNetConfig | GANConfig:
+def config_from_dict(d: dict):
     d = dict(d)
     arch = d.pop("arch", None)
     try:
@@ -37,9 +37,12 @@ def config_from_dict(d: dict) -> MLPConfig | UNetConfig | GANConfig:
             return UNetConfig(**{**d, "mults": tuple(d["mults"])})
         if arch == "gan":
             return GANConfig(**{**d, "sample_shape": tuple(d["sample_shape"])})
+        if arch == "autoencoder":
+            from .autoencoder import AEConfig
+            return AEConfig(**d)
     except (TypeError, KeyError) as e:
         raise GenccError(f"malformed {arch} network config {d!r}: {e}") from None
-    raise GenccError(f"unknown network architecture {arch!r}; expected 'mlp', 'unet' or 'gan'")
+    raise GenccError(f"unknown network architecture {arch!r}; expected 'mlp', 'unet', 'gan' or 'autoencoder'")
 
 
 def build_eps_net(cfg: MLPConfig | UNetConfig) -> nn.Module:

@@ -78,12 +78,14 @@ class TrainResult:
 
 def train(model: str, data: Dataset, out: str | Path, cfg: TrainConfig, *, width: int | None = None,
           resume: bool = False, progress: Progress | None = None, watch: Watch | None = None,
-          conditional: bool = False) -> TrainResult:
+          conditional: bool = False, normalization: Normalization | None = None) -> TrainResult:
     """Train a diffusion model or a GAN on `data`, writing a checkpoint to `out` as it goes.
 
     `watch` is called after every step with a `snapshot()` that builds a sampling Model from a copy of
     the current weights (models/preview.py draws previews with it); it cannot change training.
     `conditional`: learn p(x | label) from data.labels (classes 0..K-1, K = the largest label + 1).
+    `normalization`: the map to model space of a new run (default: fitted to the data); latent
+    diffusion passes the identity, its latents being scaled already. A resumed run keeps its own.
     """
     out = check_output(out, resume)
     if model not in MODELS:
@@ -92,7 +94,7 @@ def train(model: str, data: Dataset, out: str | Path, cfg: TrainConfig, *, width
     if resume and out.exists():
         r = run.resume(out, data, cfg)
     else:
-        r = run.new(data, cfg, width, count_classes(data) if conditional else 0)
+        r = run.new(data, cfg, width, count_classes(data) if conditional else 0, normalization)
     return r.fit(out, progress, watch)
 
 
@@ -217,8 +219,9 @@ class _DiffusionRun(_Run):
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
 
     @classmethod
-    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None, num_classes: int = 0):
-        norm = Normalization.fit(data.data, data.kind)
+    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None, num_classes: int = 0,
+            norm: Normalization | None = None):
+        norm = norm or Normalization.fit(data.data, data.kind)
         return cls(data, cfg, norm, eps_net_config(data.data.shape[1:], width, num_classes), VPSDE())
 
     @classmethod
@@ -278,8 +281,9 @@ class _GANRun(_Run):
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
 
     @classmethod
-    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None, num_classes: int = 0):
-        norm = Normalization.fit(data.data, data.kind)
+    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None, num_classes: int = 0,
+            norm: Normalization | None = None):
+        norm = norm or Normalization.fit(data.data, data.kind)
         return cls(data, cfg, norm, gan_config(tuple(data.data.shape[1:]), width, num_classes))
 
     @classmethod

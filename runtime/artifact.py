@@ -5,6 +5,8 @@ NAME.gencc/ is a directory:
   step.so         diffusion: the fused sampler step  (x, t, coef, z, x_prev, e_prev) -> (x_next, eps)
   eps.so          diffusion: the noise-prediction network (x, t) -> eps
   generator.so    GAN: z -> x
+  decoder.so      latent diffusion: the autoencoder's decoder z (B, *latent_shape) -> x (B, *sample_shape),
+                  model space; step.so and eps.so then work on the latent state x_L = z * latent_scale
   *.onnx          the ONNX graphs the libraries were compiled from (the `ort` backend runs these)
 
 The fused step computes x_next = coef[0] x + coef[1] eps_theta(x, t) + coef[2] z + coef[3] x_prev
@@ -15,6 +17,10 @@ Class-conditional artifacts (manifest "num_classes": K > 0; runtime/conditioning
   labels whose last column is the null class, and w (1,) the guidance scale; eps_theta above is then
   the guided (1 + w) eps(x, t, y) - w eps(x, t, null), both branches in one network call.
   GAN: the generator takes (z, y) with y (B, K) one-hot.
+
+The latent-diffusion kind (manifest fields latent_shape and latent_scale, function decoder) was added
+within format version 1: every earlier artifact still reads unchanged, and a gencc from before it
+refuses such an artifact as an unknown model kind rather than misreading it.
 
 The manifest is checked field by field and every file's hash is verified before any library is
 loaded: a compiled library is native code, and loading it runs that code.
@@ -43,16 +49,18 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_DIM = 1 << 16
 MAX_ELEMENTS = 1 << 24               # per sample: 64 MiB of float32, far beyond any model gencc trains
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-FUNCTIONS = {"diffusion": ("step", "eps"), "gan": ("generator",)}
-OPTIONAL_FUNCTIONS = {"diffusion": ("chain",), "gan": ()}   # chain: several steps per call (tiny MLPs)
+FUNCTIONS = {"diffusion": ("step", "eps"), "gan": ("generator",), "latent-diffusion": ("step", "eps", "decoder")}
+DIFFUSION_KINDS = ("diffusion", "latent-diffusion")   # the kinds that carry an SDE and the fused step
+# chain: several steps per call (tiny MLPs)
+OPTIONAL_FUNCTIONS = {"diffusion": ("chain",), "gan": (), "latent-diffusion": ()}
 
 
 @dataclass(frozen=True)
 class Manifest:
     root: Path
-    model: str                          # "diffusion" or "gan"
+    model: str                          # "diffusion", "gan" or "latent-diffusion"
     sample_shape: tuple[int, ...]
-    latent_shape: tuple[int, ...]       # GAN only, else ()
+    latent_shape: tuple[int, ...]       # GAN: z's shape; latent-diffusion: the diffusion state's; else ()
     normalization: Normalization
     sde: VPSDE | None
     target: dict                        # {"kind": "llvm", "mcpu": ...} or {"kind": "cuda", "arch": ...}
@@ -61,6 +69,7 @@ class Manifest:
     files: dict                         # file name -> sha256 hex
     raw: dict
     num_classes: int = 0                # > 0: class-conditional (inputs y, and w for diffusion)
+    latent_scale: float = 1.0           # latent-diffusion: the decoder's input is x_L / latent_scale
 
     def path(self, function: str, kind: str) -> Path:
         """The library ("library") or ONNX ("onnx") file of a compiled function."""
@@ -98,12 +107,14 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> Manifest:
     normalization = Normalization.from_dict(_dict(raw.get("normalization"), "normalization"))
     _expect(normalization.sample_shape == sample_shape,
             f"{root}: normalization is for sample shape {normalization.sample_shape}, the manifest says {sample_shape}")
-    m = Manifest(root=root, model=model, sample_shape=sample_shape,
-                 latent_shape=_shape(raw.get("latent_shape", []), "latent_shape", allow_empty=model != "gan"),
+    latent_shape = _shape(raw.get("latent_shape", []), "latent_shape", allow_empty=model == "diffusion")
+    m = Manifest(root=root, model=model, sample_shape=sample_shape, latent_shape=latent_shape,
                  normalization=normalization,
-                 sde=VPSDE.from_dict(_dict(raw.get("sde"), "sde")) if model == "diffusion" else None,
+                 sde=VPSDE.from_dict(_dict(raw.get("sde"), "sde")) if model in DIFFUSION_KINDS else None,
                  target=target, verified=raw.get("verified") is True, functions=functions, files=files, raw=raw,
-                 num_classes=num_classes)
+                 num_classes=num_classes,
+                 latent_scale=_latent(root, raw, functions, latent_shape, sample_shape) if model == "latent-diffusion"
+                 else 1.0)
     if verify_hashes:
         verify_files(m)
     return m
@@ -171,7 +182,8 @@ def _num_classes(root: Path, raw: dict, model: str, functions: dict) -> int:
     k = raw.get("num_classes", 0)
     _expect(type(k) is int and 0 <= k <= MAX_CLASSES,
             f"{root}: num_classes must be an integer in 0..{MAX_CLASSES}, got {short(k)}")
-    if model == "diffusion":
+    _expect(k == 0 or model != "latent-diffusion", f"{root}: class-conditional latent diffusion is not supported")
+    if model in DIFFUSION_KINDS:
         contract = CFG_STEP_CONTRACT if k else STEP_CONTRACT
         _expect(raw.get("step_contract") == contract,
                 f"{root}: sampler-step contract {short(raw.get('step_contract'))} does not fit num_classes {k}; "
@@ -184,6 +196,20 @@ def _num_classes(root: Path, raw: dict, model: str, functions: dict) -> int:
                     f"{root}: conditional function {name!r} needs inputs y [batch, {width}]"
                     + (" and w [1]" if model == "diffusion" else "") + f", has {short(list(inputs))}")
     return k
+
+
+def _latent(root: Path, raw: dict, functions: dict, latent_shape: tuple, sample_shape: tuple) -> float:
+    """A latent-diffusion manifest's scale, after checking its functions work on the shapes it names."""
+    scale = raw.get("latent_scale")
+    _expect(type(scale) in (int, float) and math.isfinite(scale) and scale > 0,
+            f"{root}: latent_scale must be a positive finite number, got {short(scale)}")
+    latent, image = ["batch", *latent_shape], ["batch", *sample_shape]
+    for name, io, shape in (("step", "inputs", latent), ("eps", "inputs", latent),
+                            ("decoder", "inputs", latent), ("decoder", "outputs", image)):
+        got = functions[name][io][0]["shape"]
+        _expect(got == shape, f"{root}: function {name!r} {io[:-1]} has shape {short(got)}; "
+                              f"the manifest's latent_shape and sample_shape say {shape}")
+    return float(scale)
 
 
 def _io_spec(s) -> bool:

@@ -53,4 +53,8 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
     def eps_fn(x, t, y=None, w=0.0):
         return eps.run(None, {"x": f32(x), "t": np.full((len(x),), t, np.float32), **labels(x, y, w)})[0]
 
-    return Model.from_manifest(m, "ort", eps_fn=eps_fn, step_fn=step_fn)
+    extra = {}
+    if m.model == "latent-diffusion":
+        decoder = session("decoder")
+        extra["decode_fn"] = lambda z: decoder.run(None, {"z": f32(z)})[0]
+    return Model.from_manifest(m, "ort", eps_fn=eps_fn, step_fn=step_fn, **extra)

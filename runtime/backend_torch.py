@@ -20,6 +20,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     from gencc.models.factory import build_eps_net, build_gan, config_from_dict
 
     config = ckpt.load_config(path)
+    if config["model"] == "autoencoder":
+        from .errors import GenccError
+        raise GenccError(f"{str(path)!r} is an autoencoder checkpoint; it samples nothing on its own "
+                         "(train latent diffusion on it: gencc train latent-diffusion --autoencoder)")
     net_cfg = config_from_dict(config["net"])
     norm = Normalization.from_dict(config["data"]["normalization"])
     shape = tuple(config["data"]["sample_shape"])
@@ -75,3 +79,23 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
 
     return Model("diffusion", shape, norm, "torch", sde=sde, eps_fn=eps_fn, info=info or {}, data_name=data_name,
                  num_classes=num_classes)
+
+
+def load_latent_checkpoint(path: str | Path, device: str = "cpu") -> Model:
+    """A latent-diffusion checkpoint (models/latent.py): its latent eps-network, then its decoder."""
+    import torch
+
+    from gencc.models.latent import load_autoencoder, load_latent_checkpoint as load_config
+
+    lc = load_config(path)
+    diffusion = load_checkpoint(lc.latent_dir, device)
+    decoder = load_autoencoder(lc.ae_dir)[0].decoder.to(device)
+
+    @torch.inference_mode()
+    def decode_fn(z: np.ndarray) -> np.ndarray:
+        return decoder(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)).to(device)).cpu().numpy()
+
+    return Model("latent-diffusion", lc.sample_shape, lc.normalization, "torch", sde=diffusion.sde,
+                 eps_fn=diffusion.eps_fn, decode_fn=decode_fn, latent_shape=lc.latent_shape, latent_scale=lc.scale,
+                 info={"autoencoder": lc.autoencoder, "latent": lc.diffusion},
+                 data_name=lc.autoencoder["data"]["name"])

@@ -175,9 +175,14 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
         y_w = (to_device(cond[0]), to_device(np.array([cond[1]], np.float32))) if cond else ()
         return eps(to_device(x), to_device(np.full((len(x),), t, np.float32)), *y_w).numpy()
 
+    extra = {}
+    if m.model == "latent-diffusion":
+        decoder = function("decoder")
+        extra["decode_fn"] = lambda z: to_numpy(decoder(to_device(z)))
     # A NaN check copies the state to the host; every 10 steps is cheap and still names where it began.
     return Model.from_manifest(m, "tvm", eps_fn=eps_fn, step_fn=step_fn, to_device=to_device,
                                to_numpy=to_numpy, check_every=10, steps_to_device=steps_to_device if on_cpu else None,
+                               **extra,
                                chain_fn=chain_fn, chain_length=chain_length,
                                # a tuned static-batch step beats the untuned chain at its batch size
                                chain_skip=frozenset(int(b) for b in m.functions["step"].get("static", {})))

@@ -39,6 +39,8 @@ def load(path: str | Path, backend: str | None = None, device: str | None = None
     if backend not in (None, "torch"):
         raise GenccError(f"{str(path)!r} is not a compiled artifact (no manifest.json); "
                          f"the {backend} backend needs one: run gencc compile first")
-    from .backend_torch import load_checkpoint
+    from .backend_torch import load_checkpoint, load_latent_checkpoint
 
+    if (path / "latent-diffusion.json").is_file():   # models/latent.py's marker
+        return load_latent_checkpoint(path, device=device or "cpu")
     return load_checkpoint(path, device=device or "cpu")

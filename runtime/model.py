@@ -2,6 +2,8 @@
 
 Backends build a `Model` from their callables; `Model.sample` owns the chunking, the per-sample noise
 and the mapping back to data units, so every backend produces the same samples for the same seed.
+A latent-diffusion model runs the same reverse-SDE loop on its latent shape, then decodes:
+x = decoder(x_L / latent_scale) (models/latent.py).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ DEFAULT_SAMPLER = "em"
 
 @dataclass
 class Model:
-    kind: str                                   # "diffusion" or "gan"
+    kind: str                                   # "diffusion", "gan" or "latent-diffusion"
     sample_shape: tuple[int, ...]               # one sample, model space = data space shape
     normalization: Normalization
     backend: str                                # "torch", "ort" or "tvm"
@@ -34,7 +36,7 @@ class Model:
     eps_fn: Callable | None = None              # diffusion: (x (B, ...) np, t float) -> eps
     step_fn: Callable | None = None             # diffusion, optional fused (x, t, coef, z, x_prev, e_prev) -> (x_next, eps)
     generate_fn: Callable | None = None         # gan: z (B, latent) -> x (B, ...)
-    latent_shape: tuple[int, ...] = ()          # gan only
+    latent_shape: tuple[int, ...] = ()          # gan: z's shape; latent-diffusion: the diffusion state's
     info: dict = field(default_factory=dict)    # the checkpoint or artifact description
     data_name: str = ""                         # the training data: a built-in name or a user path
     to_device: Callable = np.asarray            # numpy -> the backend's array (a TVM tensor stays on its device)
@@ -47,12 +49,15 @@ class Model:
     # > 0: class-conditional (runtime/conditioning.py). The callables then take one-hot rows y (and the
     # guidance w): eps_fn(x, t, y, w), step_fn(..., y=, w=), generate_fn(z, y).
     num_classes: int = 0
+    decode_fn: Callable | None = None           # latent-diffusion: z (B, *latent_shape) np -> x (B, *sample_shape) np
+    latent_scale: float = 1.0                   # latent-diffusion: the state is z * latent_scale
 
     @classmethod
     def from_manifest(cls, m, backend: str, **callables) -> "Model":
         """A Model for an artifact's manifest (see runtime/artifact.py), with the backend's callables."""
         return cls(m.model, m.sample_shape, m.normalization, backend, sde=m.sde, latent_shape=m.latent_shape,
-                   info=m.raw, data_name=str(m.raw.get("data", "")), num_classes=m.num_classes, **callables)
+                   info=m.raw, data_name=str(m.raw.get("data", "")), num_classes=m.num_classes,
+                   latent_scale=m.latent_scale, **callables)
 
     def sample(self, n: int, *, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: int = 0,
                batch_size: int = 1024, callback: Callable[[int, Any], None] | None = None,
@@ -73,7 +78,7 @@ class Model:
         _check_positive("n", n)
         _check_positive("batch-size", batch_size)
         _check_memory(n, batch_size, self.sample_shape)
-        if self.kind == "diffusion":
+        if self.kind != "gan":
             _check_positive("steps", steps)
             get_sampler(sampler)
         out = np.empty((n,) + self.sample_shape, np.float32)
@@ -108,7 +113,32 @@ class Model:
             if on_step:
                 on_step(StepView(0, int(idx[0]), None, x, normalization=self.normalization))
             return x
-        noise = SampleNoise(seed, idx, self.sample_shape)
+        if self.kind == "latent-diffusion":
+            x = self._diffuse(idx, steps, sampler, seed, callback, spacing, options, self.latent_shape, on_step,
+                              eps_fn, step_fn)
+            return self._decode_latent(x)
+        return self._diffuse(idx, steps, sampler, seed, callback, spacing, options, self.sample_shape, on_step,
+                             eps_fn, step_fn)
+
+    def decode(self, x_latent: np.ndarray) -> np.ndarray:
+        """A latent-diffusion state (B, *latent_shape), e.g. a callback's intermediate x, as images in
+        data units: for previews of the reverse process."""
+        if self.kind != "latent-diffusion":
+            raise GenccError(f"decode applies to latent-diffusion models, not {self.kind}")
+        x = np.asarray(x_latent, dtype=np.float32)
+        if x.shape[1:] != self.latent_shape:
+            raise GenccError(f"decode takes states of shape (B, {', '.join(map(str, self.latent_shape))}), got {x.shape}")
+        return self.normalization.decode(self._decode_latent(x))
+
+    def _decode_latent(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(self.decode_fn(x / np.float32(self.latent_scale)), dtype=np.float32)
+        _check_finite(x, "the decoder output")
+        return x
+
+    def _diffuse(self, idx, steps, sampler, seed, callback, spacing, options, shape, on_step, eps_fn,
+                 step_fn) -> np.ndarray:
+        """The reverse-SDE loop on states of `shape`, in model space."""
+        noise = SampleNoise(seed, idx, shape)
         fused = step_fn is not None
         to_device = self.to_device if fused else np.asarray
         to_numpy = self.to_numpy if fused else np.asarray

@@ -33,3 +33,15 @@ def tiny_digits_gan(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_moons_gan(tmp_path_factory):
     return _train(tmp_path_factory, "gan", "moons", 30)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_latent(tmp_path_factory):
+    """A latent-diffusion checkpoint on 32 shapes images: 3 autoencoder steps, 3 latent steps, tiny widths."""
+    from gencc.models.latent import train_latent_diffusion
+
+    ds = load_dataset("shapes", n=32)
+    out = tmp_path_factory.mktemp("latent-shapes") / "ckpt"
+    ae = replace(default_config("diffusion", "image"), steps=3, batch_size=8, ckpt_every=3)
+    train_latent_diffusion(ds, out, ae, ae, width=8, ae_width=8)
+    return out

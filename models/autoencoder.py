@@ -1,0 +1,116 @@
+"""A small convolutional KL-autoencoder (the first stage of latent diffusion, Rombach et al. 2022).
+
+The encoder maps an image in model space ([-1, 1]) to a diagonal Gaussian q(z | x) over a latent of shape
+(latent_channels, size / 2^downsamples, same); the decoder maps z back. The loss is the per-element
+reconstruction MSE plus 1 / `kl_divisor` times the per-element KL(q(z | x) || N(0, I)): light enough not to
+blur reconstructions, strong enough that the latent stays smooth and roughly unit-scale. Diffusion then
+runs on z * scale, where scale = 1 / std(z) over training images (the LDM "scale factor").
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AEConfig:
+    channels: int = 3          # image channels
+    size: int = 32             # image height = width
+    latent_channels: int = 4   # 4x8x8 for 32x32x3 images: a 12x smaller state, as in LDM's f=4 models
+    width: int = 32            # channels at full resolution, doubled once at the first downsampling
+    downsamples: int = 2       # each halves the side: 32 -> 8
+    groups: int = 8            # GroupNorm groups; must divide width
+    kl_divisor: int = 1000     # the loss is recon + KL / kl_divisor: z stays near unit scale, recons stay sharp
+
+    def to_dict(self) -> dict:
+        return {"arch": "autoencoder", **asdict(self)}
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        side = self.size >> self.downsamples
+        return self.latent_channels, side, side
+
+
+def _block(c_in: int, c_out: int, groups: int, **conv) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, **({"kernel_size": 3, "padding": 1} | conv)),
+                         nn.GroupNorm(groups, c_out), nn.SiLU())
+
+
+def _widths(cfg: AEConfig) -> list[int]:
+    """Channels at each resolution, full resolution first."""
+    return [cfg.width] + [2 * cfg.width] * cfg.downsamples
+
+
+class Encoder(nn.Module):
+    """x (B, C, S, S) -> (mean, logvar) of q(z | x), each (B, *latent_shape)."""
+
+    def __init__(self, cfg: AEConfig):
+        super().__init__()
+        w = _widths(cfg)
+        layers = [_block(cfg.channels, w[0], cfg.groups)]
+        for i in range(cfg.downsamples):
+            layers += [_block(w[i], w[i + 1], cfg.groups, kernel_size=4, stride=2, padding=1),
+                       _block(w[i + 1], w[i + 1], cfg.groups)]
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(w[-1], 2 * cfg.latent_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.out(self.body(x)).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)   # LDM's clamp: exp(logvar) stays finite
+
+
+class Decoder(nn.Module):
+    """z (B, *latent_shape) -> x (B, C, S, S) in model space."""
+
+    def __init__(self, cfg: AEConfig):
+        super().__init__()
+        w = _widths(cfg)[::-1]
+        layers = [_block(cfg.latent_channels, w[0], cfg.groups)]
+        for i in range(cfg.downsamples):
+            # ConvTranspose 4x4 stride 2: the compiler rewrites it as a conv plus DepthToSpace
+            layers += [nn.ConvTranspose2d(w[i], w[i + 1], 4, stride=2, padding=1),
+                       nn.GroupNorm(cfg.groups, w[i + 1]), nn.SiLU(), _block(w[i + 1], w[i + 1], cfg.groups)]
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(w[-1], cfg.channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(z))
+
+
+class Autoencoder(nn.Module):
+    def __init__(self, cfg: AEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def loss(self, x: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
+        """Reparameterised ELBO-style loss: recon MSE + KL / kl_divisor, both per element."""
+        mean, logvar = self.encoder(x)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)
+        recon = ((self.decoder(z) - x) ** 2).mean()
+        kl = 0.5 * (mean ** 2 + logvar.exp() - 1.0 - logvar).mean()
+        return {"loss": recon + kl / self.cfg.kl_divisor, "recon": recon, "kl": kl}
+
+
+@torch.no_grad()
+def encode_means(encoder: Encoder, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Posterior means (float32, (N, *latent_shape)) of model-space images x: the deterministic latents
+    that latent diffusion is trained on."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return torch.cat([encoder(chunk)[0] for chunk in t.split(batch)]).numpy()
+
+
+@torch.no_grad()
+def decode(decoder: Decoder, z: np.ndarray, batch: int = 512) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
+    return torch.cat([decoder(chunk) for chunk in t.split(batch)]).numpy()
+
+
+def latent_scale(latents: np.ndarray) -> float:
+    """LDM's scale factor: 1 / std of the latents, so the diffusion model sees unit-variance data."""
+    std = float(np.std(latents, dtype=np.float64))
+    return 1.0 / std if std > 1e-8 else 1.0

@@ -1,0 +1,194 @@
+"""A small CNN that tells the `shapes` images' circle, square and triangle apart from "no valid shape":
+its softmax gives the valid-shape share and the class coverage of generated samples, and its
+penultimate layer is the feature space of their Fréchet distance (FID's recipe with a shapes network).
+
+Class 3, "invalid", is trained on deterministic negatives (recipe in `negatives`): blends of two shapes
+of different classes, plain backgrounds without a shape, shapes under heavy pixel noise, flat colour
+fields and blocky random colour patterns. The shipped weights in models/pretrained/shapes_classifier/ are reproduced,
+bit for bit on one CPU thread, by one command (about a minute):
+
+    python -m gencc.models.shape_classifier
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from torch import nn
+
+from gencc.runtime.atomic import atomic_dir
+from gencc.runtime.errors import GenccError
+
+from .data import load_shapes_split
+from .shapes import CLASSES
+
+PRETRAINED = Path(__file__).parent / "pretrained" / "shapes_classifier"
+WEIGHTS, META = "weights.safetensors", "meta.json"
+COMMAND = "python -m gencc.models.shape_classifier"
+FORMAT = "gencc-shapes-classifier"
+IMAGE_SHAPE = (3, 32, 32)
+INVALID = len(CLASSES)   # the label of "no valid shape"
+VALID_PROB = 0.5         # a valid shape: a shape class on top with at least this probability (real test
+                         # images: 99.6% valid at 0.5, 93.2% at 0.9, the classifier being cautious)
+
+
+@dataclass(frozen=True)
+class ShapeClassifierConfig:
+    channels: int = 16        # first conv; then 2x and 4x, each followed by a 2x2 max-pool (32 -> 4)
+    feature_dim: int = 64     # penultimate width: the Fréchet distance fits a 64-d Gaussian
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 2e-3          # peak of a cosine schedule that decays to 0
+    n_train: int = 6000       # shapes train-split images; half as many negatives are added
+    noise_std: float = 0.35   # pixel noise of the "noisy" negatives
+
+
+class ShapeClassifier(nn.Module):
+    def __init__(self, cfg: ShapeClassifierConfig = ShapeClassifierConfig()):
+        super().__init__()
+        c = cfg.channels
+        self.body = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * c, 4 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(4 * c * 16, cfg.feature_dim), nn.ReLU())
+        self.head = nn.Linear(cfg.feature_dim, len(CLASSES) + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def negatives(images: np.ndarray, labels: np.ndarray, n: int, seed: int, noise_std: float) -> np.ndarray:
+    """n "invalid" images, a fifth of each kind, from shapes images (rng seeded by `seed`):
+    0 the average of two images whose shapes differ; 1 the background alone (the corner pixel's colour);
+    2 an image plus N(0, noise_std^2) pixel noise; 3 one random colour over the whole frame plus
+    N(0, 0.1^2) noise; 4 a random 4x4 RGB pattern blown up to 8x8-pixel blocks. All clipped to [0, 1].
+    Kinds 3 and 4 are what an undertrained generator makes: without them, flat colour fields passed as squares.
+    """
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, len(images), (2, n))
+    j = np.where(labels[i] == labels[j], (j + 1) % len(images), j)   # mostly different shapes
+    shape = images[i].shape
+    kinds = [0.5 * (images[i] + images[j]),
+             np.broadcast_to(images[i][:, :, :1, :1], shape),
+             images[i] + rng.normal(0, noise_std, shape),
+             rng.uniform(0, 1, (n, 3, 1, 1)) + rng.normal(0, 0.1, shape),
+             rng.uniform(0, 1, (n, 3, 4, 4)).repeat(8, axis=2).repeat(8, axis=3)]
+    kind = (np.arange(n) % len(kinds))[:, None, None, None]
+    out = np.select([kind == k for k in range(len(kinds))], kinds)
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
+def training_set(seed: int, cfg: ShapeClassifierConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The shapes train split plus negatives (label 3), as the classifier is trained."""
+    ds = load_shapes_split("train", cfg.n_train)
+    neg = negatives(ds.data, ds.labels, cfg.n_train // 2, seed, cfg.noise_std)
+    return np.concatenate([ds.data, neg]), np.concatenate([ds.labels, np.full(len(neg), INVALID)])
+
+
+def train_classifier(seed: int = 0, cfg: ShapeClassifierConfig = ShapeClassifierConfig()
+                     ) -> tuple[ShapeClassifier, dict]:
+    """Train; return the model (eval mode) and its accuracy on the held-out test split and its negatives."""
+    x, y = (torch.from_numpy(a) for a in training_set(seed, cfg))
+    g = torch.Generator().manual_seed(seed)   # every minibatch order comes from here
+    with torch.random.fork_rng(devices=[]):   # seed the init without touching the caller's global RNG
+        torch.manual_seed(seed)
+        model = ShapeClassifier(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * -(-len(x) // cfg.batch_size))
+    model.train()
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(len(x), generator=g).split(cfg.batch_size):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    return model, held_out_accuracy(model, seed, cfg)
+
+
+def held_out_accuracy(model: ShapeClassifier, seed: int, cfg: ShapeClassifierConfig) -> dict:
+    test = load_shapes_split("test")
+    neg = negatives(test.data, test.labels, len(test.data), seed + 1, cfg.noise_std)
+    return {"shapes_test": float((probs(test.data, model).argmax(1) == test.labels).mean()),
+            "negatives_test": float((probs(neg, model).argmax(1) == INVALID).mean())}
+
+
+def features(x: np.ndarray, model: ShapeClassifier | None = None) -> np.ndarray:
+    """Penultimate-layer features (N, feature_dim), float64, of images (N, 3, 32, 32) in [0, 1]."""
+    return _run(x, (model if model is not None else load_classifier()).body)
+
+
+def probs(x: np.ndarray, model: ShapeClassifier | None = None) -> np.ndarray:
+    """Softmax probabilities (N, 4), float64: circle, square, triangle, invalid."""
+    return _run(x, nn.Sequential(model if model is not None else load_classifier(), nn.Softmax(dim=1)))
+
+
+def _run(x: np.ndarray, net: nn.Module, batch: int = 1024) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE or len(x) == 0:
+        raise GenccError(f"the shapes classifier takes images of shape (N, 3, 32, 32) with N >= 1, got {x.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    with torch.no_grad():
+        return np.concatenate([net(chunk).double().numpy() for chunk in t.split(batch)])
+
+
+def load_classifier(path: str | Path = PRETRAINED) -> ShapeClassifier:
+    """The shipped classifier (or one saved at `path`), in eval mode; reads safetensors, never pickles."""
+    path = Path(path)
+    meta = read_meta(path)
+    model = ShapeClassifier(ShapeClassifierConfig(**meta["config"]))
+    try:
+        model.load_state_dict(load_file(str(path / WEIGHTS)))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise GenccError(f"classifier weights {str(path / WEIGHTS)!r} are missing or corrupt: {e}") from None
+    return model.eval()
+
+
+def read_meta(path: str | Path = PRETRAINED) -> dict:
+    file = Path(path) / META
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GenccError(f"classifier metadata {str(file)!r} is missing or corrupt: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise GenccError(f"{str(file)!r} is not a gencc shapes-classifier metadata file")
+    return meta
+
+
+def save_classifier(model: ShapeClassifier, meta: dict, path: str | Path = PRETRAINED) -> None:
+    """Write weights.safetensors and meta.json together: a reader sees the old pair or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(path) as tmp:
+        (tmp / WEIGHTS).write_bytes(save({k: v.contiguous() for k, v in model.state_dict().items()}))
+        (tmp / META).write_text(json.dumps({"format": FORMAT, **meta}, indent=2) + "\n")
+
+
+def main(seed: int = 0, path: Path = PRETRAINED) -> dict:
+    torch.set_num_threads(1)   # one thread: bit-reproducible
+    cfg = ShapeClassifierConfig()
+    start = time.perf_counter()
+    model, accuracy = train_classifier(seed, cfg)
+    meta = {"test_accuracy": accuracy, "seed": seed, "command": COMMAND, "feature_dim": cfg.feature_dim,
+            "classes": [*CLASSES, "invalid"], "config": asdict(cfg),
+            "train_seconds": round(time.perf_counter() - start, 1),
+            "data": f"shapes train split ({cfg.n_train} images) + {cfg.n_train // 2} negatives; accuracy on the "
+                    "1000-image test split and 1000 test negatives",
+            "versions": {"torch": torch.__version__, "python": platform.python_version()}}
+    save_classifier(model, meta, path)
+    print(f"wrote {path} (test accuracy {accuracy}, {meta['train_seconds']} s)")
+    return meta
+
+
+if __name__ == "__main__":
+    main()

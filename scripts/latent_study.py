@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Latent against pixel-space diffusion on the built-in `shapes` set, at the same training budget and NFE:
+the study behind the latent-diffusion section of docs/QUALITY.md.
+
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/latent_study.py [--out out/latent-study]
+
+Both diffusion networks get the same number of steps, batch size, learning rate and UNet width; the
+latent model also pays for its autoencoder, whose training time is reported separately. Both are compiled
+with TVM for this CPU and sampled through the artifacts with the same sampler and step count (one network
+call per step, plus the decoder once per sample for latent). It reports the autoencoder's PSNR on held-out
+images, the shapes scores of gencc eval (valid-shape share, shape coverage, Fréchet distance in the shapes
+classifier's features, beside the real-data floor), sampling time per image and network FLOPs per step.
+Checkpoints and artifacts under --out are reused on a rerun; results go to --out/latent_study.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+import gencc
+from gencc.compiler.compile import compile_artifact
+from gencc.compiler.flops import count_flops
+from gencc.models.autoencoder import decode, encode_means
+from gencc.models.data import load_dataset
+from gencc.models.evaluate import evaluate
+from gencc.models.latent import load_autoencoder, train_latent_diffusion
+from gencc.models.train import TrainConfig, train
+from gencc.runtime.normalize import Normalization
+from gencc.runtime.samplers import nfe
+
+SEED = 0
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("out/latent-study"))
+    p.add_argument("--ae-steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=1000, help="training steps of each diffusion network")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--width", type=int, default=16, help="UNet and autoencoder width")
+    p.add_argument("--n", type=int, default=256, help="samples per model")
+    p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--sampler", default="ddim")
+    return p.parse_args()
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def train_models(a: argparse.Namespace, data, timings: dict) -> None:
+    cfg = TrainConfig(steps=a.steps, batch_size=a.batch, lr=2e-3, seed=SEED, ckpt_every=a.steps)
+    ae_cfg = replace(cfg, steps=a.ae_steps, ckpt_every=a.ae_steps)
+    if "latent" not in timings:
+        results, _ = timed(lambda: train_latent_diffusion(data, a.out / "latent.ckpt", ae_cfg, cfg, width=a.width,
+                                                         ae_width=a.width, resume=True))
+        timings["autoencoder"] = results["autoencoder"].seconds if results["autoencoder"] else None
+        timings["latent"] = results["latent"].seconds
+    if "pixel" not in timings:
+        timings["pixel"] = train("diffusion", data, a.out / "pixel.ckpt", cfg, width=a.width, resume=True).seconds
+
+
+def ae_psnr(ckpt: Path) -> dict:
+    """PSNR of autoencoder reconstructions of the 1000 test-split images, in [0, 1] pixel units."""
+    model, config = load_autoencoder(ckpt)
+    norm = Normalization.from_dict(config["data"]["normalization"])
+    x = load_dataset("shapes", split="test").data
+    recon = np.clip(norm.decode(decode(model.decoder, encode_means(model.encoder, norm.encode(x)))), 0, 1)
+    mse = ((recon - x) ** 2).reshape(len(x), -1).mean(1)
+    return {"psnr_mean_db": float(np.mean(10 * np.log10(1.0 / mse))),
+            "psnr_of_mean_mse_db": float(10 * np.log10(1.0 / mse.mean())), "n": len(x)}
+
+
+def sample_and_score(a: argparse.Namespace, name: str, art: Path) -> dict:
+    model = gencc.load(art)
+    model.sample(8, steps=2, sampler=a.sampler, seed=SEED)   # warm-up: first calls allocate
+    x, seconds = timed(lambda: model.sample(a.n, steps=a.sample_steps, sampler=a.sampler, seed=SEED,
+                                            batch_size=a.n))
+    np.savez(a.out / f"{name}-samples.npz", samples=x)
+    from gencc.runtime.render import save_png
+    save_png(a.out / f"{name}-samples.png", x[:64])
+    result = evaluate(x, "shapes", n_ref=1000, seed=SEED)
+    step_flops = count_flops(art / "step.onnx", 1)
+    dec_flops = count_flops(art / "decoder.onnx", 1) if (art / "decoder.onnx").is_file() else 0
+    return {"ms_per_image": 1000 * seconds / a.n, "step_mflops": step_flops / 1e6, "decoder_mflops": dec_flops / 1e6,
+            "metrics": result["metrics"], "labels": result["label_histogram"]}
+
+
+def markdown(a: argparse.Namespace, r: dict) -> str:
+    k = nfe(a.sampler, a.sample_steps)
+    lines = [f"Shapes, {a.steps} training steps at batch {a.batch} for each diffusion UNet (width {a.width}), "
+             f"{a.sampler} with {a.sample_steps} steps (NFE {k}), {a.n} samples each, sampled in one batch through "
+             f"the TVM artifacts (untuned) on this 2-core CPU. Autoencoder: {a.ae_steps} steps; reconstruction PSNR on the 1000 test images "
+             f"{r['psnr']['psnr_mean_db']:.1f} dB (mean over images).", "",
+             "| | latent (4x8x8) | pixel (3x32x32) | real data (floor) |", "| --- | --- | --- | --- |"]
+    lat, pix = r["latent"], r["pixel"]
+    for key, label in (("valid_shape_fraction", "valid-shape share (higher is better)"),
+                       ("shape_coverage", "shape coverage (higher is better)"),
+                       ("frechet_distance", "Fréchet distance, shapes classifier (lower is better)")):
+        lines.append(f"| {label} | {lat['metrics'][key]['value']:.3g} | {pix['metrics'][key]['value']:.3g} | "
+                     f"{lat['metrics'][key]['floor']:.3g} |")
+    t = r["train_seconds"]
+    ae_t = f" + {t['autoencoder']:.0f} s autoencoder" if t.get("autoencoder") else ""
+    lines += [f"| sampling time per image | {lat['ms_per_image']:.2f} ms | {pix['ms_per_image']:.2f} ms | |",
+              f"| network FLOPs per step (one image) | {lat['step_mflops']:.1f} M (+ decoder {lat['decoder_mflops']:.1f} M "
+              f"once) | {pix['step_mflops']:.1f} M | |",
+              f"| training time | {t['latent']:.0f} s{ae_t} | {t['pixel']:.0f} s | |"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    a = parse()
+    a.out.mkdir(parents=True, exist_ok=True)
+    timings_file = a.out / "train_seconds.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    data = load_dataset("shapes", seed=SEED)
+    train_models(a, data, timings)
+    timings_file.write_text(json.dumps(timings) + "\n")
+    r = {"args": {k: str(v) for k, v in vars(a).items()}, "train_seconds": timings,
+         "psnr": ae_psnr(a.out / "latent.ckpt")}
+    for name, ckpt in (("latent", a.out / "latent.ckpt"), ("pixel", a.out / "pixel.ckpt")):
+        art = a.out / f"{name}.gencc"
+        if not art.is_dir():
+            compile_artifact(ckpt, art, target="llvm")
+        r[name] = sample_and_score(a, name, art)
+    (a.out / "latent_study.json").write_text(json.dumps(r, indent=2) + "\n")
+    md = markdown(a, r)
+    (a.out / "latent_study.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
