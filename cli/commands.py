@@ -262,6 +262,12 @@ def info_record(path: Path) -> dict:
     if is_artifact(path):
         return {"path": str(path), "kind": "artifact", "files_intact": True, "signed_by": signer(path),
                 "manifest": read_manifest(path).raw}
+    from gencc.models.latent import is_latent_checkpoint, load_latent_checkpoint
+
+    if is_latent_checkpoint(path):
+        lc = load_latent_checkpoint(path)
+        return {"path": str(path), "kind": "latent-diffusion checkpoint", "autoencoder": lc.autoencoder,
+                "latent": lc.diffusion, "latent_shape": list(lc.latent_shape), "latent_scale": lc.scale}
     return {"path": str(path), "kind": "checkpoint", "config": load_config(path)}
 
 

@@ -237,7 +237,8 @@ def info(path: Path = typer.Argument(..., help="checkpoint or artifact directory
 
     check_json_dest(json_out)
     say(info_text(path), json_out)
-    emit_json(info_record(path), json_out)
+    if json_out is not None:
+        emit_json(info_record(path), json_out)
 
 
 @app.command()

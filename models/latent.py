@@ -144,7 +144,7 @@ class _AutoencoderRun(_Run):
         r.opt.load_state_dict(state["opt"])
         return r
 
-    def train_step(self, x: torch.Tensor, g: torch.Generator) -> dict:
+    def train_step(self, x: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> dict:
         losses = self.ae.loss(x, g)
         self.opt.zero_grad(set_to_none=True)
         losses["loss"].backward()

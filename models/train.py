@@ -147,7 +147,8 @@ class _Run:
     def __init__(self, data: Dataset, cfg: TrainConfig, norm: Normalization, net_cfg, step: int = 0):
         self.data, self.cfg, self.norm, self.net_cfg, self.step = data, cfg, norm, net_cfg, step
         self.x = torch.from_numpy(norm.encode(data.data))
-        self.y = _labels(data, net_cfg.num_classes) if net_cfg.num_classes else None   # conditional runs only
+        k = getattr(net_cfg, "num_classes", 0)   # the autoencoder (models/latent.py) has none
+        self.y = _labels(data, k) if k else None   # conditional runs only
         self.losses: dict = {}
 
     def fit(self, out: Path, progress: Progress | None, watch: Watch | None = None) -> TrainResult:

@@ -1,6 +1,7 @@
 """Latent diffusion: the autoencoder, two-stage training and resume, the checkpoint, and its bad inputs."""
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 
@@ -112,6 +113,9 @@ def test_cli_train_info_sample(tmp_path):
     assert "train autoencoder" in r.output and "train latent" in r.output and f"wrote {out}" in r.output
     r = run_cli("info", out)
     assert r.exit_code == 0 and "latent:      shape (4, 8, 8)" in r.output, r.output
+    r = run_cli("info", out, "--json", tmp_path / "info.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "info.json").read_text())["latent_shape"] == [4, 8, 8]
     r = run_cli("sample", out, "--n", 3, "--steps", 4, "--out", tmp_path / "s.npz")
     assert r.exit_code == 0, r.output
     assert np.load(tmp_path / "s.npz")["samples"].shape == (3, 3, 32, 32)
