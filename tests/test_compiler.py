@@ -97,8 +97,9 @@ def test_export_checkpoint_describes_each_function(tmp_path):
     config = ckpt_config("diffusion", TINY_MLP.to_dict(), shape)
     save_checkpoint(tmp_path / "ckpt", config, net.state_dict(), {})
     funcs = export_checkpoint(tmp_path / "ckpt", tmp_path / "out")
-    assert sorted(funcs) == ["eps", "step"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["eps.onnx", "step.onnx"]   # no external data
+    assert sorted(funcs) == ["chain", "eps", "step"]   # chain: 8 steps per call, MLPs only
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["chain.onnx", "eps.onnx", "step.onnx"]   # no external data
+    assert [s["name"] for s in funcs["chain"]["inputs"]] == ["x", "ts", "coefs", "zs"]
     assert funcs["step"]["file"] == "step.onnx" and (tmp_path / "out" / "step.onnx").is_file()
     assert [s["name"] for s in funcs["step"]["inputs"]] == ["x", "t", "coef", "z", "x_prev", "e_prev"]
     assert funcs["eps"]["inputs"][1] == {"name": "t", "shape": ["batch"], "dtype": "float32"}

@@ -69,7 +69,8 @@ def test_latent_checkpoint_samples_and_decodes_previews(tiny_shapes_latent):
     x = m.sample(3, steps=6, seed=2, callback=lambda k, s: previews.setdefault(k, m.decode(s)))
     assert m.kind == "latent-diffusion" and m.backend == "torch" and x.shape == (3, 3, 32, 32)
     assert previews[0].shape == (3, 3, 32, 32) and np.isfinite(previews[5]).all()
-    np.testing.assert_array_equal(x[1:], m.sample(2, steps=6, seed=2, start=1))   # per-sample noise
+    # per-sample noise: the same samples at another batch size, up to BLAS blocking (torch on 2 threads)
+    np.testing.assert_allclose(x[1:], m.sample(2, steps=6, seed=2, start=1), atol=1e-5)
     with pytest.raises(GenccError, match=r"shape \(B, 4, 8, 8\)"):
         m.decode(np.zeros((2, 3, 32, 32), np.float32))
 
