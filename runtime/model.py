@@ -162,7 +162,7 @@ class Model:
                 and not self.num_classes and len(idx) not in self.chain_skip:
             # Several steps per compiled call; watching needs every step, so it takes the other path
             # (and the chain has no label inputs: conditional models are never given one).
-            plan = PLANS[sampler](time_grid(self.sde, steps, spacing), self.sde, **options)
+            plan = _cached_plan(self.sde, sampler, steps, spacing, options)   # every chunk shares it
             host = _BulkNoise(noise, np.asarray)
             x = run_plan_chained(self.chain_fn, self.chain_length, step_fn, to_device(noise.prior()), plan,
                                  _BulkNoise(noise, to_device, self.steps_to_device), host,
@@ -181,13 +181,28 @@ class Model:
         return x
 
 
+_PLAN_CACHE: dict = {}   # (sde, sampler, steps, spacing, options) -> plan; plans are pure functions of these
+
+
+def _cached_plan(sde: VPSDE, sampler: str, steps: int, spacing: str, options: dict) -> list:
+    key = (repr(sde), sampler, steps, spacing, tuple(sorted(options.items())))
+    if key not in _PLAN_CACHE:
+        if len(_PLAN_CACHE) > 64:
+            _PLAN_CACHE.clear()
+        _PLAN_CACHE[key] = PLANS[sampler](time_grid(sde, steps, spacing), sde, **options)
+    return _PLAN_CACHE[key]
+
+
 class _BulkNoise:
     """Noise for steps k, k+1, ... generated `block` steps at a time, then handed out step by step.
     A backend's `steps_to_device` moves a whole block at once (TVM on CPU: one copy, no allocations)."""
 
     def __init__(self, noise: SampleNoise, to_device: Callable, steps_to_device: Callable | None = None,
-                 block: int = 16):
-        self.noise, self.block = noise, block
+                 block: int | None = None):
+        # Small states get long blocks: at batch 1 the Philox call's fixed cost, not its arithmetic,
+        # is what a block of 16 steps would pay again and again.
+        per_step = len(noise.indices) * math.prod(noise.shape)
+        self.noise, self.block = noise, block or int(np.clip((1 << 16) // max(per_step, 1), 16, 256))
         self.steps_to_device = steps_to_device or (lambda buf: [to_device(z) for z in buf])
         self.k0, self.buf = -1, None
 

@@ -14,13 +14,14 @@ import threading
 
 SMALL_CALL_FLOPS = 64_000_000   # between the MLP at batch 64 (25 MFLOP, one thread faster) and 1024 (400)
 
+_CORES = os.cpu_count() or 1   # os.cpu_count() costs ~10 us a call; the runtime asks once per network call
 _pool = threading.local()   # .size: the calling thread's TVM pool size, as last set here
 _user_set = "TVM_NUM_THREADS" in os.environ   # read at import, before the TVM backend sets its default
 
 
 def threads_for(flops: int, cores: int | None = None) -> int:
     """Threads for a call of `flops` floating-point operations."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or _CORES
     return 1 if flops < SMALL_CALL_FLOPS else cores
 
 
