@@ -56,8 +56,20 @@ def run_step_seconds(e2e: dict, batch: int) -> float:
     return e2e["seconds"] / (chunks * (e2e["steps"] + 1))
 
 
-def gflops(flops: int, seconds: float) -> float:
+def gflops(flops: int | None, seconds: float) -> float:
+    """Achieved GFLOP/s; NaN when the FLOPs could not be counted."""
+    if flops is None:
+        return float("nan")
     return flops / seconds / 1e9 if seconds > 0 else 0.0
+
+
+def _flops_or_none(count, onnx_file: Path, batch: int, log: Log) -> int | None:
+    """The step's FLOPs, or None (reported as NaN GFLOP/s) where ONNX shape inference cannot count them."""
+    try:
+        return count(onnx_file, batch)
+    except GenccError as e:
+        log(f"GFLOP/s left out: {e}")
+        return None
 
 
 def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Path] | None = None,
@@ -79,7 +91,7 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
             compile_artifact(checkpoint, artifacts["tvm"], target="llvm")
         fn = "generator" if config["model"] == "gan" else "step"
         onnx_file = artifacts["tvm"] / f"{fn}.onnx"
-        flops = {b: count_flops(onnx_file, b) for b in cfg.batches}
+        flops = {b: _flops_or_none(count_flops, onnx_file, b, log) for b in cfg.batches}
         decoder = artifacts["tvm"] / "decoder.onnx"
         decoder_flops = {b: count_flops(decoder, b) for b in cfg.batches} if decoder.is_file() else None
         log("measuring the machine's matmul peak ...")
@@ -186,7 +198,7 @@ def markdown(report: dict) -> str:
             continue
         lines.append(
             f"| {r['backend']} | {r['batch']} | {_t(r['step_median_s'])} | {_t(r['step_p10_s'])}-{_t(r['step_p90_s'])} "
-            f"| {r.get('step_speedup_vs_torch', float('nan')):.2f} | {r['gflops']:.1f} | {100 * r['peak_fraction']:.0f}% "
+            f"| {r.get('step_speedup_vs_torch', float('nan')):.2f} | {_f(r['gflops'], '.1f')} | {_f(100 * r['peak_fraction'], '.0f', '%')} "
             f"| {_t(r['run_step_s']) if 'run_step_s' in r else '-'} "
             f"| {r.get('samples_per_s', float('nan')):.0f} | {r.get('e2e_speedup_vs_torch', float('nan')):.2f} "
             f"| {r['startup_s']:.2f} s | {r['peak_rss_mb']:.0f} MB |")
@@ -196,6 +208,11 @@ def markdown(report: dict) -> str:
         lines += [f"| {r['backend']} | {r['batch']} | {_t(r['decoder_median_s'])} "
                   f"| {r.get('decoder_speedup_vs_torch', float('nan')):.2f} |" for r in decoded]
     return "\n".join(lines) + "\n"
+
+
+def _f(v: float, spec: str, unit: str = "") -> str:
+    """A number for the table, or "-" where it is unknown (FLOPs not countable)."""
+    return "-" if v != v else f"{v:{spec}}{unit}"
 
 
 def _t(s: float) -> str:

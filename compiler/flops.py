@@ -20,7 +20,12 @@ def count_flops(model: onnx.ModelProto | str | Path, batch: int) -> int:
         model = onnx.load(str(model))
     model = _bind_batch(model, batch)
     # data_prop: the UNet reshapes with computed shapes (Shape -> Gather -> Concat); propagate them too.
-    shapes = _shapes(shape_inference.infer_shapes(model, strict_mode=True, data_prop=True))
+    try:
+        shapes = _shapes(shape_inference.infer_shapes(model, strict_mode=True, data_prop=True))
+    except shape_inference.InferenceError as e:
+        # e.g. the guided step's doubled batch: its reshapes do not survive binding the batch axis
+        raise GenccError(f"cannot count FLOPs at batch {batch}: ONNX shape inference fails "
+                         f"({str(e).splitlines()[0][:200]})") from None
     total = 0
     for node in model.graph.node:
         fn = _COUNTERS.get(node.op_type)

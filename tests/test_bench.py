@@ -84,3 +84,21 @@ def test_bench_smoke_json_schema(tmp_path, tiny_moons_diffusion):
         assert row["step_median_s"] > 0 and row["samples_per_s"] > 0 and row["peak_rss_mb"] > 0
     assert rows[("torch", 4)]["step_speedup_vs_torch"] == 1.0
     assert "| tvm | 4 |" in (tmp_path / "b.md").read_text()
+
+
+def test_uncountable_flops_are_reported_as_unknown_not_a_crash(tmp_path):
+    from gencc.compiler.bench import _flops_or_none, markdown
+    from gencc.runtime.errors import GenccError
+
+    def fails(path, batch):
+        raise GenccError("cannot count FLOPs at batch 1: ONNX shape inference fails")
+    logged = []
+    assert _flops_or_none(fails, tmp_path / "step.onnx", 1, logged.append) is None
+    assert "GFLOP/s left out" in logged[0]
+    assert gflops(None, 1.0) != gflops(None, 1.0)   # NaN
+    row = {"backend": "tvm", "batch": 1, "step_median_s": 1e-4, "step_p10_s": 1e-4, "step_p90_s": 1e-4,
+           "gflops": gflops(None, 1e-4), "peak_fraction": float("nan"), "startup_s": 0.1, "peak_rss_mb": 10.0}
+    report = {"peak": {"peak_gflops": 100.0, "size": 2048}, "data": "digits", "model": "diffusion", "net": "unet",
+              "machine": {"cpu": "x", "cores": 2}, "date": "d", "config": {"steps": 5, "sampler": "em"}, "rows": [row]}
+    line = markdown(report).splitlines()[-1]
+    assert "| 100 us-100 us | nan | - | - |" in line   # GFLOP/s and % peak: "-", not "nan"
