@@ -164,8 +164,10 @@ class Model:
             # (and the chain has no label inputs: conditional models are never given one).
             plan = _cached_plan(self.sde, sampler, steps, spacing, options)   # every chunk shares it
             host = _BulkNoise(noise, np.asarray)
+            # The few steps after the last full chain take the host's draws too: a second bulk
+            # generator would draw a whole block again just for them.
             x = run_plan_chained(self.chain_fn, self.chain_length, step_fn, to_device(noise.prior()), plan,
-                                 _BulkNoise(noise, to_device, self.steps_to_device), host,
+                                 lambda j: to_device(host(j)), host,
                                  check=lambda k, x: _check_finite(to_numpy(x), f"step {k} (checked every "
                                                                   f"{self.chain_length} steps)"))
             x = np.asarray(to_numpy(x), dtype=np.float32)

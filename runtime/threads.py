@@ -1,18 +1,20 @@
 """How many CPU threads TVM's runtime uses for one call: one for small calls, every core for big ones.
 
-A parallel loop costs a fork-join of TVM's thread pool, and a step runs a dozen or more of them. On
-this 2-core machine the moons MLP's step took 34 us on one thread and 54 us on two at batch 1 (71 vs
-151 us and 244 vs 151 us at batch 64), while at batch 1024 two threads won (1.5 ms vs 2.0 ms). So a
-call whose work is below SMALL_CALL_FLOPS runs on one thread. TVM keeps one pool per calling thread
-(`ThreadPool::ThreadLocal`), so the setting is per thread too: it is changed only when the wanted
-size changes, and never when the user set TVM_NUM_THREADS.
+A parallel loop costs a fork-join of TVM's thread pool, and a step runs a dozen or more of them.
+Measured on this 2-core machine, quiet (one step, us, 1 thread vs 2): the digits UNet at batch 1
+(19 MFLOP) 154 vs 173, at batch 4 436 vs 307; the moons MLP at batch 1 (0.5 MFLOP) 23 vs 20, at
+batch 16 46 vs 37, at batch 64 (35 MFLOP) 135 vs 81. With the other core busy the one-thread side
+won every small case by far (MLP batch 1: 34 vs 54), because a fork-join waits for a descheduled
+worker. SMALL_CALL_FLOPS sits between: calls below it run on one thread. TVM keeps one pool per
+calling thread (`ThreadPool::ThreadLocal`), so the setting is per thread too: it is changed only
+when the wanted size changes, and never when the user set TVM_NUM_THREADS.
 """
 from __future__ import annotations
 
 import os
 import threading
 
-SMALL_CALL_FLOPS = 64_000_000   # between the MLP at batch 64 (25 MFLOP, one thread faster) and 1024 (400)
+SMALL_CALL_FLOPS = 20_000_000   # the UNet's batch 1 (19 MFLOP) below, the MLP's batch 64 (35 MFLOP) above
 
 _CORES = os.cpu_count() or 1   # os.cpu_count() costs ~10 us a call; the runtime asks once per network call
 _pool = threading.local()   # .size: the calling thread's TVM pool size, as last set here

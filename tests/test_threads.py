@@ -17,9 +17,10 @@ def test_threads_for_splits_at_the_small_call_threshold():
     assert threads.threads_for(0, cores=8) == 1
     assert threads.threads_for(threads.SMALL_CALL_FLOPS - 1, cores=8) == 1
     assert threads.threads_for(threads.SMALL_CALL_FLOPS, cores=8) == 8
-    # the moons MLP (~0.5 MFLOP per sample): one thread at batch 64, every core at 1024
-    assert threads.threads_for(542_720 * 64, cores=2) == 1
-    assert threads.threads_for(542_720 * 1024, cores=2) == 2
+    # the moons MLP (~0.5 MFLOP per sample): one thread at batch 1, every core from batch 64
+    assert threads.threads_for(542_720 * 1, cores=2) == 1
+    assert threads.threads_for(542_720 * 64, cores=2) == 2
+    assert threads.threads_for(18_669_568, cores=2) == 1   # the digits UNet at batch 1
 
 
 def test_pool_is_reconfigured_only_on_change_and_per_thread(monkeypatch):
