@@ -11,7 +11,6 @@ writes weights.safetensors and meta.json (accuracy, seed, command, feature dim) 
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -20,17 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 from torch import nn
 
-from gencc.runtime.atomic import atomic_dir
-from gencc.runtime.errors import GenccError
 
+from . import scorer_io
 from .data import load_digits_split
 
 PRETRAINED = Path(__file__).parent / "pretrained" / "digits_classifier"
-WEIGHTS, META = "weights.safetensors", "meta.json"
 COMMAND = "python -m gencc.models.classifier"
 FORMAT = "gencc-digits-classifier"
 IMAGE_SHAPE = (1, 8, 8)
@@ -112,46 +107,22 @@ def probs(x: np.ndarray, model: DigitsClassifier | None = None) -> np.ndarray:
     return _run(x, nn.Sequential(model if model is not None else load_classifier(), nn.Softmax(dim=1)))
 
 
-def _run(x: np.ndarray, net: nn.Module, batch: int = 1024) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE or len(x) == 0:
-        raise GenccError(f"the digits classifier takes images of shape (N, 1, 8, 8) with N >= 1, got {x.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    with torch.no_grad():
-        return np.concatenate([net(chunk).double().numpy() for chunk in t.split(batch)])
+def _run(x: np.ndarray, net: nn.Module) -> np.ndarray:
+    return scorer_io.run(x, net, IMAGE_SHAPE, "digits")
 
 
 def load_classifier(path: str | Path = PRETRAINED) -> DigitsClassifier:
     """The shipped classifier (or one saved at `path`), in eval mode; reads safetensors, never pickles."""
-    path = Path(path)
-    meta = read_meta(path)
-    model = DigitsClassifier(ClassifierConfig(**meta["config"]))
-    try:
-        model.load_state_dict(load_file(str(path / WEIGHTS)))
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise GenccError(f"classifier weights {str(path / WEIGHTS)!r} are missing or corrupt: {e}") from None
-    return model.eval()
+    return scorer_io.load(path, FORMAT, "digits", lambda config: DigitsClassifier(ClassifierConfig(**config)))
 
 
 def read_meta(path: str | Path = PRETRAINED) -> dict:
-    file = Path(path) / META
-    try:
-        meta = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GenccError(f"classifier metadata {str(file)!r} is missing or corrupt: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise GenccError(f"{str(file)!r} is not a gencc digits-classifier metadata file")
-    return meta
+    return scorer_io.read_meta(path, FORMAT, "digits")
 
 
 def save_classifier(model: DigitsClassifier, meta: dict, path: str | Path = PRETRAINED) -> None:
     """Write weights.safetensors and meta.json together: a reader sees the old pair or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(path) as tmp:
-        # save() to bytes rather than save_file(): the latter creates the file with mode 0600
-        (tmp / WEIGHTS).write_bytes(save({k: v.contiguous() for k, v in model.state_dict().items()}))
-        (tmp / META).write_text(json.dumps({"format": FORMAT, **meta}, indent=2) + "\n")
+    scorer_io.store(model, meta, path, FORMAT)
 
 
 def main(seed: int = 0, path: Path = PRETRAINED) -> dict:
