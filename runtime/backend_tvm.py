@@ -115,30 +115,19 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
             zeros[shape] = to_device(np.zeros(shape, np.float32))
         return zeros[shape]
 
-    # t and the five coefficients change every step: refill two preallocated device buffers rather
-    # than allocate two tensors per call (at batch 1 the allocations cost as much as the network).
-    # On a CPU the buffers are written through numpy views of their memory: a Tensor.copyfrom costs
-    # ~10 us of Python per call, an element store ~0.1 us.
-    t_buf, coef_buf = to_device(np.zeros(1, np.float32)), to_device(np.zeros(5, np.float32))
+    # t and the coefficients (and w) change every step: refill preallocated device buffers rather than
+    # allocate tensors per call (at batch 1 the allocations cost as much as the network).
     on_cpu = m.target["kind"] == "llvm"
-    t_view, coef_view = (np.from_dlpack(t_buf), np.from_dlpack(coef_buf)) if on_cpu else (None, None)
-    w_buf = to_device(np.zeros(1, np.float32))
+    t_buf, coef_buf, w_buf = (_Buffer(to_device, shape, on_cpu) for shape in ((1,), (5,), (1,)))
     num_classes = m.num_classes
 
     def step_fn(x, t, coef, z=None, x_prev=None, e_prev=None, y=None, w=0.0):
         """Conditional artifacts also take labels y (one-hot, on the device; None: the null class) and w."""
         zero = zeros_like(x)   # inputs whose coefficient is 0 still need a finite tensor
         with lock:             # the buffers are shared by every caller of this model
-            if on_cpu:
-                t_view[0] = t
-                coef_view[:] = coef
-            else:
-                t_buf.copyfrom(np.array([t], np.float32))
-                coef_buf.copyfrom(np.asarray(coef, np.float32))
-            args = [x, t_buf, coef_buf, *(zero if v is None else v for v in (z, x_prev, e_prev))]
+            args = [x, t_buf.fill(t), coef_buf.fill(coef), *(zero if v is None else v for v in (z, x_prev, e_prev))]
             if num_classes:
-                w_buf.copyfrom(np.array([w], np.float32))
-                args += [to_device(null_labels(x.shape[0], num_classes)) if y is None else y, w_buf]
+                args += [to_device(null_labels(x.shape[0], num_classes)) if y is None else y, w_buf.fill(w)]
             out = step(*args)
         return out[0], out[1]
 
@@ -156,8 +145,7 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
     if "chain" in m.functions and on_cpu:
         chain, spec = function("chain"), {s["name"]: s["shape"] for s in m.functions["chain"]["inputs"]}
         chain_length = spec["ts"][0]
-        ts_buf, coefs_buf = to_device(np.zeros(chain_length, np.float32)), to_device(np.zeros((chain_length, 3), np.float32))
-        ts_view, coefs_view = np.from_dlpack(ts_buf), np.from_dlpack(coefs_buf)
+        ts_buf, coefs_buf = _Buffer(to_device, (chain_length,), on_cpu), _Buffer(to_device, (chain_length, 3), on_cpu)
 
         def chain_fn(x, ts: np.ndarray, coefs: np.ndarray, zs: list):
             """L steps in one call; the L draws are laid out batch-first (B, L, ...) in one aligned block."""
@@ -166,9 +154,7 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
             for k, z in enumerate(zs):
                 block[:, k] = 0.0 if z is None else z
             with lock:
-                ts_view[:] = ts
-                coefs_view[:] = coefs
-                return chain(x, ts_buf, coefs_buf, tvm.runtime.from_dlpack(block))
+                return chain(x, ts_buf.fill(ts), coefs_buf.fill(coefs), tvm.runtime.from_dlpack(block))
 
     def eps_fn(x: np.ndarray, t: float, *cond) -> np.ndarray:
         """cond: (y one-hot rows, w) for conditional artifacts."""
@@ -186,6 +172,22 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
                                chain_fn=chain_fn, chain_length=chain_length,
                                # a tuned static-batch step beats the untuned chain at its batch size
                                chain_skip=frozenset(int(b) for b in m.functions["step"].get("static", {})))
+
+
+class _Buffer:
+    """A preallocated float32 device tensor, refilled before each call. On a CPU it is written through a
+    numpy view of its memory: a Tensor.copyfrom costs ~10 us of Python per call, an element store ~0.1 us."""
+
+    def __init__(self, to_device, shape: tuple[int, ...], on_cpu: bool):
+        self.tensor = to_device(np.zeros(shape, np.float32))
+        self.view = np.from_dlpack(self.tensor) if on_cpu else None
+
+    def fill(self, values):
+        if self.view is not None:
+            self.view[...] = values
+        else:
+            self.tensor.copyfrom(np.asarray(values, np.float32).reshape(self.tensor.shape))
+        return self.tensor
 
 
 def _aligned_empty(n: int, align: int = 64) -> np.ndarray:
