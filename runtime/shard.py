@@ -11,7 +11,6 @@ different jobs, duplicates and gaps.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import zipfile
@@ -23,7 +22,7 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import GenccError
 from .jsonfile import one_line
-from .stream import SUFFIXES, header
+from .stream import SUFFIXES, header, model_fingerprint
 
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
@@ -54,8 +53,8 @@ def parse_shard(spec: str) -> Shard:
 def job_identity(model_info: dict, sampling: dict) -> bytes:
     """What every shard of one job must share: the model and the settings that decide each sample.
     The backend is left out: it changes a sample only within float tolerance."""
-    model = hashlib.sha256(json.dumps(model_info, sort_keys=True, default=str).encode()).hexdigest()
-    return json.dumps({"model": model, "sampling": sampling}, sort_keys=True, default=str).encode()
+    return json.dumps({"model": model_fingerprint(model_info), "sampling": sampling}, sort_keys=True,
+                      default=str).encode()
 
 
 def shard_arrays(shard: Shard, n: int, batch_size: int, identity: bytes) -> dict[str, np.ndarray]:

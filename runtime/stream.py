@@ -85,13 +85,17 @@ def _write_batches(model: Model, n: int, done: int, batch_size: int, partial: Pa
             writer.close()
 
 
+def model_fingerprint(info: dict) -> str:
+    """sha256 of a model's description (checkpoint config or artifact manifest): which model made samples."""
+    return hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _job(model: Model, n: int, batch_size: int, sampling: dict) -> dict:
     for name, v in (("n", n), ("batch-size", batch_size)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
             raise GenccError(f"{name} must be a positive integer, got {v!r}")
-    identity = json.dumps(model.info, sort_keys=True, default=str).encode()
     return {"format": FORMAT, "version": 1, "n": int(n), "sample_shape": list(model.sample_shape),
-            "model": hashlib.sha256(identity).hexdigest(), "backend": model.backend,
+            "model": model_fingerprint(model.info), "backend": model.backend,
             "batch_size": int(batch_size), "sampling": json.loads(json.dumps(sampling, default=str))}
 
 
