@@ -63,20 +63,11 @@ def gflops(flops: int | None, seconds: float) -> float:
     return flops / seconds / 1e9 if seconds > 0 else 0.0
 
 
-def _flops_or_none(count, onnx_file: Path, batch: int, log: Log) -> int | None:
-    """The step's FLOPs, or None (reported as NaN GFLOP/s) where ONNX shape inference cannot count them."""
-    try:
-        return count(onnx_file, batch)
-    except GenccError as e:
-        log(f"GFLOP/s left out: {e}")
-        return None
-
-
 def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Path] | None = None,
               log: Log = lambda s: None) -> dict:
     """Measure every backend of `cfg` on `checkpoint`; `artifacts` maps tvm / tvm-tuned to prebuilt ones."""
     from .compile import compile_artifact
-    from .flops import count_flops
+    from .flops import count_flops, count_flops_or_none
 
     config = _config(checkpoint)
     artifacts = dict(artifacts or {})
@@ -91,7 +82,7 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
             compile_artifact(checkpoint, artifacts["tvm"], target="llvm")
         fn = "generator" if config["model"] == "gan" else "step"
         onnx_file = artifacts["tvm"] / f"{fn}.onnx"
-        flops = {b: _flops_or_none(count_flops, onnx_file, b, log) for b in cfg.batches}
+        flops = {b: count_flops_or_none(onnx_file, b, lambda e: log(f"GFLOP/s left out: {e}")) for b in cfg.batches}
         decoder = artifacts["tvm"] / "decoder.onnx"
         decoder_flops = {b: count_flops(decoder, b) for b in cfg.batches} if decoder.is_file() else None
         log("measuring the machine's matmul peak ...")

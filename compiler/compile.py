@@ -48,6 +48,7 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
     _require_full_tvm()
     from .build import build, resolve_target, run_parity
     from .export import random_inputs
+    from .flops import count_flops_or_none
     from .tune import TUNED_FUNCTIONS, tune_into
 
     source, out = Path(source), _check_new_output(out, force)
@@ -63,7 +64,7 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
             log(f"compiled {so} for {target_desc} in {info['seconds']['total']:.1f} s")
             functions[name] = {"library": so, "onnx": f["file"], "inputs": f["inputs"], "outputs": f["outputs"],
                                "pipeline": info["pipeline"]}
-            flops = _flops_per_sample(tmp / f["file"])
+            flops = count_flops_or_none(tmp / f["file"], 1)
             if flops:   # lets the runtime run small calls on one thread (runtime/threads.py)
                 functions[name]["flops_per_sample"] = flops
             if target_desc["kind"] == "llvm":   # the parity gate: refuse to write a library that disagrees
@@ -179,17 +180,6 @@ def _describe(config: dict, functions: dict) -> dict:
     else:
         meta["latent_shape"] = [config["net"]["latent_dim"]]
     return meta
-
-
-def _flops_per_sample(onnx_path: Path) -> int | None:
-    """FLOPs of one sample's call, or None where ONNX shape inference cannot bind the batch (the guided
-    step's doubled batch, for one): the runtime then leaves TVM's thread pool as it is."""
-    from .flops import count_flops
-
-    try:
-        return count_flops(onnx_path, 1) or None
-    except GenccError:
-        return None
 
 
 def _check_new_output(out: str | Path, force: bool) -> Path:

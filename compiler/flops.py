@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import onnx
 from onnx import shape_inference
@@ -32,6 +33,17 @@ def count_flops(model: onnx.ModelProto | str | Path, batch: int) -> int:
         if fn is not None:
             total += fn(node, shapes)
     return int(total)
+
+
+def count_flops_or_none(model: onnx.ModelProto | str | Path, batch: int,
+                        log: Callable[[str], None] = lambda s: None) -> int | None:
+    """count_flops, or None (the reason goes to `log`) where ONNX shape inference cannot count them: the
+    guided step's doubled batch, for one. Callers then go without: no thread policy, no GFLOP/s."""
+    try:
+        return count_flops(model, batch)
+    except GenccError as e:
+        log(str(e))
+        return None
 
 
 def _bind_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
