@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,13 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
         typer.echo(f"wrote {result.path} (step {result.steps}, {losses}, {result.seconds:.1f} s)")
     if watch is not None and watch.written:
         typer.echo(f"wrote {', '.join(str(p) for p in watch.written)}")
+    if launch is not None:
+        # A torchrun rank leaves without running interpreter teardown: gloo's process-group threads
+        # aborted one rank in about 30 at exit ("terminate called without an active exception"),
+        # after training had finished and rank 0 had written the checkpoint.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _train_preview(out: Path, folder, every: int, seed: int, resume: bool):
