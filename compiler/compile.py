@@ -52,7 +52,7 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
     from .tune import TUNED_FUNCTIONS, tune_into
 
     source, out = Path(source), _check_new_output(out, force)
-    _, target_desc = resolve_target(target, arch)   # a bad target fails before any work
+    tvm_target, target_desc = resolve_target(target, arch)   # a bad target fails before any work
     key = signing.load_private_key(sign) if sign is not None else None
     start = time.perf_counter()
     with atomic_dir(out) as tmp:
@@ -74,6 +74,8 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
                 functions[name]["static"] = tune_into(tmp, name, f["file"], f["inputs"], tuning,
                                                       target_desc["mcpu"], log)
         fields = {k: v for k, v in meta.items() if k != "functions"}
+        if meta["model"] in artifact.DIFFUSION_KINDS and target_desc["kind"] == "llvm":
+            fields["noise"] = _noise_into(tmp, tvm_target, log)
         manifest = artifact.write_manifest(tmp, {
             **fields, "target": target_desc, "tvm_version": tvm.__version__,
             "verified": target_desc["kind"] == "llvm", "parity_max_abs_err": parity,
@@ -83,6 +85,17 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
     if target_desc["kind"] == "cuda":
         log(f"cross-compiled for {target_desc}: unverified until `gencc verify {out}` passes on that GPU")
     return manifest
+
+
+def _noise_into(tmp: Path, tvm_target, log: Log) -> dict:
+    """The compiled sampler-noise kernel, gated like every library: it must equal runtime/noise.py exactly."""
+    from .noise_kernel import build_noise, check_noise
+
+    so = "noise.so"
+    build_noise(tmp / so, tvm_target)
+    compared = check_noise(tmp / so)
+    log(f"compiled {so}: equals runtime/noise.py on {compared} values")
+    return {"library": so, "contract": artifact.NOISE_CONTRACT}
 
 
 def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None = None) -> dict:
@@ -108,6 +121,11 @@ def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None 
         err = run_parity(m.path(name, "library"), m.path(name, "onnx"), make_inputs, batches=(1, 5, 64), device=dev)
         errors[name] = err
         log(f"verified {f['library']} on {dev}: max abs err vs ONNX Runtime {err:.2g}")
+    if m.noise_library is not None:
+        from .noise_kernel import check_noise
+
+        compared = check_noise(m.root / m.noise_library, device=dev)
+        log(f"verified {m.noise_library} on {dev}: equals runtime/noise.py on {compared} values")
     raw = {**m.raw, "verified": True, "parity_max_abs_err": errors}
     from gencc.runtime.atomic import write_bytes_atomic
 

@@ -8,6 +8,8 @@ NAME.gencc/ is a directory:
   decoder.so      latent diffusion: the autoencoder's decoder z (B, *latent_shape) -> x (B, *sample_shape),
                   model space; step.so and eps.so then work on the latent state x_L = z * latent_scale
   *.onnx          the ONNX graphs the libraries were compiled from (the `ort` backend runs these)
+  noise.so        optional, CPU diffusion: the per-sample noise of runtime/noise.py as a compiled kernel
+                  (manifest "noise": {"library", "contract": NOISE_CONTRACT}; compiler/noise_kernel.py)
 
 The fused step computes x_next = coef[0] x + coef[1] eps_theta(x, t) + coef[2] z + coef[3] x_prev
 + coef[4] e_prev, with t of shape (1,) shared by the batch. The runtime derives `coef` from the SDE.
@@ -43,7 +45,8 @@ FORMAT = "gencc-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STEP_CONTRACT = "affine5-v1"
-CFG_STEP_CONTRACT = "affine5-cfg-v1"   # affine5-v1 plus labels y and guidance w (see the module docstring)
+CFG_STEP_CONTRACT = "affine5-cfg-v1"
+NOISE_CONTRACT = "philox4x32-10-box-muller-v1"   # runtime/noise.py's numbers, bit for bit   # affine5-v1 plus labels y and guidance w (see the module docstring)
 MAX_CLASSES = 1 << 12
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_DIM = 1 << 16
@@ -70,6 +73,7 @@ class Manifest:
     raw: dict
     num_classes: int = 0                # > 0: class-conditional (inputs y, and w for diffusion)
     latent_scale: float = 1.0           # latent-diffusion: the decoder's input is x_L / latent_scale
+    noise_library: str | None = None    # the compiled noise kernel, if the artifact carries one
 
     def path(self, function: str, kind: str) -> Path:
         """The library ("library") or ONNX ("onnx") file of a compiled function."""
@@ -114,7 +118,8 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> Manifest:
                  target=target, verified=raw.get("verified") is True, functions=functions, files=files, raw=raw,
                  num_classes=num_classes,
                  latent_scale=_latent(root, raw, functions, latent_shape, sample_shape) if model == "latent-diffusion"
-                 else 1.0)
+                 else 1.0,
+                 noise_library=_noise(root, raw.get("noise"), files))
     if verify_hashes:
         verify_files(m)
     return m
@@ -175,6 +180,17 @@ def _functions(root: Path, functions, model: str, files: dict) -> dict:
         _expect(type(flops) is int and flops > 0,
                 f"{root}: function {name!r} has a malformed flops_per_sample {short(flops)}")
     return functions
+
+
+def _noise(root: Path, noise, files: dict) -> str | None:
+    if noise is None:   # artifacts compiled before the kernel existed, GANs and CUDA artifacts draw on the host
+        return None
+    _expect(isinstance(noise, dict) and isinstance(noise.get("library"), str) and noise["library"] in files,
+            f"{root}: manifest 'noise' must name a listed library, got {short(noise)}")
+    _expect(noise.get("contract") == NOISE_CONTRACT,
+            f"{root}: noise kernel contract {short(noise.get('contract'))} is not supported; "
+            f"this gencc draws noise by {NOISE_CONTRACT}")
+    return noise["library"]
 
 
 def _num_classes(root: Path, raw: dict, model: str, functions: dict) -> int:

@@ -6,7 +6,6 @@ steps; only the per-step scalars and the bulk-generated noise cross from the hos
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -17,6 +16,7 @@ import numpy as np
 from . import threads
 from .artifact import read_manifest
 from .conditioning import null_labels
+from .device_noise import DeviceNoise, host_chain_block, host_steps
 from .errors import GenccError
 from .model import Model
 
@@ -131,15 +131,14 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
             out = step(*args)
         return out[0], out[1]
 
-    def steps_to_device(buf: np.ndarray) -> list:
-        """k steps' noise as k CPU tensors over one 64-byte-aligned host block: one copy, no allocation
-        per step (tvm.runtime.tensor costs ~25 us at batch 1). Each row is padded to a multiple of 64
-        bytes, so every tensor starts aligned as TVM's kernels expect."""
-        k, per = len(buf), math.prod(buf.shape[1:])
-        stride = -(-per // 16) * 16
-        rows = _aligned_empty(k * stride).reshape(k, stride)[:, :per]
-        rows[...] = buf.reshape(k, per)
-        return [tvm.runtime.from_dlpack(rows[i].reshape(buf.shape[1:])) for i in range(k)]
+    noise_steps = chain_noise = None
+    if on_cpu:   # draw the noise with the artifact's compiled kernel, or with numpy for an older artifact
+        if m.noise_library is not None:
+            drawer = DeviceNoise(tvm, _load_noise_kernel(tvm, m))
+            noise_steps, chain_noise = drawer.steps, drawer.chain_block
+        else:
+            noise_steps = lambda noise, k0, k1: host_steps(tvm, noise, k0, k1)   # noqa: E731
+            chain_noise = lambda noise, draws: host_chain_block(tvm, noise, draws)   # noqa: E731
 
     chain_fn, chain_length = None, 0
     if "chain" in m.functions and on_cpu:
@@ -147,14 +146,10 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
         chain_length = spec["ts"][0]
         ts_buf, coefs_buf = _Buffer(to_device, (chain_length,), on_cpu), _Buffer(to_device, (chain_length, 3), on_cpu)
 
-        def chain_fn(x, ts: np.ndarray, coefs: np.ndarray, zs: list):
-            """L steps in one call; the L draws are laid out batch-first (B, L, ...) in one aligned block."""
-            shape = tuple(x.shape)
-            block = _aligned_empty(math.prod(shape) * chain_length).reshape(shape[0], chain_length, *shape[1:])
-            for k, z in enumerate(zs):
-                block[:, k] = 0.0 if z is None else z
+        def chain_fn(x, ts: np.ndarray, coefs: np.ndarray, zs):
+            """L steps in one call; zs is chain_noise's (B, L, ...) block."""
             with lock:
-                return chain(x, ts_buf.fill(ts), coefs_buf.fill(coefs), tvm.runtime.from_dlpack(block))
+                return chain(x, ts_buf.fill(ts), coefs_buf.fill(coefs), zs)
 
     def eps_fn(x: np.ndarray, t: float, *cond) -> np.ndarray:
         """cond: (y one-hot rows, w) for conditional artifacts."""
@@ -167,9 +162,8 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
         extra["decode_fn"] = lambda z: to_numpy(decoder(to_device(z)))
     # A NaN check copies the state to the host; every 10 steps is cheap and still names where it began.
     return Model.from_manifest(m, "tvm", eps_fn=eps_fn, step_fn=step_fn, to_device=to_device,
-                               to_numpy=to_numpy, check_every=10, steps_to_device=steps_to_device if on_cpu else None,
-                               **extra,
-                               chain_fn=chain_fn, chain_length=chain_length,
+                               to_numpy=to_numpy, check_every=10, noise_steps=noise_steps, **extra,
+                               chain_fn=chain_fn, chain_noise=chain_noise, chain_length=chain_length,
                                # a tuned static-batch step beats the untuned chain at its batch size
                                chain_skip=frozenset(int(b) for b in m.functions["step"].get("static", {})))
 
@@ -190,8 +184,9 @@ class _Buffer:
         return self.tensor
 
 
-def _aligned_empty(n: int, align: int = 64) -> np.ndarray:
-    """n float32 starting at an `align`-byte boundary."""
-    raw = np.empty(n + align // 4, np.float32)
-    skip = (-raw.ctypes.data % align) // 4
-    return raw[skip:skip + n]
+
+def _load_noise_kernel(tvm, m):
+    try:
+        return tvm.runtime.load_module(str(m.root / m.noise_library))["normals"]
+    except Exception as e:   # a TVM error while loading native code: report, don't crash
+        raise GenccError(f"{m.root}: cannot load {m.noise_library}: {str(e).splitlines()[0]}") from None

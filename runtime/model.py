@@ -42,8 +42,9 @@ class Model:
     to_device: Callable = np.asarray            # numpy -> the backend's array (a TVM tensor stays on its device)
     to_numpy: Callable = np.asarray             # the backend's array -> numpy
     check_every: int = 1                        # steps between NaN/inf checks; >1 where a check costs a copy
-    steps_to_device: Callable | None = None     # (k, B, ...) np -> k device arrays in one go (bulk noise)
+    noise_steps: Callable | None = None         # (SampleNoise, k0, k1) -> the draws of steps k0..k1-1 on the device
     chain_fn: Callable | None = None            # optional: several plan steps per call (samplers.run_plan_chained)
+    chain_noise: Callable | None = None         # (SampleNoise, draws) -> chain_fn's noise input; with chain_fn
     chain_length: int = 0
     chain_skip: frozenset = frozenset()         # batch sizes that run faster one step per call (tuned libraries)
     # > 0: class-conditional (runtime/conditioning.py). The callables then take one-hot rows y (and the
@@ -163,11 +164,11 @@ class Model:
             # Several steps per compiled call; watching needs every step, so it takes the other path
             # (and the chain has no label inputs: conditional models are never given one).
             plan = _cached_plan(self.sde, sampler, steps, spacing, options)   # every chunk shares it
-            host = _BulkNoise(noise, np.asarray)
-            # The few steps after the last full chain take the host's draws too: a second bulk
-            # generator would draw a whole block again just for them.
+            # The few steps after the last full chain draw exactly their own noise, not a whole block.
+            tail = [d for _, _, d, _ in plan[len(plan) // self.chain_length * self.chain_length:] if d is not None]
             x = run_plan_chained(self.chain_fn, self.chain_length, step_fn, to_device(noise.prior()), plan,
-                                 lambda j: to_device(host(j)), host,
+                                 self._bulk_noise(noise, True, max(tail) - min(tail) + 1 if tail else 1),
+                                 lambda draws: self.chain_noise(noise, draws),
                                  check=lambda k, x: _check_finite(to_numpy(x), f"step {k} (checked every "
                                                                   f"{self.chain_length} steps)"))
             x = np.asarray(to_numpy(x), dtype=np.float32)
@@ -175,12 +176,18 @@ class Model:
             return x
         fn = get_sampler(sampler)
         x = fn(eps_fn, to_device(noise.prior()), time_grid(self.sde, steps, spacing), self.sde,
-               _BulkNoise(noise, to_device, self.steps_to_device if fused else None)
-               if sampler in STOCHASTIC else None,
+               self._bulk_noise(noise, fused) if sampler in STOCHASTIC else None,
                callback=watch, step_fn=last or step, **options)
         x = np.asarray(to_numpy(x), dtype=np.float32)
         _check_finite(x, "the final denoising step")
         return x
+
+    def _bulk_noise(self, noise: SampleNoise, on_device: bool, block: int | None = None) -> "_BulkNoise":
+        """Step noise for the fused step (on the backend's device) or for the unfused one (numpy)."""
+        if on_device and self.noise_steps is not None:
+            return _BulkNoise(noise, self.noise_steps, block)
+        to_device = self.to_device if on_device else np.asarray
+        return _BulkNoise(noise, lambda noise, k0, k1: [to_device(z) for z in noise.steps(k0, k1)], block)
 
 
 _PLAN_CACHE: dict = {}   # (sde, sampler, steps, spacing, options) -> plan; plans are pure functions of these
@@ -196,21 +203,20 @@ def _cached_plan(sde: VPSDE, sampler: str, steps: int, spacing: str, options: di
 
 
 class _BulkNoise:
-    """Noise for steps k, k+1, ... generated `block` steps at a time, then handed out step by step.
-    A backend's `steps_to_device` moves a whole block at once (TVM on CPU: one copy, no allocations)."""
+    """Noise for steps k, k+1, ... drawn `block` steps at a time by `draw(noise, k0, k1)`, then handed
+    out step by step (TVM on CPU draws a block with its compiled kernel, or with one copy from numpy)."""
 
-    def __init__(self, noise: SampleNoise, to_device: Callable, steps_to_device: Callable | None = None,
-                 block: int | None = None):
-        # Small states get long blocks: at batch 1 the Philox call's fixed cost, not its arithmetic,
-        # is what a block of 16 steps would pay again and again.
+    def __init__(self, noise: SampleNoise, draw: Callable, block: int | None = None):
+        # Small states get long blocks: at batch 1 a draw's fixed cost, not its arithmetic, is what a
+        # block of 16 steps would pay again and again.
         per_step = len(noise.indices) * math.prod(noise.shape)
-        self.noise, self.block = noise, block or int(np.clip((1 << 16) // max(per_step, 1), 16, 256))
-        self.steps_to_device = steps_to_device or (lambda buf: [to_device(z) for z in buf])
+        self.noise, self.draw = noise, draw
+        self.block = block or int(np.clip((1 << 16) // max(per_step, 1), 16, 256))
         self.k0, self.buf = -1, None
 
     def __call__(self, k: int):
         if not (0 <= k - self.k0 < self.block) or self.buf is None:
-            self.k0, self.buf = k, self.steps_to_device(self.noise.steps(k, k + self.block))
+            self.k0, self.buf = k, self.draw(self.noise, k, k + self.block)
         return self.buf[k - self.k0]
 
 

@@ -30,7 +30,7 @@ NoiseFn = Callable[[int], Any]                 # j -> the j-th N(0, I) draw, sha
 Callback = Callable[[int, Any], None]          # (step index, state)
 Coef = tuple[float, float, float, float, float]
 PlanStep = tuple[float, Coef, "int | None", "int | None"]   # (t, coef, noise draw or None, reported step or None)
-ChainFn = Callable[..., Any]                   # (x, ts (L,), coefs (L, 3), zs: L arrays (B, ...)) -> x after L steps
+ChainFn = Callable[..., Any]                   # (x, ts (L,), coefs (L, 3), zs: the chain_noise of L draws) -> x after L steps
 
 
 def affine_step(eps_fn: EpsFn) -> StepFn:
@@ -89,25 +89,30 @@ def run_plan(step: StepFn, x, plan: list["PlanStep"], noise: NoiseFn | None, cal
 
 
 def run_plan_chained(chain: ChainFn, length: int, step: StepFn, x, plan: list["PlanStep"],
-                     noise: NoiseFn | None, host_noise: NoiseFn, check: Callback | None = None):
+                     noise: NoiseFn | None, chain_noise: Callable, check: Callback | None = None):
     """Carry out a plan `length` steps per call of `chain`, the rest (fewer than `length`) one by one.
 
     `chain(x, ts (L,), coefs (L, 3), zs)` applies L steps x <- c0 x + c1 eps(x, t) + c2 z in one
-    compiled call, with zs a list of L numpy draws (None where a step draws none), so the host's
-    per-call overhead is paid once per L steps. `noise(j)` is draw j for `step` (on its device),
-    `host_noise(j)` the same draw as a numpy array; `check(k, x)` runs after each chained call.
+    compiled call, so the host's per-call overhead is paid once per L steps. `zs = chain_noise(draws)`
+    is the chain's noise input for the L draw indices (None where a step draws none; see `host_draws`),
+    `noise(j)` is draw j for `step`; `check(k, x)` runs after each chained call.
     """
     i = 0
     while len(plan) - i >= length:
         block = plan[i:i + length]
         x = chain(x, np.array([t for t, *_ in block], np.float32),
                   np.array([c[:3] for _, c, _, _ in block], np.float32),
-                  [None if draw is None else host_noise(draw) for _, _, draw, _ in block])
+                  chain_noise([draw for _, _, draw, _ in block]))
         i += length
         reported = [k for *_, k in block if k is not None]
         if check is not None and reported:
             check(reported[-1], x)
     return run_plan(step, x, plan[i:], noise, None)
+
+
+def host_draws(noise: NoiseFn) -> Callable:
+    """The simplest `chain_noise`: the list of draws themselves, None where a step draws none."""
+    return lambda draws: [None if j is None else noise(j) for j in draws]
 
 
 def _em_coef(sde: VPSDE, t: float, h: float) -> Coef:

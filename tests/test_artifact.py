@@ -114,16 +114,17 @@ def _copy(art, tmp_path):
     return dst
 
 
-def test_one_flipped_byte_is_refused_before_native_code_loads(arts, tmp_path):
+@pytest.mark.parametrize("lib_name", ["step.so", "noise.so"])
+def test_one_flipped_byte_is_refused_before_native_code_loads(arts, tmp_path, lib_name):
     art = _copy(arts["mlp"][1], tmp_path)
-    lib = art / "step.so"
+    lib = art / lib_name
     data = bytearray(lib.read_bytes())
     data[len(data) // 2] ^= 0x01
     lib.write_bytes(bytes(data))
     code = (f"import sys, gencc\ntry:\n    gencc.load({str(art)!r})\nexcept gencc.GenccError as e:\n"
             f"    print(e)\nprint('tvm loaded' if 'tvm' in sys.modules else 'tvm not loaded')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "step.so is corrupt or tampered with" in r.stdout, r.stdout + r.stderr
+    assert f"{lib_name} is corrupt or tampered with" in r.stdout, r.stdout + r.stderr
     assert r.stdout.strip().endswith("tvm not loaded")
 
 
@@ -135,6 +136,9 @@ def test_one_flipped_byte_is_refused_before_native_code_loads(arts, tmp_path):
     (lambda m: m.update(model="vae"), "unknown model kind"),
     (lambda m: m["functions"]["step"].update(library="other.so"), "does not list"),
     (lambda m: m["functions"]["step"].update(flops_per_sample=-5), "flops_per_sample"),
+    (lambda m: m["noise"].update(contract="philox4x32-7"), "noise kernel contract 'philox4x32-7' is not supported"),
+    (lambda m: m["noise"].update(library="nope.so"), "'noise' must name a listed library"),
+    (lambda m: m.update(noise=[]), "'noise' must name a listed library"),
 ])
 def test_bad_manifests_are_refused(arts, tmp_path, edit, words):
     art = _copy(arts["mlp"][1], tmp_path)
@@ -244,3 +248,34 @@ def test_several_steps_per_call_match_one_step_per_call(arts, sampler):
     m.chain_fn = None
     np.testing.assert_allclose(fast, m.sample(9, steps=21, sampler=sampler, seed=2, batch_size=4), atol=1e-5)
     assert "chain" not in json.loads((arts["unet"][1] / "manifest.json").read_text())["functions"]
+
+
+@pytest.mark.parametrize("net,sampler", [("mlp", "em"), ("mlp", "pc"), ("mlp", "ode-euler"), ("unet", "em")])
+def test_compiled_noise_gives_the_host_noise_samples_bit_for_bit(arts, net, sampler):
+    """noise.so draws runtime/noise.py's numbers, so swapping it for numpy changes no sample at all."""
+    from gencc.runtime.device_noise import host_chain_block, host_steps
+
+    m = gencc.load(arts[net][1])
+    assert json.loads((arts[net][1] / "manifest.json").read_text())["noise"]["library"] == "noise.so"
+    calls = []
+    kernel_steps, kernel_chain = m.noise_steps, m.chain_noise
+    m.noise_steps = lambda *a: calls.append("steps") or kernel_steps(*a)
+    m.chain_noise = lambda *a: calls.append("chain") or kernel_chain(*a)
+    fast = m.sample(7, steps=19, sampler=sampler, seed=3, batch_size=4)
+    assert calls, "the compiled kernel was not used"
+    tvm = sys.modules["tvm"]
+    m.noise_steps = lambda noise, k0, k1: host_steps(tvm, noise, k0, k1)
+    m.chain_noise = lambda noise, draws: host_chain_block(tvm, noise, draws)
+    np.testing.assert_array_equal(fast, m.sample(7, steps=19, sampler=sampler, seed=3, batch_size=4))
+
+
+def test_noise_kernel_checks_its_output_bounds(arts):
+    """The kernel writes through strides the caller gives: a too-small output is refused, not overrun."""
+    tvm = sys.modules.get("tvm") or gencc.load(arts["mlp"][1]) and sys.modules["tvm"]
+    from gencc.runtime.device_noise import index_words, key_words
+
+    fn = tvm.runtime.load_module(str(arts["mlp"][1] / "noise.so"))["normals"]
+    args = [tvm.runtime.tensor(a) for a in (key_words(1), np.arange(1, 4, dtype=np.uint32), index_words(np.arange(5)))]
+    out = tvm.runtime.tensor(np.zeros(3 * 5 * 2 - 1, np.float32))
+    with pytest.raises(Exception, match="out is too small"):
+        fn(*args, out, 2, 10, 2)

@@ -116,3 +116,18 @@ def test_bad_stream_and_steps_raise():
         normal_noise(0, [0], 2**32, (2,))
     with pytest.raises(GenccError, match="k0=3, k1=2"):
         SampleNoise(0, [0], (2,)).steps(3, 2)
+
+
+@pytest.mark.slow
+def test_compiled_noise_kernel_equals_numpy_and_its_gate_can_fail(tmp_path, monkeypatch):
+    """compiler/noise_kernel.py's kernel passes the parity gate; one wrong Philox constant fails it."""
+    from gencc.compiler import noise_kernel
+    from gencc.compiler.build import resolve_target
+
+    target, _ = resolve_target("llvm")
+    noise_kernel.build_noise(tmp_path / "good.so", target)
+    assert noise_kernel.check_noise(tmp_path / "good.so") > 2000
+    monkeypatch.setattr(noise_kernel, "_M0", noise_kernel._M0 ^ 1)
+    noise_kernel.build_noise(tmp_path / "bad.so", target)
+    with pytest.raises(GenccError, match="compiled noise kernel differs from runtime/noise.py"):
+        noise_kernel.check_noise(tmp_path / "bad.so")

@@ -10,7 +10,8 @@ from gencc.runtime.errors import GenccError
 from gencc.runtime.model import Model
 from gencc.runtime.noise import SampleNoise
 from gencc.runtime.normalize import Normalization
-from gencc.runtime.samplers import PLANS, SAMPLERS, affine_step, get_sampler, nfe, run_plan_chained, time_grid
+from gencc.runtime.samplers import (PLANS, SAMPLERS, affine_step, get_sampler, host_draws, nfe, run_plan_chained,
+                                    time_grid)
 from gencc.runtime.sde import VPSDE
 
 MU = np.array([1.0, -2.0])
@@ -150,6 +151,7 @@ def test_chained_plans_give_the_samplers_own_result(sampler, length):
     ref = SAMPLERS[sampler](exact_eps, noise.prior(), ts, SDE, noise.step)
     chain, calls = numpy_chain(lambda x, t: exact_eps(x, np.float32(t)))
     plan = PLANS[sampler](ts, SDE)
-    x = run_plan_chained(chain, length, affine_step(exact_eps), noise.prior(), plan, noise.step, noise.step)
+    x = run_plan_chained(chain, length, affine_step(exact_eps), noise.prior(), plan, noise.step,
+                         host_draws(noise.step))
     assert calls == [length] * (len(plan) // length)   # the rest (fewer than L) ran one by one
     np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-5)   # chain times pass through float32, as compiled
