@@ -185,7 +185,7 @@ def build(onnx_path: str | Path, target: str, arch: str | None, out_so: str | Pa
         raise GenccError(f"cannot write {str(out_so)!r}: its directory does not exist")
     start = time.perf_counter()
     with _tvm_errors(f"importing {onnx_path.name} into TVM"):
-        mod = _import(model, desc["kind"])
+        mod = import_onnx(model, desc["kind"])
     imported = time.perf_counter()
     with _tvm_errors(f"compiling {onnx_path.name} for {desc}"):
         ex = _compile_llvm(mod, tvm_target) if desc["kind"] == "llvm" else _compile_cuda(mod, tvm_target)
@@ -199,14 +199,14 @@ def build(onnx_path: str | Path, target: str, arch: str | None, out_so: str | Pa
                         "export": round(done - compiled, 3), "total": round(done - start, 3)}}
 
 
-def _import(model: onnx.ModelProto, kind: str) -> tvm.IRModule:
+def import_onnx(model: onnx.ModelProto, kind: str) -> tvm.IRModule:
     if kind == "llvm":
         model = rewrite_conv_transpose(rewrite_sigmoid(model))
     # Weights become constants, so FoldConstant pre-transposes them once at build time.
     return from_onnx(model, keep_params_in_input=False)
 
 
-def llvm_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+def llvm_passes(target: tvm.target.Target, tuning_db: str | None = None) -> list[tvm.transform.Pass]:
     """The llvm Relax pipeline, in order (run it inside `with target:`).
 
     relax.get_default_pipeline(llvm) plus three gencc stages: conv weights laid out IHWO before
@@ -214,12 +214,18 @@ def llvm_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     pipeline schedules CPU kernels (tvm.compile's own "default" does not even fuse or fold constants):
     unscheduled, the batch-1024 MLP step ran 35x slower and the UNet step 10x slower. The stages come
     from the backend module: relax.pipeline.dataflow_lower_passes(llvm) is broken in TVM 0.27.
+    `tuning_db`: a MetaSchedule database whose best schedules replace the default ones (compiler/tune.py).
     """
-    return ([relax.transform.ConvertLayout(CONV_LAYOUT), relax.transform.FastMathTransform()]
-            + cpu_stages.library_dispatch_passes(target) + cpu_stages.legalize_passes(target)
-            + [dl.ApplyDefaultSchedule(*cpu_schedules.RULES)]
+    from_db = [relax.transform.MetaScheduleApplyDatabase(tuning_db)] if tuning_db else []
+    return (llvm_kernel_passes(target) + from_db + [dl.ApplyDefaultSchedule(*cpu_schedules.RULES)]
             + cpu_stages.dataflow_lower_passes(target) + cpu_stages.finalize_passes(target)
             + [_mark_shape_funcs_noalias])
+
+
+def llvm_kernel_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """The llvm pipeline up to the fused, unscheduled kernels: what gets scheduled, and what is tuned."""
+    return ([relax.transform.ConvertLayout(CONV_LAYOUT), relax.transform.FastMathTransform()]
+            + cpu_stages.library_dispatch_passes(target) + cpu_stages.legalize_passes(target))
 
 
 def _compile_llvm(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Executable:

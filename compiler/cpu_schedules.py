@@ -94,8 +94,10 @@ class Contraction(ScheduleRule):
         want = min(self.MAX_ROWS, max(1, self.ACC // n_cols))
         rows = [i for i in range(len(extents)) if i != col]
         dynamic = [i for i in rows if extents[i] is None]
-        # A conv tiles its static H x W and leaves the dynamic batch outside, in the parallel loop.
-        inner = [i for i in rows if not dynamic or i > dynamic[-1]]
+        # A conv tiles its H x W and leaves the batch outside, in the parallel loop: the rows fused into
+        # a tile must be adjacent loops, so with the vector axis (channels) between them, the batch
+        # stays out even when it is static (a tuned static-batch build).
+        inner = [i for i in rows if (not dynamic or i > dynamic[-1]) and (i > col or all(r < col for r in rows))]
         n_rows = _largest_divisor(math.prod(extents[i] for i in inner), want)
         if not dynamic or n_rows >= min(4, want):
             return inner, n_rows, False
@@ -165,7 +167,8 @@ class RowReduction(ScheduleRule):
                         for info in infos[:-1]]
             row = sch.fuse(*sch.get_loops(infos[-1].block_rv)[:n_rows])
             _parallel(sch, row, work)
-            _vectorize_inner(sch, infos[-1].block_rv, lanes)
+            if len(sch.get_loops(infos[-1].block_rv)) > 1:   # else its only loop is the row loop itself
+                _vectorize_inner(sch, infos[-1].block_rv, lanes)
             for info, partial in reversed(list(zip(infos[:-1], partials))):   # consumers first
                 sch.compute_at(info.block_rv, row, preserve_unit_loops=True)
                 if partial is not None:
@@ -175,7 +178,7 @@ class RowReduction(ScheduleRule):
                     sch.vectorize(lane)
                 elif info.is_injective():
                     _vectorize_inner(sch, info.block_rv, lanes)
-        except s_tir.ScheduleError:
+        except (s_tir.ScheduleError, ValueError):   # ValueError: a loop the rule expected was folded away
             return None
         return sch
 

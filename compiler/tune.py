@@ -2,15 +2,22 @@
 
 MetaSchedule needs static shapes, so each tuned library is specialised to one batch; the artifact keeps
 the dynamic-batch library beside it and the runtime picks the tuned one when a chunk has that batch.
-A database that already holds a record for every task of the workload is applied without new trials.
+
+Tuning starts from gencc's default schedules (compiler/cpu_schedules.py): before any trial, each
+kernel's default schedule is measured by MetaSchedule's own builder and runner and committed to the
+database as an ordinary record. The build then takes each kernel's fastest record, so a tuned library
+is never built from a schedule slower than the default one, and the trials spend their budget on
+beating it. (Without the seeds, a few hundred trials on this CPU left most kernels unscheduled and
+the MLP step 70x slower than the default build.) A database that already holds a record for every
+kernel of the workload is applied without new trials.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,30 +25,27 @@ from typing import Callable
 
 import tvm
 from tvm import relax
-from tvm.relax.frontend.onnx import from_onnx
 from tvm.s_tir import meta_schedule as ms
 
 from gencc.runtime.atomic import atomic_path
 from gencc.runtime.errors import GenccError
 
-from .build import _load_onnx, _tvm_errors, resolve_target, rewrite_sigmoid
+from . import cpu_schedules
+from .build import _load_onnx, _tvm_errors, import_onnx, llvm_kernel_passes, llvm_passes, resolve_target
 
 Log = Callable[[str], None]
 
 
 def static_module(onnx_path: Path, batch: int) -> tvm.IRModule:
-    """The function imported with its batch axis bound to `batch`, SiLU rewritten for fast math."""
-    mod = from_onnx(rewrite_sigmoid(_load_onnx(onnx_path)), keep_params_in_input=False)
-    mod = relax.transform.BindSymbolicVars({"batch": batch})(mod)
-    return relax.transform.FastMathTransform()(mod)
+    """The function imported as the default llvm build imports it, its batch axis bound to `batch`."""
+    return relax.transform.BindSymbolicVars({"batch": batch})(import_onnx(_load_onnx(onnx_path), "llvm"))
 
 
-def tuning_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> list:
+def tuning_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list]:
+    """The fused kernels the default build would schedule, and MetaSchedule's tasks for them."""
     with target:
-        lowered = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
-                                            relax.transform.CanonicalizeBindings(),
-                                            relax.get_pipeline("zero")])(mod)
-    return ms.relax_integration.extract_tasks(lowered, target)
+        kernels = tvm.transform.Sequential(llvm_kernel_passes(target))(mod)
+    return kernels, ms.relax_integration.extract_tasks(kernels, target)
 
 
 def missing_tasks(tasks: list, db_dir: Path) -> list:
@@ -50,6 +54,45 @@ def missing_tasks(tasks: list, db_dir: Path) -> list:
         return list(tasks)
     db = ms.database.JSONDatabase(work_dir=str(db_dir))
     return [t for t in tasks if not db.has_workload(t.dispatched[0])]
+
+
+def default_schedule(func, target: tvm.target.Target):
+    """The schedule gencc's default build gives a kernel (the first rule that applies), or None."""
+    for rule in cpu_schedules.RULES:
+        space = rule.apply(func, target, False)
+        if space is not None:
+            return space[0] if isinstance(space, list) else space
+    return None
+
+
+def seed_defaults(tasks: list, target: tvm.target.Target, db) -> int:
+    """Measure each task's default schedule with MetaSchedule's builder and runner and commit it to `db`
+    as a tuning record, so tuning starts from it and the build never picks anything slower."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    picks = [(t.dispatched[0], sch) for t in tasks
+             if (sch := default_schedule(t.dispatched[0]["main"], target)) is not None]
+    if not picks:
+        return 0
+    built = _builder().build([ms.builder.BuilderInput(sch.mod, target) for _, sch in picks])
+    ok = [(mod, sch, b) for (mod, sch), b in zip(picks, built) if b.error_msg is None]
+    futures = ms.runner.LocalRunner().run([
+        ms.runner.RunnerInput(b.artifact_path, "cpu", ArgInfo.from_prim_func(mod["main"])) for mod, _, b in ok])
+    seeded = 0
+    for (mod, sch, _), future in zip(ok, futures):
+        result = future.result()
+        if result.error_msg is None and result.run_secs:
+            db.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, db.commit_workload(mod), [float(v) for v in result.run_secs], target,
+                ArgInfo.from_prim_func(mod["main"])))
+            seeded += 1
+    return seeded
+
+
+def _builder():
+    # MetaSchedule's default 30 s per build is too short on a busy 2-core machine: a register-tiled
+    # matmul kernel takes longer than that to compile there, and a timed-out build is silently dropped.
+    return ms.builder.LocalBuilder(timeout_sec=300)
 
 
 def tune_build(onnx_path: str | Path, batch: int, trials: int, db_dir: str | Path, out_so: str | Path,
@@ -62,23 +105,36 @@ def tune_build(onnx_path: str | Path, batch: int, trials: int, db_dir: str | Pat
     # MetaSchedule sizes its parallel loops from "num-cores" and refuses a target without it.
     tvm_target = tvm.target.Target({**desc, "num-cores": os.cpu_count() or 1})
     db_dir.mkdir(parents=True, exist_ok=True)
+    # MetaSchedule measures in worker processes, on TVM's default pool of half the cores unless told:
+    # measure as the runtime runs a batch this size, on every core.
+    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
     start = time.perf_counter()
     with _tvm_errors(f"importing {onnx_path.name} at batch {batch}"):
         mod = static_module(onnx_path, batch)
-        tasks = tuning_tasks(mod, tvm_target)
+        kernels, tasks = tuning_tasks(mod, tvm_target)
     todo = missing_tasks(tasks, db_dir)
     run_trials = trials if todo else 0
-    if run_trials:
-        log(f"tuning {onnx_path.stem} at batch {batch}: {len(todo)} of {len(tasks)} tasks untuned, "
-            f"{run_trials} trials (records go to {db_dir}) ...")
-    else:
-        log(f"tuning {onnx_path.stem} at batch {batch}: the database covers all {len(tasks)} tasks; no new trials")
-    per_task = max(1, math.ceil(run_trials / max(1, len(tasks))))
-    with _tvm_errors(f"tuning {onnx_path.name} at batch {batch}"), _progress(log, db_dir, run_trials):
-        with tvm_target:
-            mod = relax.pipeline.static_shape_tuning_pipeline(run_trials, tvm_target, work_dir=str(db_dir),
-                                                              max_trials_per_task=per_task)(mod)
-        ex = tvm.compile(mod, target=tvm_target)
+    with _tvm_errors(f"tuning {onnx_path.name} at batch {batch}"):
+        if todo:
+            db = ms.database.JSONDatabase(work_dir=str(db_dir))
+            seeded = seed_defaults(todo, tvm_target, db)
+            log(f"tuning {onnx_path.stem} at batch {batch}: {len(todo)} of {len(tasks)} kernels new to {db_dir}; "
+                f"{seeded} default schedules measured as the starting records"
+                + (f", then {run_trials} trials" if run_trials else ""))
+            if run_trials:
+                per_task = max(1, math.ceil(run_trials / len(todo)))
+                # MetaSchedule's own per-round tables go to its log file in db_dir/logs, not the console.
+                logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+                ms.relax_integration.tune_relax(
+                    kernels, {}, tvm_target, str(db_dir), run_trials, max_trials_per_task=per_task, database=db,
+                    builder=_builder(),
+                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _progress(log, run_trials)])
+        else:
+            log(f"tuning {onnx_path.stem} at batch {batch}: the database covers all {len(tasks)} kernels; "
+                "no new trials")
+    with _tvm_errors(f"building {out_so.name} from the tuning records"), tvm_target:
+        mod = tvm.transform.Sequential(llvm_passes(tvm_target, tuning_db=str(db_dir)))(mod)
+        ex = tvm.compile(mod, target=tvm_target, relax_pipeline=None)
     with _tvm_errors(f"linking {out_so.name}"), atomic_path(out_so) as tmp:
         ex.export_library(str(tmp))
         tmp.chmod(0o755)
@@ -86,34 +142,24 @@ def tune_build(onnx_path: str | Path, batch: int, trials: int, db_dir: str | Pat
             "seconds": round(time.perf_counter() - start, 1), "target": desc}
 
 
-class _progress:
-    """Report trials as MetaSchedule measures them, by counting records in its database file."""
+def _progress(log: Log, total: int):
+    """A MetaSchedule measure callback that reports trials as their measurements come back."""
+    from tvm.ir.utils import derived_object
 
-    def __init__(self, log: Log, db_dir: Path, total: int, every_s: float = 10.0):
-        self.log, self.file, self.total, self.every_s = log, db_dir / "database_tuning_record.json", total, every_s
-        self.stop = threading.Event()
-        self.base = self._count()
+    @derived_object
+    class Progress(ms.measure_callback.PyMeasureCallback):
+        def __init__(self):
+            self.done, self.start = 0, time.perf_counter()
 
-    def _count(self) -> int:
-        try:
-            with open(self.file, "rb") as f:
-                return sum(1 for _ in f)
-        except OSError:
-            return 0
+        def apply(self, task_scheduler, task_id, candidates, builder_results, runner_results) -> None:
+            if not runner_results:   # a finished task's empty round
+                return
+            self.done += len(runner_results)
+            ok = [r for r in runner_results if r.error_msg is None and r.run_secs]
+            log(f"  {self.done}/{total} trials measured ({time.perf_counter() - self.start:.0f} s)"
+                + ("" if ok else "; none of this round ran"))
 
-    def _run(self) -> None:
-        started = time.perf_counter()
-        while not self.stop.wait(self.every_s):
-            done = self._count() - self.base
-            self.log(f"  {done}/{self.total} trials measured ({time.perf_counter() - started:.0f} s)")
-
-    def __enter__(self):
-        if self.total:
-            self.thread = threading.Thread(target=self._run, daemon=True)
-            self.thread.start()
-
-    def __exit__(self, *exc):
-        self.stop.set()
+    return Progress()
 
 
 TUNED_FUNCTIONS = ("step", "generator")   # what runs once per sampler step; eps is only a fallback path
@@ -133,6 +179,25 @@ class TuneOptions:
             raise GenccError(f"tuning needs trials >= 0 and positive batch sizes, got {self.trials} and {self.batches}")
         if self.keep not in ("faster", "always"):
             raise GenccError(f"keep must be 'faster' or 'always', got {self.keep!r}")
+
+
+def shipped_records(name: str) -> Path:
+    """The folder of tuning records shipped in the package for a demo model (see scripts/tune_demo.py)."""
+    import gencc.models
+
+    return Path(gencc.models.__file__).parent / "pretrained" / "tuning" / name
+
+
+def prune_database(src: Path, dst: Path) -> int:
+    """Copy the best record of each workload in the database `src` into a new database `dst` (and src's
+    CPU stamp): what a build uses, without the hundreds of slower trials. Returns the records kept."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in DB_FILES:
+        (dst / f).unlink(missing_ok=True)
+    ms.database.JSONDatabase(work_dir=str(src)).dump_pruned(ms.database.JSONDatabase(work_dir=str(dst)))
+    if (src / DB_META).is_file():
+        shutil.copyfile(src / DB_META, dst / DB_META)
+    return len(ms.database.JSONDatabase(work_dir=str(dst)))
 
 
 def usable_database(db_dir: Path, mcpu: str) -> tuple[bool, str]:
@@ -168,7 +233,7 @@ def tune_into(tmp: Path, name: str, onnx_file: str, inputs: list, opts: TuneOpti
         so = f"{name}_b{batch}.so"
         info = tune_build(tmp / onnx_file, batch, opts.trials, db_dir, tmp / so, log=log)
         err = run_parity(tmp / so, tmp / onnx_file, random_inputs(inputs), batches=(batch,))
-        tuned_s, default_s = (_median_call(tmp / lib, random_inputs(inputs)(batch)) for lib in (so, f"{name}.so"))
+        tuned_s, default_s = _side_by_side([tmp / so, tmp / f"{name}.so"], random_inputs(inputs)(batch))
         log(f"built {so} ({info['trials']} new trials, {info['seconds']:.0f} s); parity vs ONNX Runtime {err:.2g}; "
             f"{tuned_s * 1e6:.0f} us per call against {default_s * 1e6:.0f} us for the default build")
         if opts.keep == "faster" and tuned_s >= default_s:
@@ -184,13 +249,21 @@ def tune_into(tmp: Path, name: str, onnx_file: str, inputs: list, opts: TuneOpti
     return variants
 
 
-def _median_call(lib: Path, feeds: dict) -> float:
-    """Median wall time of one call of a CPU library's `main` on `feeds` (a measurement, not a test)."""
+def _side_by_side(libs: list[Path], feeds: dict, rounds: int = 5) -> list[float]:
+    """Each CPU library's median call time on `feeds`, measured in alternating rounds so that a change
+    in the machine's load hits all of them alike (a measurement, not a test)."""
     import numpy as np
     from tvm.runtime.vm import VirtualMachine
 
     from .bench_worker import time_calls
 
-    main = VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())["main"]
+    # On every core, as the runtime runs a call this size (or as the user's TVM_NUM_THREADS says): TVM's
+    # own default is half the cores, and an earlier call in this process may have fixed its pool.
+    tvm.get_global_func("runtime.config_threadpool")(1, int(os.environ.get("TVM_NUM_THREADS") or os.cpu_count() or 1))
+    mains = [VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())["main"] for lib in libs]
     args = [tvm.runtime.tensor(np.ascontiguousarray(v)) for v in feeds.values()]
-    return time_calls(lambda: main(*args), min_seconds=0.05)["median_s"]
+    times = [[] for _ in libs]
+    for _ in range(rounds):
+        for main, t in zip(mains, times):
+            t.append(time_calls(lambda: main(*args), min_seconds=0.05)["median_s"])
+    return [float(np.median(t)) for t in times]

@@ -60,8 +60,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
-        attn = torch.softmax(torch.einsum("bci,bcj->bij", q, k) * self.scale, dim=-1)
-        out = torch.einsum("bij,bcj->bci", attn, v).reshape(b, c, h, w)
+        # Batched matmuls rather than einsum: TVM 0.27 cannot fuse a legalised einsum at a static batch
+        # (FuseTIR fails), which tuning needs, and its default CPU schedule handles matmuls.
+        attn = torch.softmax((q.transpose(1, 2) @ k) * self.scale, dim=-1)   # (b, i, j)
+        out = (v @ attn.transpose(1, 2)).reshape(b, c, h, w)                   # (b, c, i)
         return x + self.proj(out)
 
 

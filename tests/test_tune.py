@@ -47,3 +47,36 @@ def test_tuned_artifact_matches_untuned_and_reuses_its_database(tmp_path, tiny_m
     a = gencc.load(tmp_path / "t2.gencc").sample(20, steps=10, batch_size=8)   # chunks of 8, 8 (tuned), 4 (dynamic)
     b = gencc.load(tmp_path / "u.gencc").sample(20, steps=10, batch_size=8)
     np.testing.assert_allclose(a, b, atol=1e-4)
+    # The database holds a measured record of gencc's default schedule for every kernel (the seeds),
+    # and pruning keeps exactly one record, the fastest, per kernel.
+    from tvm.s_tir import meta_schedule as ms
+
+    from gencc.compiler.tune import prune_database
+
+    records = ms.database.JSONDatabase(work_dir=str(db)).get_all_tuning_records()
+    kernels = {r.workload.mod.script() for r in records}
+    assert len(records) > len(kernels) >= 3
+    assert prune_database(db, tmp_path / "pruned") == len(kernels)
+    assert json.loads((tmp_path / "pruned" / DB_META).read_text()) == json.loads((db / DB_META).read_text())
+
+
+@pytest.mark.slow
+def test_tuning_starts_from_the_default_schedules(tmp_path, tiny_moons_diffusion):
+    """Before any trial, every kernel's default schedule is measured and stored as its record, so a
+    build from the database is at worst the default build, never an unscheduled kernel."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from gencc.compiler.build import resolve_target
+    from gencc.compiler.compile import export
+    from gencc.compiler.tune import default_schedule, tune_build
+
+    export(tiny_moons_diffusion, tmp_path / "onnx")
+    said = []
+    info = tune_build(tmp_path / "onnx" / "step.onnx", 16, 0, tmp_path / "db", tmp_path / "s.so", log=said.append)
+    assert info["trials"] == 0 and (tmp_path / "s.so").is_file()
+    assert f"{info['tasks']} default schedules measured" in said[0], said
+    target, _ = resolve_target("llvm")
+    records = ms.database.JSONDatabase(work_dir=str(tmp_path / "db")).get_all_tuning_records()
+    assert len(records) == info["tasks"]
+    for r in records:
+        assert r.run_secs and str(r.trace) == str(default_schedule(r.workload.mod["main"], target).trace)
