@@ -13,9 +13,8 @@ JOBS = (("moons-diffusion", "diffusion", "moons"),
         ("digits-diffusion", "diffusion", "digits"),
         ("digits-gan", "gan", "digits"))
 # Demo models whose tuning records ship with gencc (scripts/tune_demo.py): name -> the batch size tuned,
-# the one `gencc bench` measures end to end. Not the digits UNet: built for a static batch of 64 from
-# its default schedules, its step ran 30% slower than the dynamic-batch build (docs/BENCHMARKS.md).
-TUNED = {"moons-diffusion": 1024}
+# the one `gencc bench` measures end to end.
+TUNED = {"moons-diffusion": 1024, "digits-diffusion": 64}
 SAMPLE_STEPS = 200
 QUICK_STEPS = 30   # --quick: a smoke test of the whole pipeline, not a useful model
 
