@@ -64,13 +64,13 @@ def run_demo(out: Path, quick: bool = False) -> dict:
 def _shipped_tuning(name: str, out: Path):
     """Tuning from the records shipped for this demo model, with no new trials; None if there are none.
     The records are copied out first: a build adds any kernel they lack, and the package stays as shipped."""
-    from gencc.compiler.tune import TuneOptions, shipped_records
+    from gencc.compiler.tune import TuneOptions, shipped_records, unpack_records
 
     if name not in TUNED or not shipped_records(name).is_dir():
         return None
     db = out / "tuning" / name
     shutil.rmtree(db, ignore_errors=True)
-    shutil.copytree(shipped_records(name), db)
+    unpack_records(shipped_records(name), db)
     return TuneOptions(trials=0, batches=(TUNED[name],), db_dir=db)
 
 

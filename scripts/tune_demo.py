@@ -5,7 +5,7 @@
 
 For each demo model in cli/demo.py's TUNED (name -> batch size), after `make demo` has trained it:
 MetaSchedule tunes its fused step at that batch, starting from gencc's default schedules (compiler/tune.py),
-and the best record of each kernel is kept, stamped with this CPU. `make demo` then builds the tuned
+and the best record of each kernel is kept (gzipped), stamped with this CPU. `make demo` then builds the tuned
 library from these records with no trials; on another CPU it says so and keeps the default build.
 Tuning runs every kernel on this machine: run it on a quiet one.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gencc.cli.demo import TUNED
 from gencc.compiler.compile import compile_artifact
-from gencc.compiler.tune import TuneOptions, prune_database, shipped_records
+from gencc.compiler.tune import TuneOptions, pack_records, prune_database, shipped_records
 
 
 def main() -> None:
@@ -40,7 +40,8 @@ def main() -> None:
         opts = TuneOptions(trials=args.trials, batches=(batch,), db_dir=db, keep="always")
         m = compile_artifact(ckpt, work / f"{name}.gencc", force=True, tuning=opts, log=print)
         v = m["functions"]["step"]["static"][str(batch)]
-        kept = prune_database(db, shipped_records(name))
+        kept = prune_database(db, work / f"{name}-pruned")
+        pack_records(work / f"{name}-pruned", shipped_records(name))
         print(f"{name}: batch {batch}, {v['trials']} trials: {v['tuned_s'] * 1e6:.0f} us per step against "
               f"{v['default_s'] * 1e6:.0f} us for the default build; {kept} records -> {shipped_records(name)}")
 
