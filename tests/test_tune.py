@@ -80,3 +80,22 @@ def test_tuning_starts_from_the_default_schedules(tmp_path, tiny_moons_diffusion
     assert len(records) == info["tasks"]
     for r in records:
         assert r.run_secs and str(r.trace) == str(default_schedule(r.workload.mod["main"], target).trace)
+
+
+def test_shipped_records_unpack_into_a_usable_database(tmp_path):
+    """Every demo model cli/demo.py tunes has gzipped records in the package; they unpack into the plain
+    JSON database MetaSchedule reads, stamped with the CPU they were made on."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from gencc.cli.demo import TUNED
+    from gencc.compiler.tune import DB_FILES, pack_records, shipped_records, unpack_records
+
+    for name in TUNED:
+        db = tmp_path / name
+        unpack_records(shipped_records(name), db)
+        assert all((db / f).is_file() for f in DB_FILES)
+        assert json.loads((db / DB_META).read_text())["mcpu"]
+        assert len(ms.database.JSONDatabase(work_dir=str(db))) > 0
+        pack_records(db, tmp_path / f"{name}-again")   # and the round trip is lossless
+        unpack_records(tmp_path / f"{name}-again", tmp_path / f"{name}-2")
+        assert all((db / f).read_bytes() == (tmp_path / f"{name}-2" / f).read_bytes() for f in DB_FILES)
