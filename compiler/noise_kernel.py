@@ -65,7 +65,7 @@ def tir_source() -> str:
 @T.prim_func
 def normals(key: T.Buffer((2,), "uint32"), streams_h: T.handle, index_h: T.handle, out_h: T.handle,
             n: T.int64, s_stride: T.int64, b_stride: T.int64):
-    T.func_attr({{"global_symbol": "normals", "tir.noalias": True}})
+    T.func_attr({{"global_symbol": "normals", "tirx.noalias": True}})
     S = T.int64()
     B = T.int64()
     L = T.int64()

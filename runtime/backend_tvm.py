@@ -184,7 +184,6 @@ class _Buffer:
         return self.tensor
 
 
-
 def _load_noise_kernel(tvm, m):
     try:
         return tvm.runtime.load_module(str(m.root / m.noise_library))["normals"]
