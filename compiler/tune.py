@@ -27,6 +27,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 
+from gencc.runtime import threads   # before tune_build sets TVM_NUM_THREADS: it must see only the user's
 from gencc.runtime.atomic import atomic_path
 from gencc.runtime.errors import GenccError
 
@@ -95,9 +96,10 @@ def _builder():
     return ms.builder.LocalBuilder(timeout_sec=300)
 
 
-def tune_build(onnx_path: str | Path, batch: int, trials: int, db_dir: str | Path, out_so: str | Path,
-               target: str = "llvm", log: Log = lambda s: None) -> dict:
-    """Tune (unless db_dir already covers the workload) and build one static-batch library."""
+def tune_build(onnx_path: str | Path, inputs: list, batch: int, trials: int, db_dir: str | Path,
+               out_so: str | Path, target: str = "llvm", log: Log = lambda s: None) -> dict:
+    """Tune (unless db_dir already covers the workload) and build one static-batch library.
+    `inputs`: the function's input specs, as export describes them."""
     onnx_path, db_dir, out_so = Path(onnx_path), Path(db_dir), Path(out_so)
     _, desc = resolve_target(target)
     if desc["kind"] != "llvm":
@@ -105,8 +107,10 @@ def tune_build(onnx_path: str | Path, batch: int, trials: int, db_dir: str | Pat
     # MetaSchedule sizes its parallel loops from "num-cores" and refuses a target without it.
     tvm_target = tvm.target.Target({**desc, "num-cores": os.cpu_count() or 1})
     db_dir.mkdir(parents=True, exist_ok=True)
-    # MetaSchedule measures in worker processes, on TVM's default pool of half the cores unless told:
-    # measure as the runtime runs a batch this size, on every core.
+    # TVM sizes its pool, and caps any later resize, by TVM_NUM_THREADS, else half the cores: measure on
+    # every core, here and in MetaSchedule's worker processes, as the runtime does (it sets the same
+    # default in runtime/backend_tvm.py). runtime/threads was imported above, before this, so it still
+    # tells a user's TVM_NUM_THREADS from this default.
     os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
     start = time.perf_counter()
     with _tvm_errors(f"importing {onnx_path.name} at batch {batch}"):
@@ -147,7 +151,7 @@ def tune_build(onnx_path: str | Path, batch: int, trials: int, db_dir: str | Pat
             ex.export_library(str(path))
     from .export import random_inputs
 
-    times = _side_by_side(builds, random_inputs(_onnx_inputs(onnx_path))(batch))
+    times = _side_by_side(builds, random_inputs(inputs)(batch))
     best = int(times[1] < times[0])
     for i, path in enumerate(builds):
         if i != best:
@@ -159,15 +163,6 @@ def tune_build(onnx_path: str | Path, batch: int, trials: int, db_dir: str | Pat
         f"{times[0] * 1e6:.0f} us on, {times[1] * 1e6:.0f} us off")
     return {"file": out_so.name, "batch": batch, "tasks": len(tasks), "trials": run_trials,
             "seconds": round(time.perf_counter() - start, 1), "target": desc, "tir_cse": best == 0}
-
-
-def _onnx_inputs(onnx_path: Path) -> list[dict]:
-    """The function's input specs ({name, shape}) as export describes them, read from the graph."""
-    from .export import BATCH
-
-    return [{"name": i.name, "shape": [d.dim_value if d.HasField("dim_value") else BATCH
-                                       for d in i.type.tensor_type.shape.dim]}
-            for i in _load_onnx(onnx_path).graph.input]
 
 
 def _progress(log: Log, total: int):
@@ -279,7 +274,7 @@ def tune_into(tmp: Path, name: str, onnx_file: str, inputs: list, opts: TuneOpti
     variants = {}
     for batch in opts.batches:
         so = f"{name}_b{batch}.so"
-        info = tune_build(tmp / onnx_file, batch, opts.trials, db_dir, tmp / so, log=log)
+        info = tune_build(tmp / onnx_file, inputs, batch, opts.trials, db_dir, tmp / so, log=log)
         err = run_parity(tmp / so, tmp / onnx_file, random_inputs(inputs), batches=(batch,))
         tuned_s, default_s = _side_by_side([tmp / so, tmp / f"{name}.so"], random_inputs(inputs)(batch))
         log(f"built {so} ({info['trials']} new trials, {info['seconds']:.0f} s); parity vs ONNX Runtime {err:.2g}; "
@@ -305,9 +300,9 @@ def _side_by_side(libs: list[Path], feeds: dict, rounds: int = 5) -> list[float]
 
     from .bench_worker import time_calls
 
-    # On every core, as the runtime runs a call this size (or as the user's TVM_NUM_THREADS says): TVM's
-    # own default is half the cores, and an earlier call in this process may have fixed its pool.
-    tvm.get_global_func("runtime.config_threadpool")(1, int(os.environ.get("TVM_NUM_THREADS") or os.cpu_count() or 1))
+    # On every core, as the runtime runs a call this size (a user's TVM_NUM_THREADS wins): TVM's own
+    # default is half the cores.
+    threads.use(tvm, os.cpu_count() or 1)
     mains = [VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())["main"] for lib in libs]
     args = [tvm.runtime.tensor(np.ascontiguousarray(v)) for v in feeds.values()]
     times = [[] for _ in libs]

@@ -70,9 +70,10 @@ def test_tuning_starts_from_the_default_schedules(tmp_path, tiny_moons_diffusion
     from gencc.compiler.compile import export
     from gencc.compiler.tune import default_schedule, tune_build
 
-    export(tiny_moons_diffusion, tmp_path / "onnx")
+    inputs = export(tiny_moons_diffusion, tmp_path / "onnx")["functions"]["step"]["inputs"]
     said = []
-    info = tune_build(tmp_path / "onnx" / "step.onnx", 16, 0, tmp_path / "db", tmp_path / "s.so", log=said.append)
+    info = tune_build(tmp_path / "onnx" / "step.onnx", inputs, 16, 0, tmp_path / "db", tmp_path / "s.so",
+                      log=said.append)
     assert info["trials"] == 0 and (tmp_path / "s.so").is_file()
     assert f"{info['tasks']} default schedules measured" in said[0], said
     target, _ = resolve_target("llvm")
