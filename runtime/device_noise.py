@@ -57,35 +57,30 @@ class DeviceNoise:
 
     def steps(self, noise: SampleNoise, k0: int, k1: int) -> list:
         """The draws of steps k0 .. k1 - 1 as k1 - k0 tensors (B, *shape), each 64-byte aligned in one block."""
-        per, n = len(noise.indices) * math.prod(noise.shape), math.prod(noise.shape)
-        stride = -(-per // 16) * 16   # pad each step's row to 64 bytes so every tensor starts aligned
-        block = aligned_empty((k1 - k0) * stride)
+        block, stride, rows = _step_rows(k1 - k0, noise)
         key, index = self._inputs(noise)
         streams = self._wrap(np.arange(k0 + 1, k1 + 1, dtype=np.uint32))
+        n = math.prod(noise.shape)
         self.normals(key, streams, index, self.tvm.runtime.from_dlpack(block), n, stride, n)
-        rows = block.reshape(k1 - k0, stride)[:, :per]
-        return [self.tvm.runtime.from_dlpack(rows[i].reshape(len(noise.indices), *noise.shape))
-                for i in range(k1 - k0)]
+        return _per_step(self.tvm, rows, noise)
 
     def chain_block(self, noise: SampleNoise, draws: list) -> object:
         """The (B, L, *shape) noise input of a chained call: row k is draw draws[k], or zeros where None."""
-        batch, n, length = len(noise.indices), math.prod(noise.shape), len(draws)
-        block = aligned_empty(batch * length * n)
-        view = block.reshape(batch, length, n)
+        block = _chain_block(noise, len(draws))
         if any(d is not None for d in draws):
             key, index = self._inputs(noise)
             streams = self._wrap(np.array([0 if d is None else d + 1 for d in draws], np.uint32))
-            self.normals(key, streams, index, self.tvm.runtime.from_dlpack(block), n, n, length * n)
+            n = math.prod(noise.shape)
+            self.normals(key, streams, index, self.tvm.runtime.from_dlpack(block.reshape(-1)), n, n, len(draws) * n)
         for k, d in enumerate(draws):
             if d is None:   # a step that draws no noise has coefficient 0 on it; zeros keep 0 * z exact
-                view[:, k] = 0.0
-        return self.tvm.runtime.from_dlpack(block.reshape(batch, length, *noise.shape))
+                block[:, k] = 0.0
+        return self.tvm.runtime.from_dlpack(block)
 
 
 def host_chain_block(tvm, noise: SampleNoise, draws: list) -> object:
     """chain_block's numbers from numpy, for an artifact compiled before it carried the kernel."""
-    batch, length = len(noise.indices), len(draws)
-    block = aligned_empty(batch * length * math.prod(noise.shape)).reshape(batch, length, *noise.shape)
+    block = _chain_block(noise, len(draws))
     taken = [d for d in draws if d is not None]
     zs = noise.steps(min(taken), max(taken) + 1) if taken else None
     for k, d in enumerate(draws):
@@ -95,9 +90,25 @@ def host_chain_block(tvm, noise: SampleNoise, draws: list) -> object:
 
 def host_steps(tvm, noise: SampleNoise, k0: int, k1: int) -> list:
     """steps' numbers from numpy: one aligned copy of the block, sliced into per-step tensors."""
-    buf = noise.steps(k0, k1)
-    per = math.prod(buf.shape[1:])
+    _, _, rows = _step_rows(k1 - k0, noise)
+    rows[...] = noise.steps(k0, k1).reshape(rows.shape)
+    return _per_step(tvm, rows, noise)
+
+
+def _step_rows(k: int, noise: SampleNoise) -> tuple[np.ndarray, int, np.ndarray]:
+    """Memory for k steps' noise, one row per step padded to 64 bytes so every step's tensor starts
+    aligned: (the flat block, the row stride, the (k, B * n) view of the rows' used part)."""
+    per = len(noise.indices) * math.prod(noise.shape)
     stride = -(-per // 16) * 16
-    rows = aligned_empty(len(buf) * stride).reshape(len(buf), stride)[:, :per]
-    rows[...] = buf.reshape(len(buf), per)
-    return [tvm.runtime.from_dlpack(rows[i].reshape(buf.shape[1:])) for i in range(len(buf))]
+    block = aligned_empty(k * stride)
+    return block, stride, block.reshape(k, stride)[:, :per]
+
+
+def _per_step(tvm, rows: np.ndarray, noise: SampleNoise) -> list:
+    return [tvm.runtime.from_dlpack(row.reshape(len(noise.indices), *noise.shape)) for row in rows]
+
+
+def _chain_block(noise: SampleNoise, length: int) -> np.ndarray:
+    """Aligned memory for a chained call's noise, batch-first: (B, L, *shape)."""
+    batch = len(noise.indices)
+    return aligned_empty(batch * length * math.prod(noise.shape)).reshape(batch, length, *noise.shape)
