@@ -66,6 +66,8 @@ def torch_step(path: str, compiled: bool):
 
 def compiled_step(model):
     """A step of an artifact's fused function with the state already in the backend's arrays."""
+    from gencc.runtime.samplers import Coef
+
     def make(batch: int):
         if model.kind == "gan":
             z = np.random.default_rng(0).standard_normal((batch,) + model.latent_shape).astype(np.float32)
@@ -73,7 +75,7 @@ def compiled_step(model):
         shape = model.latent_shape if model.kind == "latent-diffusion" else model.sample_shape
         x, z = (model.to_device(np.random.default_rng(i).standard_normal((batch,) + shape)
                                 .astype(np.float32)) for i in (0, 1))
-        coef = (1.01, -0.1, 0.05, 0.0, 0.0)
+        coef = Coef(1.01, -0.1, 0.05)
         return lambda: model.step_fn(x, 0.5, coef, z)
     return make
 

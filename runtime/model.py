@@ -18,7 +18,8 @@ from .conditioning import check_condition, chunk_labels, label_rows
 from .errors import GenccError
 from .noise import SampleNoise
 from .normalize import Normalization
-from .samplers import DEFAULT_SPACING, PLANS, STOCHASTIC, affine_step, get_sampler, run_plan_chained, time_grid
+from .samplers import (DEFAULT_SPACING, PLANS, STOCHASTIC, PlanStep, affine_step, get_sampler, run_plan_chained,
+                       time_grid)
 from .sde import VPSDE
 from .watch import LastEval, StepView
 
@@ -165,7 +166,7 @@ class Model:
             # (and the chain has no label inputs: conditional models are never given one).
             plan = _cached_plan(self.sde, sampler, steps, spacing, options)   # every chunk shares it
             # The few steps after the last full chain draw exactly their own noise, not a whole block.
-            tail = [d for _, _, d, _ in plan[len(plan) // self.chain_length * self.chain_length:] if d is not None]
+            tail = [p.draw for p in plan[len(plan) // self.chain_length * self.chain_length:] if p.draw is not None]
             x = run_plan_chained(self.chain_fn, self.chain_length, step_fn, to_device(noise.prior()), plan,
                                  self._bulk_noise(noise, True, max(tail) - min(tail) + 1 if tail else 1),
                                  lambda draws: self.chain_noise(noise, draws),
@@ -193,7 +194,7 @@ class Model:
 _PLAN_CACHE: dict = {}   # (sde, sampler, steps, spacing, options) -> plan; plans are pure functions of these
 
 
-def _cached_plan(sde: VPSDE, sampler: str, steps: int, spacing: str, options: dict) -> list:
+def _cached_plan(sde: VPSDE, sampler: str, steps: int, spacing: str, options: dict) -> list[PlanStep]:
     key = (repr(sde), sampler, steps, spacing, tuple(sorted(options.items())))
     if key not in _PLAN_CACHE:
         if len(_PLAN_CACHE) > 64:

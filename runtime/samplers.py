@@ -17,7 +17,7 @@ evaluation, Tweedie's x0 = (x - sigma_t eps) / gamma_t at t_eps.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -28,13 +28,34 @@ EpsFn = Callable[[Any, float], Any]            # eps_theta(x, t), t shared by th
 StepFn = Callable[..., tuple[Any, Any]]        # (x, t, coef, z=None, x_prev=None, e_prev=None) -> (x_next, eps)
 NoiseFn = Callable[[int], Any]                 # j -> the j-th N(0, I) draw, shaped like x
 Callback = Callable[[int, Any], None]          # (step index, state)
-Coef = tuple[float, float, float, float, float]
-PlanStep = tuple[float, Coef, "int | None", "int | None"]   # (t, coef, noise draw or None, reported step or None)
 ChainFn = Callable[..., Any]                   # (x, ts (L,), coefs (L, 3), zs: the chain_noise of L draws) -> x after L steps
 
 
+class Coef(NamedTuple):
+    """The fused step's coefficients, each named for the input it multiplies:
+    x_next = x * state + eps * eps_theta(state, t) + z * noise + x_prev * x_prev + e_prev * e_prev."""
+
+    x: float
+    eps: float
+    z: float = 0.0
+    x_prev: float = 0.0
+    e_prev: float = 0.0
+
+
+class PlanStep(NamedTuple):
+    """One fused-step call of a plan."""
+
+    t: float
+    coef: Coef
+    draw: int | None     # index of the noise draw z, None: the step draws none (its coef.z is 0)
+    report: int | None   # step index passed to the callback after it, None: not reported
+
+
 def affine_step(eps_fn: EpsFn) -> StepFn:
-    """The unfused step: one network call, then the update on the host (terms with c = 0 skipped)."""
+    """The unfused step: one network call, then the update on the host (terms with c = 0 skipped).
+
+    `coef` is a Coef or any sequence of its 5 values: indexed, not named, so both work.
+    """
     def step(x, t, coef, z=None, x_prev=None, e_prev=None):
         eps = eps_fn(x, t)
         out = coef[0] * x + coef[1] * eps
@@ -68,27 +89,25 @@ def _step_of(eps_fn: EpsFn, step_fn: StepFn | None) -> StepFn:
 
 def _denoise(step: StepFn, x, t: float, sde: VPSDE):
     """Tweedie's denoised estimate x0 = (x - sigma_t eps) / gamma_t; adds no noise."""
-    g, s = sde.gamma(t), sde.sigma(t)
-    return step(x, t, (1.0 / g, -s / g, 0.0, 0.0, 0.0))[0]
+    return step(x, t, Coef(*sde.x0_coefs(t)))[0]
 
 
-def _denoise_step(ts, sde: VPSDE) -> "PlanStep":
+def _denoise_step(ts, sde: VPSDE) -> PlanStep:
     """The plan's last entry: Tweedie's x0 at t_eps, no noise, not reported."""
     t = float(ts[-1])
-    g, s = sde.gamma(t), sde.sigma(t)
-    return (t, (1.0 / g, -s / g, 0.0, 0.0, 0.0), None, None)
+    return PlanStep(t, Coef(*sde.x0_coefs(t)), None, None)
 
 
-def run_plan(step: StepFn, x, plan: list["PlanStep"], noise: NoiseFn | None, callback: Callback | None = None):
+def run_plan(step: StepFn, x, plan: list[PlanStep], noise: NoiseFn | None, callback: Callback | None = None):
     """Carry out a plan one step call at a time."""
-    for t, coef, draw, k in plan:
-        x, _ = step(x, t, coef, None if draw is None else noise(draw))
-        if k is not None:
-            _report(callback, k, x)
+    for p in plan:
+        x, _ = step(x, p.t, p.coef, None if p.draw is None else noise(p.draw))
+        if p.report is not None:
+            _report(callback, p.report, x)
     return x
 
 
-def run_plan_chained(chain: ChainFn, length: int, step: StepFn, x, plan: list["PlanStep"],
+def run_plan_chained(chain: ChainFn, length: int, step: StepFn, x, plan: list[PlanStep],
                      noise: NoiseFn | None, chain_noise: Callable, check: Callback | None = None):
     """Carry out a plan `length` steps per call of `chain`, the rest (fewer than `length`) one by one.
 
@@ -100,11 +119,11 @@ def run_plan_chained(chain: ChainFn, length: int, step: StepFn, x, plan: list["P
     i = 0
     while len(plan) - i >= length:
         block = plan[i:i + length]
-        x = chain(x, np.array([t for t, *_ in block], np.float32),
-                  np.array([c[:3] for _, c, _, _ in block], np.float32),
-                  chain_noise([draw for _, _, draw, _ in block]))
+        x = chain(x, np.array([p.t for p in block], np.float32),
+                  np.array([(p.coef.x, p.coef.eps, p.coef.z) for p in block], np.float32),
+                  chain_noise([p.draw for p in block]))
         i += length
-        reported = [k for *_, k in block if k is not None]
+        reported = [p.report for p in block if p.report is not None]
         if check is not None and reported:
             check(reported[-1], x)
     return run_plan(step, x, plan[i:], noise, None)
@@ -117,15 +136,15 @@ def host_draws(noise: NoiseFn) -> Callable:
 
 def _em_coef(sde: VPSDE, t: float, h: float) -> Coef:
     """Reverse-SDE Euler-Maruyama: x + h [1/2 beta x - beta eps / sigma] + sqrt(beta h) z."""
-    beta, sigma = sde.beta(t), sde.sigma(t)
-    return (1.0 + 0.5 * h * beta, -h * beta / sigma, math.sqrt(beta * h), 0.0, 0.0)
+    c_x, c_eps = sde.reverse_drift(t, h)
+    return Coef(1.0 + c_x, c_eps, sde.reverse_diffusion(t, h))
 
 
 def em_plan(ts, sde: VPSDE) -> list[PlanStep]:
     plan = []
     for k in range(len(ts) - 1):
         t, h = float(ts[k]), float(ts[k] - ts[k + 1])   # h > 0: we integrate backwards in time
-        plan.append((t, _em_coef(sde, t, h), k, k))
+        plan.append(PlanStep(t, _em_coef(sde, t, h), k, k))
     return plan + [_denoise_step(ts, sde)]
 
 
@@ -147,9 +166,9 @@ def pc_plan(ts, sde: VPSDE, corrector_steps: int = 1, snr: float = 0.16) -> list
         sigma = sde.sigma(t)
         alpha = math.exp(-(sde.int_beta(t) - sde.int_beta(float(ts[k + 1]))))
         e = 2.0 * alpha * (snr * sigma) ** 2
-        for i in range(corrector_steps):   # Corrector: Langevin MCMC at the current noise level.
-            plan.append((t, (1.0, -e / sigma, math.sqrt(2.0 * e), 0.0, 0.0), k * draws + i, None))
-        plan.append((t, _em_coef(sde, t, h), k * draws + corrector_steps, k))   # Predictor.
+        for i in range(corrector_steps):   # Corrector: Langevin MCMC at the current noise level, x + e score + ...
+            plan.append(PlanStep(t, Coef(1.0, sde.score_from_eps(e, t), math.sqrt(2.0 * e)), k * draws + i, None))
+        plan.append(PlanStep(t, _em_coef(sde, t, h), k * draws + corrector_steps, k))   # Predictor.
     return plan + [_denoise_step(ts, sde)]
 
 
@@ -174,9 +193,9 @@ def ancestral_plan(ts, sde: VPSDE) -> list[PlanStep]:
         g_ts = g_t / g_s
         var_ts = -math.expm1(-(sde.int_beta(t) - sde.int_beta(s)))   # 1 - gamma_ts^2, exact at small gaps
         c_x0 = g_s * var_ts / sg_t ** 2                              # weight of x0_hat = (x - sigma_t eps) / gamma_t
-        coef = (c_x0 / g_t + g_ts * sg_s ** 2 / sg_t ** 2, -c_x0 * sg_t / g_t,
-                sg_s * math.sqrt(var_ts) / sg_t, 0.0, 0.0)
-        plan.append((t, coef, k, k))
+        # Not through sde.x0_coefs: c_x0 / g_t rounds differently from c_x0 * (1 / g_t), and samples stay bit-identical.
+        coef = Coef(c_x0 / g_t + g_ts * sg_s ** 2 / sg_t ** 2, -c_x0 * sg_t / g_t, sg_s * math.sqrt(var_ts) / sg_t)
+        plan.append(PlanStep(t, coef, k, k))
     return plan + [_denoise_step(ts, sde)]
 
 
@@ -195,8 +214,8 @@ def ode_euler_plan(ts, sde: VPSDE) -> list[PlanStep]:
     plan = []
     for k in range(len(ts) - 1):
         t, h = float(ts[k]), float(ts[k] - ts[k + 1])
-        beta, sigma = sde.beta(t), sde.sigma(t)
-        plan.append((t, (1.0 + 0.5 * h * beta, -0.5 * h * beta / sigma, 0.0, 0.0, 0.0), None, k))
+        c_x, c_eps = sde.pf_ode_drift(t, h)
+        plan.append(PlanStep(t, Coef(1.0 + c_x, c_eps), None, k))
     return plan + [_denoise_step(ts, sde)]
 
 
@@ -218,10 +237,12 @@ def sample_ode_heun(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn | None = No
     for k in range(len(ts) - 1):
         t, t_next = float(ts[k]), float(ts[k + 1])
         h = t - t_next
-        b, s, bn, sn = sde.beta(t), sde.sigma(t), sde.beta(t_next), sde.sigma(t_next)
-        x_pred, e1 = step(x, t, (1.0 + 0.5 * h * b, -0.5 * h * b / s, 0.0, 0.0, 0.0))       # Euler predictor.
-        x, _ = step(x_pred, t_next, (0.25 * h * bn, -0.25 * h * bn / sn, 0.0,                 # Trapezoidal corrector.
-                                     1.0 + 0.25 * h * b, -0.25 * h * b / s), None, x, e1)
+        c_x, c_eps = sde.pf_ode_drift(t, h)
+        x_pred, e1 = step(x, t, Coef(1.0 + c_x, c_eps))                                     # Euler predictor.
+        # Trapezoidal corrector: half a step's drift at each end; halving h is exact, so these are the
+        # 0.25 h beta and -0.25 h beta / sigma this step always used, bit for bit.
+        (a, b), (an, bn) = sde.pf_ode_drift(t, 0.5 * h), sde.pf_ode_drift(t_next, 0.5 * h)
+        x, _ = step(x_pred, t_next, Coef(an, bn, 0.0, 1.0 + a, b), None, x, e1)
         _report(callback, k, x)
     return _denoise(step, x, float(ts[-1]), sde)
 
@@ -231,7 +252,7 @@ def ddim_plan(ts, sde: VPSDE) -> list[PlanStep]:
     for k in range(len(ts) - 1):
         t, t_next = float(ts[k]), float(ts[k + 1])
         g, s, gn, sn = sde.gamma(t), sde.sigma(t), sde.gamma(t_next), sde.sigma(t_next)
-        plan.append((t, (gn / g, sn - gn * s / g, 0.0, 0.0, 0.0), None, k))
+        plan.append(PlanStep(t, Coef(gn / g, sn - gn * s / g), None, k))   # gn x0_hat + sn eps, grouped as ever
     return plan + [_denoise_step(ts, sde)]
 
 
@@ -266,8 +287,8 @@ def sample_dpm2m(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn | None = None,
             r = (sde.lambda_(t) - sde.lambda_(t_prev)) / h
             w, w_prev = 1.0 + 0.5 / r, 0.5 / r
             gp, sp = sde.gamma(t_prev), sde.sigma(t_prev)
-        coef = (sn / s + a * w / g, -a * w * s / g, 0.0,
-                -a * w_prev / gp if k > 0 else 0.0, a * w_prev * sp / gp if k > 0 else 0.0)
+        coef = Coef(sn / s + a * w / g, -a * w * s / g, 0.0,
+                    -a * w_prev / gp if k > 0 else 0.0, a * w_prev * sp / gp if k > 0 else 0.0)
         x_new, eps = step(x, t, coef, None, x_prev, e_prev)
         x_prev, e_prev, x = x, eps, x_new
         _report(callback, k, x)
@@ -286,7 +307,7 @@ SAMPLERS: dict[str, Callable] = {
 
 # Samplers whose every step is x <- c0 x + c1 eps + c2 z (no x_prev, e_prev): a plan of steps known up
 # front, which a backend can run several steps per compiled call (run_plan_chained).
-PLANS: dict[str, Callable[..., list]] = {
+PLANS: dict[str, Callable[..., list[PlanStep]]] = {
     "em": em_plan,
     "pc": pc_plan,
     "ancestral": ancestral_plan,

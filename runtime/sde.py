@@ -57,14 +57,50 @@ class VPSDE:
         """A draw from q(x_t | x_0) = N(gamma_t x_0, sigma_t^2 I), with the noise `eps` given."""
         return _bcast(self.gamma(t), x0) * x0 + _bcast(self.sigma(t), x0) * eps
 
+    def sde(self, t):
+        """The forward SDE dx = f(t) x dt + g(t) dW as its two scalars (f(t), g(t)^2) = (-1/2 beta, beta).
+
+        The drift is linear in x, so the scalars are all a sampler needs; g^2, not g, because every
+        discretisation below uses g^2 (sqrt(beta) squared would not round back to beta).
+        """
+        b = self.beta(t)
+        return -0.5 * b, b
+
     def score_from_eps(self, eps, t):
         """grad log p_t(x) = -eps / sigma_t: the factor the lecture slide's generation process drops."""
         return -eps / _bcast(self.sigma(t), eps)
 
-    def sde(self, x, t):
-        """Forward drift and diffusion: f(x, t) = -1/2 beta x, g(t) = sqrt(beta)."""
-        b = self.beta(t)
-        return -0.5 * _bcast(b, x) * x, _fn("sqrt", b)
+    # The reverse-time maths, written once for every sampler. A drift method gives the increment of an
+    # Euler step from t back to t - dt (dt > 0), -dt times the drift, as its coefficients (c_x, c_eps) of
+    # x and eps: the score is -eps / sigma_t, so the increment is linear in both and fits the fused step.
+    # Only beta, gamma and sigma are read, so a subclass with another schedule inherits all of them.
+    # The groupings are those the samplers always used: -dt * f equals 0.5 * dt * beta and
+    # score_from_eps(dt * g2) equals -dt * beta / sigma bit for bit (halving and negation are exact), which
+    # keeps every sample bit-identical and matches examples/cpp/sde.h.
+
+    def reverse_drift(self, t, dt):
+        """Reverse SDE dx = [f x - g^2 score] dt + g dW-bar: c_x x + c_eps eps = -dt [f x - g^2 score(x)]."""
+        f, g2 = self.sde(t)
+        return -dt * f, self.score_from_eps(dt * g2, t)
+
+    def reverse_diffusion(self, t, dt):
+        """Std of the reverse SDE's noise over a step dt: g sqrt(dt), as sqrt(g^2 dt)."""
+        _, g2 = self.sde(t)
+        return _fn("sqrt", g2 * dt)
+
+    def pf_ode_drift(self, t, dt):
+        """Probability-flow ODE dx/dt = f x - 1/2 g^2 score: c_x x + c_eps eps = -dt [f x - 1/2 g^2 score(x)]."""
+        f, g2 = self.sde(t)
+        return -dt * f, self.score_from_eps(0.5 * dt * g2, t)
+
+    def x0_from_eps(self, x, eps, t):
+        """Tweedie's denoised estimate E[x_0 | x_t = x] = (x - sigma_t eps) / gamma_t."""
+        return (x - _bcast(self.sigma(t), x) * eps) / _bcast(self.gamma(t), x)
+
+    def x0_coefs(self, t):
+        """The same estimate as the coefficients (of x, of eps) of the fused step: (1 / gamma_t, -sigma_t / gamma_t)."""
+        g, s = self.gamma(t), self.sigma(t)
+        return 1.0 / g, -s / g
 
     def lambda_(self, t):
         """Half log-SNR, log(gamma_t / sigma_t): the time variable of DDIM / DPM-Solver."""

@@ -43,7 +43,7 @@ class StepView:
         else:
             x_in = np.asarray(self.to_numpy(self.x_in), dtype=np.float64)
             eps = np.asarray(self.to_numpy(self.eps), dtype=np.float64)
-            x0 = (x_in - self.sde.sigma(self.t) * eps) / self.sde.gamma(self.t)
+            x0 = self.sde.x0_from_eps(x_in, eps, self.t)
         return self.normalization.decode(x0.astype(np.float32))
 
 

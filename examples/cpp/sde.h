@@ -1,6 +1,6 @@
-// The VP-SDE closed forms, the time grid and the Euler-Maruyama step scalars, written as runtime/sde.py and
-// runtime/samplers.py write them (same operations in the same order, in double precision), so the step
-// receives the same float32 scalars as the Python runtime. Build with -ffp-contract=off: a fused
+// The VP-SDE closed forms, the time grid and the Euler-Maruyama step scalars, rounded as runtime/sde.py and
+// runtime/samplers.py round them (the same operations, or groupings equal bit for bit as sde.py explains, in
+// double precision), so the step receives the same float32 scalars as the Python runtime. Build with -ffp-contract=off: a fused
 // multiply-add would round differently.
 #pragma once
 
