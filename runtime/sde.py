@@ -3,7 +3,8 @@
 One class serves numpy (the runtime) and torch (training): every method uses only arithmetic and `exp`/
 `log`/`sqrt`, dispatched on the argument's type, so the two versions cannot drift apart.
 DiscreteVPSDE is the same process over a DDPM beta table (diffusers' linear, scaled_linear and
-squaredcos_cap_v2); `make_sde` and `sde_from_dict` build either by name or from its manifest record.
+squaredcos_cap_v2); `make_sde`, `sde_from_dict` and `sde_from_scheduler_config` build either kind by name,
+from its manifest record, or from a diffusers scheduler_config.json.
 """
 from __future__ import annotations
 
@@ -225,3 +226,25 @@ def sde_from_dict(d: dict) -> VPSDE:
     if isinstance(d, dict) and d.get("kind") == "vp-discrete":
         return DiscreteVPSDE.from_dict(d)
     return VPSDE.from_dict(d)
+
+
+def sde_from_scheduler_config(config: dict, t_eps: float = 0.0) -> DiscreteVPSDE:
+    """The schedule a diffusers scheduler config (scheduler_config.json) trains with; its defaults are diffusers'.
+
+    Only the beta table matters: the sampler, its time grid and prediction type are gencc's own choices.
+    """
+    if not isinstance(config, dict):
+        raise GenccError(f"a scheduler config must be a JSON object, got {short(config)}")
+    if config.get("trained_betas") is not None:
+        raise GenccError("scheduler config has trained_betas: only the named schedules "
+                         f"{', '.join(BETA_TABLES)} are supported")
+    if config.get("rescale_betas_zero_snr"):
+        raise GenccError("scheduler config has rescale_betas_zero_snr: a zero terminal SNR has no finite log-SNR "
+                         "at t = 1, which the samplers need")
+    schedule = config.get("beta_schedule", "linear")
+    if not isinstance(schedule, str) or schedule not in BETA_TABLES:
+        raise GenccError(f"unknown noise schedule {short(schedule)} in the scheduler config; "
+                         f"expected one of {', '.join(BETA_TABLES)}")
+    return make_sde(schedule, t_eps=t_eps,
+                    **{k: config.get(k, v) for k, v in (("num_train_timesteps", 1000), ("beta_start", 1e-4),
+                                                         ("beta_end", 0.02))})

@@ -11,7 +11,8 @@ import torch
 from gencc.runtime.errors import GenccError
 from gencc.runtime.noise import SampleNoise
 from gencc.runtime.samplers import SAMPLERS, get_sampler, time_grid
-from gencc.runtime.sde import SCHEDULES, DiscreteVPSDE, VPSDE, make_sde, sde_from_dict
+from gencc.runtime.sde import (SCHEDULES, DiscreteVPSDE, VPSDE, make_sde, sde_from_dict,
+                                sde_from_scheduler_config)
 from test_samplers import MU, S, matches_gaussian
 
 DISCRETE = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -203,3 +204,28 @@ def test_a_model_samples_and_watches_through_its_discrete_schedule():
     other = Model("diffusion", (2,), m.normalization, "exact", sde=linear, eps_fn=exact_eps_for(linear))
     assert not np.array_equal(other.sample(8, steps=30, sampler="ddim", seed=0), m.sample(8, steps=30, sampler="ddim",
                                                                                           seed=0))
+
+
+@pytest.mark.parametrize("schedule,start,end", TABLES)
+def test_a_diffusers_scheduler_config_gives_its_own_table(schedule, start, end):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+    for scheduler in (DDIMScheduler, DPMSolverMultistepScheduler):
+        s = scheduler(beta_schedule=schedule, beta_start=start, beta_end=end, num_train_timesteps=500)
+        sde = sde_from_scheduler_config(dict(s.config))
+        assert sde == make_sde(schedule, beta_start=start, beta_end=end, num_train_timesteps=500)
+        np.testing.assert_allclose(sde.gamma(np.arange(500) / 499) ** 2, s.alphas_cumprod.numpy(), rtol=3e-5)
+    assert sde_from_scheduler_config({"_class_name": "DDPMScheduler"}) == make_sde("linear")   # diffusers' defaults
+
+
+@pytest.mark.parametrize("config,match", [
+    ({"beta_schedule": "sigmoid"}, "unknown noise schedule 'sigmoid' in the scheduler config; expected one of "
+                                   "linear, scaled_linear, squaredcos_cap_v2$"),
+    ({"beta_schedule": "vp"}, "unknown noise schedule 'vp'"),
+    ({"trained_betas": [1e-4, 2e-4]}, "trained_betas"),
+    ({"rescale_betas_zero_snr": True}, "zero terminal SNR"),
+    ({"num_train_timesteps": "1000"}, "num_train_timesteps must be an integer"),
+    ([], "must be a JSON object"),
+])
+def test_scheduler_configs_gencc_cannot_follow_are_refused(config, match):
+    with pytest.raises(GenccError, match=match):
+        sde_from_scheduler_config(config)
