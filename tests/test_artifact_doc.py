@@ -32,14 +32,12 @@ def test_worked_example_passes_the_reader(tmp_path):
 
 
 @pytest.mark.slow
-def test_worked_example_samples_like_the_compiled_artifact(tmp_path, tiny_moons_diffusion):
+def test_worked_example_samples_like_the_compiled_artifact(tmp_path, tiny_moons_artifact):
     """The minimal manifest over gencc's own eps/step libraries gives the full artifact's samples
     (no chain, no noise kernel: the step-by-step path with numpy noise)."""
     import gencc
-    from gencc.compiler.compile import compile_artifact
 
-    full = tmp_path / "full.gencc"
-    compile_artifact(tiny_moons_diffusion, full)
+    full = tiny_moons_artifact
     minimal = tmp_path / "minimal.gencc"
     minimal.mkdir()
     for name in ("eps.so", "eps.onnx", "step.so", "step.onnx"):
