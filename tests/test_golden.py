@@ -7,8 +7,8 @@ backend, and from compiled artifacts (a moons diffusion MLP and a moons GAN) on 
 then compares them with the arrays stored in tests/golden/:
 
 * `golden.json`: the sha256 of each case's exact float32 bytes, its shape, and the identity of the
-  machine that made them (CPU vendor, family, model, model name, a hash of the CPU flags; torch, TVM,
-  ONNX Runtime and numpy versions).
+  machine that made them (CPU vendor, family, model, model name, a hash of the CPU flags, core count;
+  torch, TVM, ONNX Runtime and numpy versions).
 * `torch.npz`, `tvm.npz`, `ort.npz`: the arrays themselves (keys `model__sampler`), a few samples each.
 
 On a machine with the same identity every case must match its sha256 exactly (bit-identical). On any
@@ -83,7 +83,8 @@ def _version(package: str) -> str:
 
 def machine_identity() -> dict:
     """What decides the exact bits of a sample: the CPU and the numeric libraries."""
-    return {"machine": platform.machine(), **_cpuinfo(),
+    # The core count too: the session checkpoints train with torch's default threads, one per core.
+    return {"machine": platform.machine(), "cpus": os.cpu_count(), **_cpuinfo(),
             **{p: _version(p) for p in ("torch", "apache-tvm", "onnxruntime", "numpy")}}
 
 
@@ -115,6 +116,7 @@ def check_golden(group: str, cases: dict[str, np.ndarray]) -> None:
     if _regen():
         _store(group, cases)
         return
+    assert INDEX.is_file(), f"no goldens in {GOLDEN}; make them: python tests/test_golden.py --regen"
     index = json.loads(INDEX.read_text())
     stored = dict(np.load(GOLDEN / f"{group}.npz", allow_pickle=False))
     same = index["identity"] == machine_identity()
@@ -248,7 +250,7 @@ def test_golden_compiled_ort(moons_artifacts):
 
 def test_identity_names_the_cpu_and_libraries():
     ident = machine_identity()
-    assert {"machine", "torch", "apache-tvm", "onnxruntime", "numpy"} <= set(ident)
+    assert {"machine", "cpus", "torch", "apache-tvm", "onnxruntime", "numpy"} <= set(ident)
     if Path("/proc/cpuinfo").exists():
         assert "flags_sha256" in ident
 
