@@ -43,3 +43,115 @@ def test_user_choice_of_tvm_num_threads_is_respected(monkeypatch):
     threads.use(tvm, 1)
     assert tvm.calls == []
 
+
+
+# ---- torch's threads: the cores no other process is using --------------------------------------------
+
+class FakeTorch:
+    def __init__(self, n):
+        self.n, self.calls = n, []
+
+    def get_num_threads(self):
+        return self.n
+
+    def set_num_threads(self, n):
+        self.calls.append(n)
+        self.n = n
+
+
+def _machine(monkeypatch, n_cores, busy):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(threads, "cores", lambda: n_cores)
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda: busy)
+
+
+def test_torch_gets_the_cores_nobody_else_uses():
+    assert threads.torch_threads_for(2, 2, 0) == 2
+    assert threads.torch_threads_for(2, 2, 1) == 1
+    assert threads.torch_threads_for(2, 2, 5) == 1    # at least one
+    assert threads.torch_threads_for(8, 16, 0) == 8   # never more than torch has
+    assert threads.torch_threads_for(16, 16, 3) == 13
+
+
+def test_busy_elsewhere_is_the_median_of_its_reads():
+    reads = iter([0, 3, 1, 1, 9])
+    assert threads.busy_elsewhere(gap_s=0, read=lambda: next(reads)) == 1
+    assert threads.busy_elsewhere(samples=1, read=lambda: -2) == 0   # never negative
+    assert threads.busy_elsewhere(samples=1) >= 0   # the real /proc reader
+
+
+def test_an_explicit_choice_of_torch_threads_is_the_users():
+    assert threads.torch_user_set(2, 2, {"OMP_NUM_THREADS": "2"})
+    assert threads.torch_user_set(2, 2, {"MKL_NUM_THREADS": "4"})
+    assert threads.torch_user_set(1, 2, {})       # torch.set_num_threads(1)
+    assert not threads.torch_user_set(2, 2, {})   # torch's default: one per core
+
+
+def test_torch_threads_lowers_the_count_on_a_busy_machine_and_restores_it(monkeypatch):
+    _machine(monkeypatch, 2, busy=1)
+    torch = FakeTorch(2)
+    with threads.torch_threads(torch) as n:
+        assert n == 1 and torch.n == 1
+        with threads.torch_threads(torch) as inner:   # nested: keeps the outer choice
+            assert inner == 1
+    assert torch.calls == [1, 2]
+
+
+def test_torch_threads_leaves_a_users_choice_alone(monkeypatch):
+    _machine(monkeypatch, 2, busy=1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    torch = FakeTorch(2)
+    with threads.torch_threads(torch) as n:
+        assert n == 2
+    assert torch.calls == []
+
+
+def _torch_at_default_threads(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)   # torch's default on a 2-core machine, whatever this test run was given
+    return torch, before
+
+
+def test_training_runs_on_the_free_cores_only(monkeypatch, tmp_path):
+    from gencc.models.data import Dataset, make_2d
+    from gencc.models.train import TrainConfig, train
+
+    _machine(monkeypatch, 2, busy=1)
+    torch, before = _torch_at_default_threads(monkeypatch)
+    seen = []
+    try:
+        train("diffusion", Dataset(make_2d("moons", 256), None, "moons", "vector"), tmp_path / "c",
+              TrainConfig(steps=2, batch_size=16), width=16,
+              progress=lambda *a: seen.append(torch.get_num_threads()))
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1] and after == 2
+
+
+def test_torch_sampling_runs_on_the_free_cores_only(monkeypatch):
+    import numpy as np
+
+    from gencc.models.factory import build_eps_net, eps_net_config
+    from gencc.runtime.backend_torch import model_from_net
+    from gencc.runtime.normalize import Normalization
+    from gencc.runtime.sde import VPSDE
+
+    _machine(monkeypatch, 2, busy=1)
+    torch, before = _torch_at_default_threads(monkeypatch)
+    seen = []
+    try:
+        net = build_eps_net(eps_net_config((2,), width=8))
+        norm = Normalization.fit(np.random.default_rng(0).standard_normal((8, 2)).astype(np.float32), "vector")
+        model = model_from_net("diffusion", net, (2,), norm, sde=VPSDE())
+        eps = model.eps_fn
+        model.eps_fn = lambda x, t: (seen.append(torch.get_num_threads()), eps(x, t))[1]
+        model.sample(2, steps=2)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1} and after == 2
