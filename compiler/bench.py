@@ -64,17 +64,19 @@ def gflops(flops: int | None, seconds: float) -> float:
 
 
 # A run is marked unreliable (a busy machine) when any of these trips; see busy_reasons.
-SCALING_MIN = 0.6   # the multi-thread matmul peak must reach this fraction of threads x the one-thread figure
+# SCALING_MIN is loose because one core turbo-boosts above all of them on big machines: 0.5 lets a
+# 16-core part run its threads at two thirds of the one-core clock and still pass.
+SCALING_MIN = 0.5   # the multi-thread matmul peak must reach this fraction of threads x the one-thread figure
 SPREAD_MAX = 0.5    # the median row's (p90 - p10) / median of the step time must stay below this
 
 
 def busy_reasons(peak: dict, rows: list[dict]) -> list[str]:
     """Why this run's numbers describe a busy machine rather than the backends; [] for a quiet run.
 
-    Quiet, this 2-core machine's torch matmul peak is 1.9-2x its one-thread figure (447 vs ~230
-    GFLOP/s); with other processes on the cores the threads wait for each other and it fell to 96.
-    Other processes' runnable threads before and after the peak probe, and a wide spread of the repeated
-    step timings, say the same without a matmul."""
+    A 2048^3 product is compute-bound, so on a quiet machine its peak grows nearly with the threads;
+    with other processes on the cores the threads wait for each other (the issue's busy run: 96
+    against the usual 447 GFLOP/s). Other processes' runnable threads before and after the peak probe,
+    and a wide spread of the repeated step timings, say the same without a matmul."""
     reasons = []
     threads, one, multi = peak.get("threads", 1), peak.get("one_thread_gflops"), peak.get("torch_gflops")
     if threads > 1 and one and multi is not None and multi < SCALING_MIN * threads * one:
@@ -234,7 +236,8 @@ def markdown(report: dict) -> str:
             continue
         lines.append(
             f"| {r['backend']} | {r['batch']} | {_t(r['step_median_s'])} | {_t(r['step_p10_s'])}-{_t(r['step_p90_s'])} "
-            f"| {x(r.get('step_speedup_vs_torch', float('nan')))} | {_f(r['gflops'], '.1f')} | {_f(100 * r['peak_fraction'], '.0f', '%')} "
+            f"| {x(r.get('step_speedup_vs_torch', float('nan')))} | {_f(r['gflops'], '.1f')} "
+            f"| {_f(100 * r['peak_fraction'], '.0f', '%')} "
             f"| {_t(r['run_step_s']) if 'run_step_s' in r else '-'} "
             f"| {r.get('samples_per_s', float('nan')):.0f} | {x(r.get('e2e_speedup_vs_torch', float('nan')))} "
             f"| {r['startup_s']:.2f} s | {r['peak_rss_mb']:.0f} MB |")
