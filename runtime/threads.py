@@ -87,6 +87,18 @@ def _runnable_now() -> int:
     return total - max(own, 1)
 
 
+def _busy_now() -> int:
+    """busy_elsewhere(), reused for BUSY_TTL_S: it takes ~10 ms, and a user may sample in many small calls."""
+    now = time.monotonic()
+    if now - _busy_cache[0] > BUSY_TTL_S:
+        _busy_cache[:] = [now, busy_elsewhere()]
+    return _busy_cache[1]
+
+
+BUSY_TTL_S = 1.0
+_busy_cache = [float("-inf"), 0]   # [time.monotonic() of the measurement, its count]
+
+
 def torch_threads_for(current: int, n_cores: int, busy: int) -> int:
     """Threads for torch: the cores nobody else uses, at least 1, never more than torch's `current`."""
     return max(1, min(current, n_cores - busy))
@@ -109,7 +121,7 @@ def torch_threads(torch=None):
     if torch_user_set(current, n_cores):   # also a nested use inside one that lowered the count
         yield current
         return
-    n = torch_threads_for(current, n_cores, busy_elsewhere())
+    n = torch_threads_for(current, n_cores, _busy_now())
     torch.set_num_threads(n)
     try:
         yield n

@@ -77,18 +77,22 @@ def study(steps: int, repeats: int, timeout: float, busy_counts=(0, 1, 2)) -> li
 
 
 def table(rows: list[dict], steps: int) -> str:
-    lines = ["| busy processes | before: steps/s (threads) | after: steps/s (threads) | after / before | loss equal |",
-             "|---|---|---|---|---|"]
+    """Medians per cell; "<" marks a speed bounded by a timeout, and the ratio then becomes a bound too."""
+    lines = ["| busy processes | load average | before: steps/s (threads) | after: steps/s (threads) "
+             "| after / before | loss equal |", "|---|---|---|---|---|---|"]
     for busy in sorted({r["busy"] for r in rows}):
-        cell, speed = {}, {}
+        cell, speed, bounded = {}, {}, {}
         for mode in MODES:
             rs = [r for r in rows if r["busy"] == busy and r["mode"] == mode]
             speed[mode] = statistics.median(steps / r["seconds"] for r in rs)
             ts = sorted({str(r["threads"]) for r in rs if r["threads"] is not None}) or ["?"]
-            bound = "<" if any(r.get("timed_out") for r in rs) else ""
-            cell[mode] = f"{bound}{speed[mode]:.1f} ({'/'.join(ts)})"
+            bounded[mode] = any(r.get("timed_out") for r in rs)
+            cell[mode] = f"{'<' if bounded[mode] else ''}{speed[mode]:.1f} ({'/'.join(ts)})"
+        ratio = speed["after"] / speed["before"]
+        sign = {(True, False): ">", (False, True): "<", (True, True): "~"}.get((bounded["before"], bounded["after"]), "")
         losses = {r["loss"] for r in rows if r["busy"] == busy and r["loss"] is not None}
-        lines.append(f"| {busy} | {cell['before']} | {cell['after']} | {speed['after'] / speed['before']:.1f}x "
+        load = statistics.median(r["load"] for r in rows if r["busy"] == busy)
+        lines.append(f"| {busy} | {load:.1f} | {cell['before']} | {cell['after']} | {sign}{ratio:.1f}x "
                      f"| {'yes' if len(losses) == 1 else 'no' if losses else '-'} |")
     return "\n".join(lines) + "\n"
 

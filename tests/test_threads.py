@@ -66,6 +66,7 @@ def _machine(monkeypatch, n_cores, busy):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(threads, "cores", lambda: n_cores)
     monkeypatch.setattr(threads, "busy_elsewhere", lambda: busy)
+    monkeypatch.setattr(threads, "_busy_cache", [float("-inf"), 0])
 
 
 def test_torch_gets_the_cores_nobody_else_uses():
@@ -81,6 +82,15 @@ def test_busy_elsewhere_is_the_median_of_its_reads():
     assert threads.busy_elsewhere(gap_s=0, read=lambda: next(reads)) == 1
     assert threads.busy_elsewhere(samples=1, read=lambda: -2) == 0   # never negative
     assert threads.busy_elsewhere(samples=1) >= 0   # the real /proc reader
+
+
+def test_the_measurement_is_reused_for_a_second(monkeypatch):
+    counts = iter([1, 0])
+    monkeypatch.setattr(threads, "busy_elsewhere", lambda: next(counts))
+    monkeypatch.setattr(threads, "_busy_cache", [float("-inf"), 0])
+    assert threads._busy_now() == 1 and threads._busy_now() == 1   # one measurement, not two
+    threads._busy_cache[0] -= 2 * threads.BUSY_TTL_S
+    assert threads._busy_now() == 0
 
 
 def test_an_explicit_choice_of_torch_threads_is_the_users():
