@@ -89,7 +89,8 @@ def table(rows: list[dict], steps: int) -> str:
             bounded[mode] = any(r.get("timed_out") for r in rs)
             cell[mode] = f"{'<' if bounded[mode] else ''}{speed[mode]:.1f} ({'/'.join(ts)})"
         ratio = speed["after"] / speed["before"]
-        sign = {(True, False): ">", (False, True): "<", (True, True): "~"}.get((bounded["before"], bounded["after"]), "")
+        bounds = (bounded["before"], bounded["after"])
+        sign = {(True, False): ">", (False, True): "<", (True, True): "~"}.get(bounds, "")
         losses = {r["loss"] for r in rows if r["busy"] == busy and r["loss"] is not None}
         load = statistics.median(r["load"] for r in rows if r["busy"] == busy)
         lines.append(f"| {busy} | {load:.1f} | {cell['before']} | {cell['after']} | {sign}{ratio:.1f}x "
