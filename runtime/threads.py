@@ -99,15 +99,38 @@ BUSY_TTL_S = 1.0
 _busy_cache = [float("-inf"), 0]   # [time.monotonic() of the measurement, its count]
 
 
+@functools.lru_cache(maxsize=1)
+def _physical() -> int | None:
+    try:
+        return physical_cores()
+    except (AttributeError, OSError):   # no sched_getaffinity: not Linux
+        return None
+
+
 def torch_threads_for(current: int, n_cores: int, busy: int) -> int:
     """Threads for torch: the cores nobody else uses, at least 1, never more than torch's `current`."""
     return max(1, min(current, n_cores - busy))
 
 
-def torch_user_set(current: int, n_cores: int, environ=os.environ) -> bool:
+def physical_cores(cpus=None, sysfs: str = "/sys/devices/system/cpu") -> int | None:
+    """Distinct physical cores among this process's CPUs (SMT siblings count once); None if unknown."""
+    cpus = os.sched_getaffinity(0) if cpus is None else cpus
+    found = set()
+    try:
+        for cpu in cpus:
+            top = f"{sysfs}/cpu{cpu}/topology"
+            with open(f"{top}/physical_package_id") as a, open(f"{top}/core_id") as b:
+                found.add((a.read().strip(), b.read().strip()))
+    except OSError:
+        return None
+    return len(found) or None
+
+
+def torch_user_set(current: int, n_cores: int, environ=os.environ, physical: int | None = None) -> bool:
     """Whether someone chose torch's thread count: OMP_NUM_THREADS / MKL_NUM_THREADS, or a count other
-    than torch's default of one per core (torch.set_num_threads)."""
-    return any(v in environ for v in _TORCH_ENV) or current != n_cores
+    than torch's default (torch.set_num_threads). The default is one per CPU, or one per physical core
+    on machines with SMT, depending on the torch build."""
+    return any(v in environ for v in _TORCH_ENV) or current not in (n_cores, physical)
 
 
 @contextlib.contextmanager
@@ -118,7 +141,7 @@ def torch_threads(torch=None):
         import torch
     current = torch.get_num_threads()
     n_cores = cores()
-    if torch_user_set(current, n_cores):   # also a nested use inside one that lowered the count
+    if torch_user_set(current, n_cores, physical=_physical()):   # also a nested use that lowered it
         yield current
         return
     n = torch_threads_for(current, n_cores, _busy_now())

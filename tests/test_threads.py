@@ -98,6 +98,19 @@ def test_an_explicit_choice_of_torch_threads_is_the_users():
     assert threads.torch_user_set(2, 2, {"MKL_NUM_THREADS": "4"})
     assert threads.torch_user_set(1, 2, {})       # torch.set_num_threads(1)
     assert not threads.torch_user_set(2, 2, {})   # torch's default: one per core
+    assert not threads.torch_user_set(8, 16, {}, physical=8)   # ... or one per physical core (SMT)
+    assert threads.torch_user_set(4, 16, {}, physical=8)
+
+
+def test_physical_cores_count_smt_siblings_once(tmp_path):
+    for cpu, core in enumerate([0, 1, 0, 1]):   # 2 cores, 2 threads each
+        top = tmp_path / f"cpu{cpu}" / "topology"
+        top.mkdir(parents=True)
+        (top / "physical_package_id").write_text("0\n")
+        (top / "core_id").write_text(f"{core}\n")
+    assert threads.physical_cores({0, 1, 2, 3}, str(tmp_path)) == 2
+    assert threads.physical_cores({0, 2}, str(tmp_path)) == 1
+    assert threads.physical_cores({9}, str(tmp_path)) is None
 
 
 def test_torch_threads_lowers_the_count_on_a_busy_machine_and_restores_it(monkeypatch):
