@@ -84,7 +84,8 @@ def busy_reasons(peak: dict, rows: list[dict]) -> list[str]:
                        f"its one-thread {one:.0f} (a quiet machine gives about {threads}x)")
     busy = peak.get("busy_threads") or []
     if busy and min(busy) >= 1:
-        reasons.append(f"other processes had {min(busy)}-{max(busy)} threads running during the peak probe")
+        count = f"{min(busy)}" if min(busy) == max(busy) else f"{min(busy)}-{max(busy)}"
+        reasons.append(f"other processes had {count} threads running during the peak probe")
     spreads = sorted((r["step_p90_s"] - r["step_p10_s"]) / r["step_median_s"] for r in rows
                      if r.get("step_median_s"))
     if spreads and spreads[len(spreads) // 2] > SPREAD_MAX:

@@ -152,6 +152,7 @@ def test_other_processes_running_or_wide_repeat_spread_mark_the_run():
 
     quiet_rows = _report(QUIET_PEAK, _results(2e-4, 1e-4))["rows"]
     assert busy_reasons({**QUIET_PEAK, "busy_threads": [1, 2]}, quiet_rows)[0].startswith("other processes had 1-2")
+    assert busy_reasons({**QUIET_PEAK, "busy_threads": [2, 2]}, quiet_rows)[0].startswith("other processes had 2 ")
     assert busy_reasons({**QUIET_PEAK, "busy_threads": [0, 2]}, quiet_rows) == []   # a passing blip
     wide = _report(QUIET_PEAK, _results(2e-4, 1e-4, spread=0.9))["rows"]
     assert "spread by 90%" in busy_reasons(QUIET_PEAK, wide)[0]
