@@ -8,6 +8,9 @@ won every small case by far (MLP batch 1: 34 vs 54), because a fork-join waits f
 worker. SMALL_CALL_FLOPS sits between: calls below it run on one thread. TVM keeps one pool per
 calling thread (`ThreadPool::ThreadLocal`), so the setting is per thread too: it is changed only
 when the wanted size changes, and never when the user set TVM_NUM_THREADS.
+
+Torch's threads (training, torch-backend sampling) follow a second policy, further down: as many as
+there are cores that no other process is using when the run starts.
 """
 from __future__ import annotations
 
