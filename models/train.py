@@ -22,6 +22,7 @@ from gencc.runtime.atomic import recover_dir
 from gencc.runtime.errors import GenccError
 from gencc.runtime.normalize import Normalization
 from gencc.runtime.sde import VPSDE
+from gencc.runtime.threads import with_torch_threads
 
 from . import checkpoint as ckpt
 from .conditioning import drop_labels, one_hot
@@ -151,6 +152,7 @@ class _Run:
         self.y = _labels(data, k) if k else None   # conditional runs only
         self.losses: dict = {}
 
+    @with_torch_threads   # as many torch threads as cores free now (runtime/threads.py)
     def fit(self, out: Path, progress: Progress | None, watch: Watch | None = None) -> TrainResult:
         """Train to cfg.steps; train_step(x, g, labels) gets labels (B,) int64 only when conditional."""
         start = time.perf_counter()

@@ -11,6 +11,7 @@ import numpy as np
 from .model import Model
 from .normalize import Normalization
 from .sde import VPSDE, sde_from_dict
+from .threads import torch_threads
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
@@ -61,7 +62,8 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
         def generate_fn(z: np.ndarray, *y: np.ndarray) -> np.ndarray:
             return net(to_torch(z), *map(to_torch, y)).cpu().numpy()
         return Model("gan", shape, norm, "torch", generate_fn=generate_fn, latent_shape=(latent_dim,),
-                     info=info or {}, data_name=data_name, num_classes=num_classes)
+                     info=info or {}, data_name=data_name, num_classes=num_classes,
+                     around_sample=torch_threads)
 
     if num_classes:   # the callables also take one-hot labels (runtime/conditioning.py)
         from gencc.models.conditioning import GuidedEps
@@ -78,7 +80,7 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
         return guided(to_torch(x), t, to_torch(y), to_torch(np.array([w]))).cpu().numpy()
 
     return Model("diffusion", shape, norm, "torch", sde=sde, eps_fn=eps_fn, info=info or {}, data_name=data_name,
-                 num_classes=num_classes)
+                 num_classes=num_classes, around_sample=torch_threads)
 
 
 def load_latent_checkpoint(path: str | Path, device: str = "cpu") -> Model:
@@ -98,4 +100,4 @@ def load_latent_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     return Model("latent-diffusion", lc.sample_shape, lc.normalization, "torch", sde=diffusion.sde,
                  eps_fn=diffusion.eps_fn, decode_fn=decode_fn, latent_shape=lc.latent_shape, latent_scale=lc.scale,
                  info={"autoencoder": lc.autoencoder, "latent": lc.diffusion},
-                 data_name=lc.autoencoder["data"]["name"])
+                 data_name=lc.autoencoder["data"]["name"], around_sample=torch_threads)

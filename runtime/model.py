@@ -7,6 +7,7 @@ x = decoder(x_L / latent_scale) (models/latent.py).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class Model:
     num_classes: int = 0
     decode_fn: Callable | None = None           # latent-diffusion: z (B, *latent_shape) np -> x (B, *sample_shape) np
     latent_scale: float = 1.0                   # latent-diffusion: the state is z * latent_scale
+    around_sample: Callable = contextlib.nullcontext   # entered once per sample(): torch's thread policy
 
     @classmethod
     def from_manifest(cls, m, backend: str, **callables) -> "Model":
@@ -84,11 +86,12 @@ class Model:
             _check_positive("steps", steps)
             get_sampler(sampler)
         out = np.empty((n,) + self.sample_shape, np.float32)
-        for lo in range(0, n, batch_size):
-            idx = np.arange(start + lo, start + min(n, lo + batch_size), dtype=np.int64)
-            fns = self._conditioned(chunk_labels(label, idx, n, start), idx, guidance)
-            out[lo:lo + len(idx)] = self._sample_chunk(idx, steps, sampler, seed, callback, spacing, options or {},
-                                                       on_step, *fns)
+        with self.around_sample():
+            for lo in range(0, n, batch_size):
+                idx = np.arange(start + lo, start + min(n, lo + batch_size), dtype=np.int64)
+                fns = self._conditioned(chunk_labels(label, idx, n, start), idx, guidance)
+                out[lo:lo + len(idx)] = self._sample_chunk(idx, steps, sampler, seed, callback, spacing,
+                                                           options or {}, on_step, *fns)
         return self.normalization.decode(out)
 
     def _conditioned(self, labels: np.ndarray, idx: np.ndarray, guidance: float | None) -> tuple:
