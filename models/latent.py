@@ -108,12 +108,7 @@ def load_autoencoder(path: str | Path) -> tuple[Autoencoder, dict]:
     config, _, _ = autoencoder_info(path)
     path = readable_dir(path) / AE_DIR if is_latent_checkpoint(path) else Path(path)
     cfg = AEConfig(**{k: v for k, v in config["net"].items() if k != "arch"})
-    ckpt.check_network_fits(path, lambda: Autoencoder(cfg))
-    model = Autoencoder(cfg)
-    try:
-        model.load_state_dict(ckpt.load_weights(path))
-    except RuntimeError as e:
-        raise GenccError(f"weights in {str(path)!r} do not match its config: {str(e).splitlines()[0]}") from None
+    model = ckpt.load_network(path, config, lambda: Autoencoder(cfg))
     return model.eval().requires_grad_(False), config
 
 
@@ -125,6 +120,7 @@ def ae_config(sample_shape: tuple[int, ...], width: int | None = None) -> AEConf
 
 class _AutoencoderRun(_Run):
     model = "autoencoder"
+    sampled_net = Autoencoder
 
     def __init__(self, data: Dataset, cfg: TrainConfig, norm: Normalization, net_cfg: AEConfig, step: int = 0):
         super().__init__(data, cfg, norm, net_cfg, step)

@@ -205,11 +205,14 @@ class _Run:
             raise GenccError(f"checkpoint {str(out)!r} was trained on shape {config['data']['sample_shape']}, "
                              f"the data given has shape {shape}")
         norm = Normalization.from_dict(config["data"]["normalization"])
-        return config, norm, config_from_dict(config["net"]), ckpt.load_train_state(out)
+        net_cfg = config_from_dict(config["net"])
+        ckpt.check_network(out, config, lambda: cls.sampled_net(net_cfg))   # before building it for real
+        return config, norm, net_cfg, ckpt.load_train_state(out)
 
 
 class _DiffusionRun(_Run):
     model = "diffusion"
+    sampled_net = staticmethod(build_eps_net)   # the network weights.safetensors holds
 
     def __init__(self, data, cfg, norm, net_cfg, sde: VPSDE, step: int = 0):
         super().__init__(data, cfg, norm, net_cfg, step)
@@ -272,6 +275,10 @@ class _DiffusionRun(_Run):
 
 class _GANRun(_Run):
     model = "gan"
+
+    @staticmethod
+    def sampled_net(net_cfg):
+        return build_gan(net_cfg)[0]
 
     def __init__(self, data, cfg, norm, net_cfg, step: int = 0):
         super().__init__(data, cfg, norm, net_cfg, step)
