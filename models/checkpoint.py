@@ -98,6 +98,9 @@ def _check_config(c: dict, where: str) -> None:
     d = c["data"]
     expect(isinstance(d, dict) and isinstance(d.get("name"), str) and d.get("kind") in ("vector", "image"),
            "data must be an object with a 'name' and a 'kind' (vector or image)", d)
+    digest = d.get("sha256", "0" * 64)   # a user's data, by content (models/data.py: data_digest)
+    expect(isinstance(digest, str) and len(digest) == 64 and all(ch in "0123456789abcdef" for ch in digest),
+           "data sha256 must be 64 lowercase hex digits", digest)
     shape = d.get("sample_shape")
     expect(isinstance(shape, list) and 0 < len(shape) <= 4 and _net_value(shape),
            "data sample_shape must be 1-4 positive integers", shape)
