@@ -68,6 +68,9 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
     cfg = replace(base, seed=seed, **overrides)
     if prior and not distributed:   # before the progress bar; the ranks check for themselves
         check_resume(out, model, dataset, cfg, width=width, conditional=conditional)
+    if prior and steps is not None and steps < prior["step"]:
+        raise GenccError(f"{str(out)!r} is at step {prior['step']} already, past --steps {steps}; "
+                         "ask for more steps to continue it")
     if distributed:
         check_parallel(model, dataset, cfg, nproc=nproc, device=device)
     fit = partial(train_parallel, nproc=nproc, device=device) if distributed else \

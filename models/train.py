@@ -111,7 +111,6 @@ def count_classes(data: Dataset) -> int:
     return int(data.labels.max()) + 1
 
 
-RESUMABLE = ("steps", "batch_size", "lr", "ckpt_every")   # TrainConfig fields a resumed run may change
 _KEEP = "only the steps, batch size, lr and checkpoint interval may change on resume; choose another --out " \
         "for a new model"
 
@@ -119,9 +118,9 @@ _KEEP = "only the steps, batch size, lr and checkpoint interval may change on re
 def check_resume(out: Path, model: str, data: Dataset, cfg: TrainConfig, *, width: int | None = None,
                  conditional: bool = False, normalization: Normalization | None = None) -> dict:
     """Checkpoint `out`'s config, once continuing it as asked would train the same model: the same data,
-    seed, network and normalization, and no fewer steps than it has done. Anything else would silently
-    train another model under the old one's name. `width` and `normalization` are compared when given;
-    `conditional` when True (a resumed run otherwise keeps the checkpoint's)."""
+    seed, network and normalization. Anything else would silently train another model under the old
+    one's name. `width` and `normalization` are compared when given; `conditional` when True (a resumed
+    run otherwise keeps the checkpoint's). A run past cfg.steps already is left as it is."""
     config = ckpt.load_config(out)
     if config["model"] != model:
         raise GenccError(f"{str(out)!r} holds a {config['model']} checkpoint, not a {model}")
@@ -133,9 +132,6 @@ def check_resume(out: Path, model: str, data: Dataset, cfg: TrainConfig, *, widt
         _same(out, "conditioning", "conditional" if net.get("num_classes") else "unconditional", "conditional")
     if normalization is not None:
         _same(out, "normalization", config["data"]["normalization"], normalization.to_dict())
-    if config["step"] > cfg.steps:
-        raise GenccError(f"{str(out)!r} is at step {config['step']}, past the {cfg.steps} steps this run asks "
-                         "for; ask for more steps to continue it")
     return config
 
 
