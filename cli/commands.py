@@ -37,7 +37,7 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
 
     from gencc.models.data import load_dataset
     from gencc.models.distributed import check_parallel, torchrun_launch, train_parallel
-    from gencc.models.train import check_output, default_config, train
+    from gencc.models.train import check_output, check_resume, default_config, resumed_config, train
 
     launch = torchrun_launch()
     distributed = nproc is not None or launch is not None
@@ -50,6 +50,9 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
     quiet = launch is not None and launch.rank != 0   # torchrun's other ranks: rank 0 reports for all
     if not quiet:
         check_output(out, resume)
+    prior = _resumed(out, resume)
+    if seed is None:   # a resumed run keeps its own: builtin 2-D data is drawn from it
+        seed = prior.get("train", {}).get("seed", 0) if prior else 0
     # Previews watch the single-process loop; distributed training runs without them.
     watch = None if distributed else _train_preview(out, preview_dir, preview_every, seed, resume)
     dataset = load_dataset(data, seed=seed, image_size=image_size, channels=channels)
@@ -61,7 +64,13 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
         count_classes(dataset)   # unlabelled data fails here, before the progress bar starts
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, ckpt_every=ckpt_every).items()
                  if v is not None}
-    cfg = replace(default_config(model, dataset.kind), seed=seed, **overrides)
+    base = resumed_config(prior) if prior else default_config(model, dataset.kind)   # resumed: the run's own
+    cfg = replace(base, seed=seed, **overrides)
+    if prior and not distributed:   # before the progress bar; the ranks check for themselves
+        check_resume(out, model, dataset, cfg, width=width, conditional=conditional)
+    if prior and steps is not None and steps < prior["step"]:
+        raise GenccError(f"{str(out)!r} is at step {prior['step']} already, past --steps {steps}; "
+                         "ask for more steps to continue it")
     if distributed:
         check_parallel(model, dataset, cfg, nproc=nproc, device=device)
     fit = partial(train_parallel, nproc=nproc, device=device) if distributed else \
@@ -78,7 +87,12 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
 
         result = fit(model, dataset, out, cfg, width=width, resume=resume, progress=progress)
     losses = " ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
-    if not quiet:
+    if quiet:
+        pass
+    elif prior and result.steps == prior["step"]:
+        typer.echo(f"{result.path} is already trained to step {result.steps} ({losses or 'no losses recorded'}); "
+                   "nothing to do: pass a larger --steps to train further")
+    else:
         typer.echo(f"wrote {result.path} (step {result.steps}, {losses}, {result.seconds:.1f} s)")
     if watch is not None and watch.written:
         typer.echo(f"wrote {', '.join(str(p) for p in watch.written)}")
@@ -89,6 +103,15 @@ def train_command(model: str, data: str, out: Path, *, steps, batch_size, lr, se
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _resumed(out: Path, resume: bool) -> dict | None:
+    """The config of the checkpoint a --resume continues, or None for a new run."""
+    if not (resume and out.exists()):
+        return None
+    from gencc.models.checkpoint import load_config
+
+    return load_config(out)
 
 
 def _train_preview(out: Path, folder, every: int, seed: int, resume: bool):
@@ -121,17 +144,22 @@ def latent_train_command(data: str, out: Path, *, steps, batch_size, lr, seed, w
     from dataclasses import replace
 
     from gencc.models.data import load_dataset
-    from gencc.models.latent import AE_DEFAULT, LATENT_DEFAULT, train_latent_diffusion
-    from gencc.models.train import check_output
+    from gencc.models.latent import AE_DEFAULT, AE_DIR, LATENT_DEFAULT, LATENT_DIR, train_latent_diffusion
+    from gencc.models.train import check_output, resumed_config
 
     check_output(out, resume)
+    # A resumed stage keeps its own settings where none are given, as train_command does.
+    ae_prior, latent_prior = (_resumed(out / stage, resume) for stage in (AE_DIR, LATENT_DIR))
+    if seed is None:
+        seed = (ae_prior or latent_prior or {}).get("train", {}).get("seed", 0)
     dataset = load_dataset(data, seed=seed, image_size=image_size, channels=channels)
     if dataset.kind != "image":
         raise GenccError(f"latent diffusion needs images; {data!r} holds vectors of shape {dataset.data.shape[1:]}")
     common = {"seed": seed, **({"ckpt_every": ckpt_every} if ckpt_every is not None else {})}
-    ae_cfg = replace(AE_DEFAULT, **common, **({"steps": ae_steps} if ae_steps is not None else {}))
+    ae_base = resumed_config(ae_prior) if ae_prior else AE_DEFAULT
+    ae_cfg = replace(ae_base, **common, **({"steps": ae_steps} if ae_steps is not None else {}))
     overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr).items() if v is not None}
-    cfg = replace(LATENT_DEFAULT, **common, **overrides)
+    cfg = replace(resumed_config(latent_prior) if latent_prior else LATENT_DEFAULT, **common, **overrides)
     with _progress_bar() as bar:
         def stage(name: str, total: int):
             task = bar.add_task(name, total=total, model=name, losses="")

@@ -42,9 +42,12 @@ def train(
     steps: Optional[int] = typer.Option(None, help="training steps (default: sized per dataset)"),
     batch_size: Optional[int] = typer.Option(None, help="minibatch size"),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate"),
-    seed: int = typer.Option(0, help="seed for init, minibatches and noise"),
+    seed: Optional[int] = typer.Option(None, help="seed for init, minibatches, noise and builtin 2-D data "
+                                       "(default 0)"),
     width: Optional[int] = typer.Option(None, help="network width (MLP units or UNet/DCGAN channels)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out"),
+    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out with its own data, "
+                                "seed, network and settings; may change on resume: --steps, --batch-size, --lr, "
+                                "--ckpt-every, --preview, --preview-every, --nproc, --device"),
     image_size: Optional[int] = typer.Option(None, help="resize images in a folder to this side"),
     channels: Optional[int] = typer.Option(None, help="1 or 3 channels for an image folder"),
     ckpt_every: Optional[int] = typer.Option(None, help="steps between checkpoints (default 1000)"),

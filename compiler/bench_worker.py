@@ -43,8 +43,8 @@ def torch_step(path: str, compiled: bool):
 
     config = ckpt.load_config(path)
     cfg = config_from_dict(config["net"])
-    net = build_gan(cfg)[0] if config["model"] == "gan" else build_eps_net(cfg)
-    net.load_state_dict(ckpt.load_weights(path))
+    gan = config["model"] == "gan"
+    net = ckpt.load_network(path, config, lambda: build_gan(cfg)[0] if gan else build_eps_net(cfg))
     net = net.eval().requires_grad_(False)
     if compiled:
         net = torch.compile(net)

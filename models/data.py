@@ -1,6 +1,7 @@
 """Training data: seeded 2-D toy distributions, sklearn's 8x8 digits, and user .npy/.npz/image folders."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class Dataset:
     labels: np.ndarray | None  # int64 (N,), or None when the source has no labels
     name: str  # builtin name or the user's path
     kind: str  # "vector" or "image"
+    digest: str | None = None  # data_digest of the data this was derived from (latents: of the images)
 
 
 def make_2d(name: str, n: int, seed: int = 0) -> np.ndarray:
@@ -288,3 +290,17 @@ def _to_array(im: Image.Image, channels: int, size: int) -> np.ndarray:
         im = im.resize((size, size), Image.Resampling.BILINEAR)
     pixels = np.asarray(im, dtype=np.float32) / 255.0
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def data_digest(dataset: Dataset) -> str:
+    """The sha256 of a dataset's arrays (or of the data it was derived from), which identifies a user's
+    training data wherever the file lies. A builtin's name and seed identify it as well: its
+    floating-point draw may differ by an ulp on another CPU."""
+    if dataset.digest is not None:
+        return dataset.digest
+    h = hashlib.sha256()
+    for a in (dataset.data, dataset.labels):
+        if a is not None:
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()

@@ -32,13 +32,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     def build():
         return build_eps_net(net_cfg) if config["model"] == "diffusion" else build_gan(net_cfg)[0]
 
-    ckpt.check_network_fits(path, build)   # a hostile config could otherwise ask for terabytes
-    net = build()
-    try:
-        net.load_state_dict(ckpt.load_weights(path))
-    except RuntimeError as e:
-        from .errors import GenccError
-        raise GenccError(f"weights in {str(path)!r} do not match its config: {str(e).splitlines()[0]}") from None
+    net = ckpt.load_network(path, config, build)   # checked against the weights' header before it is built
     sde = sde_from_dict(config["sde"]) if config["model"] == "diffusion" else None
     latent = getattr(net_cfg, "latent_dim", None)
     return model_from_net(config["model"], net, shape, norm, sde=sde, latent_dim=latent, info=config,

@@ -240,7 +240,7 @@ def test_hostile_network_config_is_refused_before_it_allocates(ck):
     config["net"].update(width=65536, depth=64)   # about 1 TB of float32 parameters
     try:
         (root / ckpt.CONFIG).write_text(json.dumps(config))
-        with pytest.raises(GenccError, match="parameters, more than"):
+        with pytest.raises(GenccError, match="net 'width' is 65536"):
             gencc.load(root)
     finally:
         _restore(root, files)
