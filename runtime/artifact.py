@@ -36,6 +36,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .contract import check_functions
 from .errors import GenccError
 from .jsonfile import read_json, short
 from .normalize import Normalization
@@ -120,6 +121,7 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> Manifest:
                  latent_scale=_latent(root, raw, functions, latent_shape, sample_shape) if model == "latent-diffusion"
                  else 1.0,
                  noise_library=_noise(root, raw.get("noise"), files))
+    check_functions(m)   # the declared inputs and outputs are the ones the backends will pass
     if verify_hashes:
         verify_files(m)
     return m
