@@ -6,6 +6,8 @@ import json
 import shutil
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gencc
 from gencc.compiler.compile import compile_artifact
@@ -13,6 +15,7 @@ from gencc.runtime.errors import GenccError
 
 from cli_helpers import assert_user_error, gencc as run_cli
 from fake_artifact import edit_manifest
+from test_fuzz import FUZZ, clean_failure, edited, edits
 
 pytestmark = pytest.mark.slow   # the module fixture compiles with TVM (~10 s)
 
@@ -93,3 +96,21 @@ def test_a_static_entry_that_fits_its_key_still_loads(art, tmp_path):
     edit_manifest(bad, edit)
     assert gencc.load(bad).sample(4, steps=3, batch_size=4).shape == (4, 2)   # a dynamic library fits any key
     assert json.loads((bad / "manifest.json").read_text())["functions"]["step"]["static"]
+
+
+def test_consistently_edited_real_artifact_samples_or_fails_in_one_line(art):
+    """Edits the manifest checks cannot refute (a consistent resize, swapped files) reach the backends'
+    own checks of the loaded library or graph, which must refuse them before the first sampling call."""
+    root, good = art, json.loads((art / "manifest.json").read_text())
+
+    @settings(FUZZ, max_examples=min(FUZZ.max_examples, 60))
+    @given(st.lists(edits, min_size=1, max_size=3))
+    def check(changes):
+        (root / "manifest.json").write_text(json.dumps(edited(good, changes)))
+        for backend in ("tvm", "ort"):
+            clean_failure(lambda: gencc.load(root, backend=backend).sample(2, steps=3, batch_size=2))
+
+    try:
+        check()
+    finally:
+        (root / "manifest.json").write_text(json.dumps(good))
