@@ -181,6 +181,9 @@ def _functions(root: Path, functions, model: str, files: dict) -> dict:
         flops = f.get("flops_per_sample", 1)   # absent in artifacts compiled before it was recorded
         _expect(type(flops) is int and flops > 0,
                 f"{root}: function {name!r} has a malformed flops_per_sample {short(flops)}")
+        activations = f.get("activation_bytes_per_sample", 1)   # absent before it was recorded: a default applies
+        _expect(type(activations) is int and 0 < activations <= 1 << 40,
+                f"{root}: function {name!r} has a malformed activation_bytes_per_sample {short(activations)}")
     return functions
 
 

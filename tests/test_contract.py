@@ -114,3 +114,12 @@ def test_consistently_edited_real_artifact_samples_or_fails_in_one_line(art):
         check()
     finally:
         (root / "manifest.json").write_text(json.dumps(good))
+
+
+def test_compile_records_the_network_activations_per_sample(art, tiny_moons_diffusion):
+    """(issue 13, item 3; here to share the compiled fixture) the memory check's per-sample activations."""
+    from gencc.runtime.artifact import read_manifest
+
+    functions = read_manifest(art).functions
+    assert {f["activation_bytes_per_sample"] for f in functions.values()} == {128 * 4 * 2}   # 256 floats
+    assert gencc.load(art).activation_bytes == gencc.load(tiny_moons_diffusion).activation_bytes == 1024
