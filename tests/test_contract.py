@@ -15,7 +15,8 @@ from gencc.runtime.errors import GenccError
 
 from cli_helpers import assert_user_error, gencc as run_cli
 from fake_artifact import edit_manifest
-from test_fuzz import FUZZ, clean_failure, edited, edits
+from manifest_edits import edited, edits
+from test_fuzz import FUZZ, clean_failure
 
 pytestmark = pytest.mark.slow   # the module fixture compiles with TVM (~10 s)
 
