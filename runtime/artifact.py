@@ -25,7 +25,9 @@ within format version 1: every earlier artifact still reads unchanged, and a gen
 refuses such an artifact as an unknown model kind rather than misreading it.
 
 The manifest is checked field by field and every file's hash is verified before any library is
-loaded: a compiled library is native code, and loading it runs that code.
+loaded: a compiled library is native code, and loading it runs that code. Each function's inputs and
+outputs must be its contract's (runtime/contract.py). Optional per-function fields: flops_per_sample
+(the thread policy), activation_bytes_per_sample (the memory check), static (tuned static-batch libraries).
 """
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ class Manifest:
     sde: VPSDE | None
     target: dict                        # {"kind": "llvm", "mcpu": ...} or {"kind": "cuda", "arch": ...}
     verified: bool                      # parity against ONNX Runtime passed on a machine that ran it
-    functions: dict                     # name -> {"library", "onnx", "inputs", "outputs"}
+    functions: dict                     # name -> {"library", "onnx", "inputs", "outputs", optional fields}
     files: dict                         # file name -> sha256 hex
     raw: dict
     num_classes: int = 0                # > 0: class-conditional (inputs y, and w for diffusion)
