@@ -48,7 +48,7 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
     _require_full_tvm()
     from .build import build, resolve_target, run_parity
     from .export import random_inputs
-    from .flops import count_flops_or_none
+    from .flops import activation_bytes_per_sample, count_flops_or_none
     from .tune import TUNED_FUNCTIONS, tune_into
 
     source, out = Path(source), _check_new_output(out, force)
@@ -67,6 +67,9 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
             flops = count_flops_or_none(tmp / f["file"], 1)
             if flops:   # lets the runtime run small calls on one thread (runtime/threads.py)
                 functions[name]["flops_per_sample"] = flops
+            activations = activation_bytes_per_sample(tmp / f["file"])
+            if activations:   # lets the runtime refuse a batch whose activations cannot fit (runtime/model.py)
+                functions[name]["activation_bytes_per_sample"] = activations
             if target_desc["kind"] == "llvm":   # the parity gate: refuse to write a library that disagrees
                 parity[name] = run_parity(tmp / so, tmp / f["file"], random_inputs(f["inputs"]))
                 log(f"parity {so} vs ONNX Runtime: max abs err {parity[name]:.2g}")

@@ -57,7 +57,8 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
             return net(to_torch(z), *map(to_torch, y)).cpu().numpy()
         return Model("gan", shape, norm, "torch", generate_fn=generate_fn, latent_shape=(latent_dim,),
                      info=info or {}, data_name=data_name, num_classes=num_classes,
-                     around_sample=torch_threads)
+                     around_sample=torch_threads,
+                     activation_bytes=activation_bytes(net, torch.zeros(2, latent_dim, device=device)))
 
     if num_classes:   # the callables also take one-hot labels (runtime/conditioning.py)
         from gencc.models.conditioning import GuidedEps
@@ -73,8 +74,36 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
         y, w = cond
         return guided(to_torch(x), t, to_torch(y), to_torch(np.array([w]))).cpu().numpy()
 
+    # guidance runs the conditional and the null branch in one doubled batch
+    activations = activation_bytes(net, torch.zeros(2, *shape, device=device), torch.full((2,), 0.5, device=device))
     return Model("diffusion", shape, norm, "torch", sde=sde, eps_fn=eps_fn, info=info or {}, data_name=data_name,
-                 num_classes=num_classes, around_sample=torch_threads)
+                 num_classes=num_classes, around_sample=torch_threads,
+                 activation_bytes=activations * (2 if num_classes else 1))
+
+
+def activation_bytes(net, *inputs) -> int:
+    """The largest tensor any module of `net` gives on `inputs` (a batch of 2), in bytes per sample: what
+    Model's memory check counts for the network's activations; 0 (unknown) where the call fails."""
+    import torch
+
+    largest = 0
+
+    def hook(_module, _args, out):
+        nonlocal largest
+        for o in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(o, torch.Tensor):
+                largest = max(largest, o.numel() * o.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    try:
+        with torch.inference_mode():
+            net(*inputs)
+    except Exception:   # a measurement only: the sampler's own calls report real errors
+        return 0
+    finally:
+        for h in handles:
+            h.remove()
+    return -(-largest // 2)
 
 
 def load_latent_checkpoint(path: str | Path, device: str = "cpu") -> Model:
@@ -94,4 +123,6 @@ def load_latent_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     return Model("latent-diffusion", lc.sample_shape, lc.normalization, "torch", sde=diffusion.sde,
                  eps_fn=diffusion.eps_fn, decode_fn=decode_fn, latent_shape=lc.latent_shape, latent_scale=lc.scale,
                  info={"autoencoder": lc.autoencoder, "latent": lc.diffusion},
-                 data_name=lc.autoencoder["data"]["name"], around_sample=torch_threads)
+                 data_name=lc.autoencoder["data"]["name"], around_sample=torch_threads,
+                 activation_bytes=max(diffusion.activation_bytes,
+                                      activation_bytes(decoder, torch.zeros(2, *lc.latent_shape, device=device))))
