@@ -9,10 +9,10 @@ from typing import Optional
 
 import typer
 
-from gencc.cli.helpfmt import PlainHelpGroup, plain_help
+from gencc.cli.group import GenccGroup, plain_help
 from gencc.runtime.errors import GenccError
 
-app = typer.Typer(cls=PlainHelpGroup, add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=GenccGroup, add_completion=False, no_args_is_help=True,
                   help="Train generative models in PyTorch, compile them with TVM, and sample them.\n\n"
                        "Example: gencc train diffusion --data moons --out moons.ckpt && "
                        "gencc sample moons.ckpt --n 1000 --out s.npz --png s.png\n\n"

@@ -1,12 +1,20 @@
-"""Plain metavars in `--help`: recent typer prints Python types (`<bool>`, `<list[Path]>`) and wraps required
+"""The command group's behaviour for every command: plain help, and library notices as one line each.
+
+Plain metavars in `--help`: recent typer prints Python types (`<bool>`, `<list[Path]>`) and wraps required
 arguments in braces (`{path}`); a user reads `--force`, `--trusted-key <path>...` and `PATH` instead.
 
 The fix is made on the parameter objects typer builds (a subclass per kind), so every command gets it from
-one place (main.py calls plain_help once, after the last command) and no option's declaration has to spell out a metavar.
+one place (main.py calls plain_help once, after the last command) and no option's declaration has to spell
+out a metavar.
 """
 from __future__ import annotations
 
+import warnings
+
+import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+from gencc.runtime.notices import GenccNotice
 
 
 def _plain_type(label: str | None) -> str | None:
@@ -47,14 +55,29 @@ class PlainHelpCommand(TyperCommand):
         return _plain(super().get_params(ctx))
 
 
-class PlainHelpGroup(TyperGroup):
+class GenccGroup(TyperGroup):
     def get_params(self, ctx):
         return _plain(super().get_params(ctx))
+
+    def invoke(self, ctx):
+        """Run the command with the library's notices (runtime/notices.py) shown as `gencc: note: ...` lines
+        on stderr, each message once, instead of Python's warning format with a file name and source line."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", GenccNotice)   # once per distinct message
+            shown = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                if issubclass(category, GenccNotice):
+                    typer.echo(f"gencc: note: {message}", err=True)
+                else:
+                    shown(message, category, filename, lineno, file, line)
+            warnings.showwarning = show
+            return super().invoke(ctx)
 
 
 def plain_help(app) -> None:
     """Make each command registered so far build its parameters as the plain kinds above (the app itself
-    names PlainHelpGroup as its class)."""
+    names GenccGroup as its class)."""
     for info in app.registered_commands:
         if info.cls in (None, TyperCommand):
             info.cls = PlainHelpCommand
