@@ -219,8 +219,9 @@ def preview_command(model, folder: Path, every: int, n: int, **sampling) -> None
 
 
 
-def write_png(png: Path, samples: np.ndarray, data_name: str) -> None:
-    """2-D samples are drawn over held-out data of the same built-in set, when there is one."""
+def write_png(png: Path, samples: np.ndarray, data_name: str, title: str | None = None) -> None:
+    """2-D samples are drawn over held-out data of the same built-in set, when there is one; `title` (and for
+    points a legend) goes in a band above the picture."""
     from gencc.runtime.render import save_png
 
     reference = None
@@ -229,7 +230,7 @@ def write_png(png: Path, samples: np.ndarray, data_name: str) -> None:
 
         if data_name in BUILTIN_2D:
             reference = load_dataset(data_name, split="test", n=len(samples)).data
-    save_png(png, samples, reference)
+    save_png(png, samples, reference, title=title)
 
 
 def info_text(path: Path) -> str:
