@@ -4,7 +4,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from cli_helpers import gencc
