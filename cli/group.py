@@ -42,6 +42,8 @@ class _PlainArgument(TyperArgument):
 
 
 def _plain(params: list) -> list:
+    """Re-class typer's own parameter objects in place: typer builds them from the signatures, so there is
+    no hook to choose their class, and the subclasses only change how help displays them."""
     for p in params:
         if type(p) is TyperOption:
             p.__class__ = _PlainOption
