@@ -247,8 +247,9 @@ def preview_command(model, folder: Path, every: int, n: int, **sampling) -> None
 
 
 
-def write_png(png: Path, samples: np.ndarray, data_name: str) -> None:
-    """2-D samples are drawn over held-out data of the same built-in set, when there is one."""
+def write_png(png: Path, samples: np.ndarray, data_name: str, title: str | None = None) -> None:
+    """2-D samples are drawn over held-out data of the same built-in set, when there is one; `title` (and for
+    points a legend) goes in a band above the picture."""
     from gencc.runtime.render import save_png
 
     reference = None
@@ -257,17 +258,17 @@ def write_png(png: Path, samples: np.ndarray, data_name: str) -> None:
 
         if data_name in BUILTIN_2D:
             reference = load_dataset(data_name, split="test", n=len(samples)).data
-    save_png(png, samples, reference)
+    save_png(png, samples, reference, title=title)
 
 
 def info_text(path: Path) -> str:
-    from gencc.models.checkpoint import load_config
     from gencc.runtime.artifact import is_artifact
 
+    if is_artifact(path):   # before any gencc.models import: those load torch (1.6 s) an artifact never needs
+        return artifact_text(path)
+    from gencc.models.checkpoint import load_config
     from gencc.models.latent import is_latent_checkpoint
 
-    if is_artifact(path):
-        return artifact_text(path)
     if is_latent_checkpoint(path):
         return latent_text(path)
     c = load_config(path)
@@ -292,13 +293,14 @@ def _check_distinct(folder: Path, others) -> None:
 
 def info_record(path: Path) -> dict:
     """What `info_text` says, as data: the checked checkpoint config, or the checked artifact manifest."""
-    from gencc.models.checkpoint import load_config
     from gencc.runtime.artifact import is_artifact, read_manifest
     from gencc.runtime.signing import signer
 
-    if is_artifact(path):
+    if is_artifact(path):   # the manifest alone, as in info_text
+        m = read_manifest(path)
         return {"path": str(path), "kind": "artifact", "files_intact": True, "signed_by": signer(path),
-                "manifest": read_manifest(path).raw}
+                "libraries": artifact_libraries(m), "manifest": m.raw}
+    from gencc.models.checkpoint import load_config
     from gencc.models.latent import is_latent_checkpoint, load_latent_checkpoint
 
     if is_latent_checkpoint(path):
@@ -356,6 +358,10 @@ def artifact_text(path: Path) -> str:
         ins = ", ".join(f"{i['name']}{tuple(i['shape'])}" for i in f["inputs"])
         outs = ", ".join(f"{o['name']}{tuple(o['shape'])}" for o in f["outputs"])
         lines.append(f"  function:   {name} = {f['library']} ({ins}) -> ({outs})")
+        for batch, lib in _tuned(f):
+            lines.append(f"  tuned:      {name} for batch {batch} = {lib}")
+    lines.append("  noise:      " + (f"{m.noise_library} (compiled kernel, {r['noise'].get('contract')})"
+                                     if m.noise_library else "drawn on the host by numpy (no compiled kernel)"))
     if m.sde:
         lines.append(f"  sde:        {json.dumps(m.sde.to_dict())}; step contract {r.get('step_contract')}")
     if r.get("parity_max_abs_err"):
@@ -363,6 +369,22 @@ def artifact_text(path: Path) -> str:
     key = signer(path)
     lines.append(f"  signature:  {'none' if key is None else f'by key {key} (not checked here: use --trusted-key)'}")
     return "\n".join(lines)
+
+
+def _tuned(function: dict) -> list[tuple[int, str]]:
+    """A function's tuned libraries, one per batch size it was specialised for, smallest batch first."""
+    return sorted((int(b), v["library"]) for b, v in function.get("static", {}).items())
+
+
+def artifact_libraries(m) -> dict[str, str]:
+    """Every native library of an artifact (manifest `m`) and what it computes."""
+    libraries = {}
+    for name, f in m.functions.items():
+        libraries[f["library"]] = f"{name}, any batch size"
+        libraries.update({lib: f"{name}, tuned for batch {b}" for b, lib in _tuned(f)})
+    if m.noise_library:
+        libraries[m.noise_library] = f"noise kernel ({m.raw['noise'].get('contract')})"
+    return libraries
 
 
 def merge_command(shards: list[Path], out: Path) -> None:

@@ -9,9 +9,10 @@ from typing import Optional
 
 import typer
 
+from gencc.cli.group import GenccGroup, plain_help
 from gencc.runtime.errors import GenccError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=GenccGroup, add_completion=False, no_args_is_help=True,
                   help="Train generative models in PyTorch, compile them with TVM, and sample them.\n\n"
                        "Example: gencc train diffusion --data moons --out moons.ckpt && "
                        "gencc sample moons.ckpt --n 1000 --out s.npz --png s.png\n\n"
@@ -350,6 +351,9 @@ def doctor(json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HEL
     emit_json(report, json_out)
     if not report["cpu_path_usable"]:
         raise typer.Exit(3)
+
+
+plain_help(app)  # every command's --help without typer's Python-type metavars
 
 
 def main() -> None:

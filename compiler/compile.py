@@ -107,6 +107,9 @@ def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None 
     Marking rewrites manifest.json, which voids a signature: a signed artifact needs `sign` (a private
     key) to be re-signed in the same step, and is refused without it before anything runs.
     """
+    from gencc.runtime.policy import check_required_signature
+
+    check_required_signature(path)   # GENCC_REQUIRE_SIGNATURE: before any of its code runs
     m = artifact.read_manifest(path)
     key = signing.load_private_key(sign) if sign is not None else None
     if key is None and signing.is_signed(m.root):
