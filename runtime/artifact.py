@@ -32,16 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
+from .atomic import write_bytes_atomic
 from .errors import GenccError
 from .jsonfile import read_json, short
 from .normalize import Normalization
 from .sde import VPSDE, sde_from_dict
+from .signing import SIGNATURE, replace_manifest
 
 FORMAT = "gencc-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 EXPORT = "export.json"               # the description of an export folder (`gencc export`)
-SIGNATURE = "signature.json"         # runtime/signing.py; written after the manifest, so never listed in it
 STEP_CONTRACT = "affine5-v1"
 CFG_STEP_CONTRACT = "affine5-cfg-v1"   # affine5-v1 plus labels y and guidance w (docs/ARTIFACT.md §4)
 NOISE_CONTRACT = "philox4x32-10-box-muller-v1"   # runtime/noise.py's numbers, bit for bit
@@ -154,7 +155,7 @@ class StaticLibrary:
 
 
 @dataclass(frozen=True)
-class FunctionSpec(Mapping):
+class FunctionSpec(Mapping[str, Any]):
     """One compiled function of an artifact (docs/ARTIFACT.md §3).
 
     It also reads as its JSON record (`f["inputs"]` is a list of {name, shape, dtype} objects), for code
@@ -270,19 +271,16 @@ class Manifest:
         `key` (an Ed25519 private key): the manifest is swapped in together with its new signature.
         """
         root = Path(root)
+        _expect(root.is_dir(), f"artifact {str(root)!r} does not exist or is not a directory")
         data = {**self.to_json(), "files": dict(self.files) if self.files is not None else hash_files(root)}
         written = _parse(root, data)   # gencc never writes what it would refuse to read
         blob = (json.dumps(data, indent=2) + "\n").encode()
         _expect(len(blob) <= MAX_MANIFEST_BYTES, f"{root}: the manifest would be {len(blob)} bytes, over the "
                                                  f"limit of {MAX_MANIFEST_BYTES}")
         if key is None:
-            from .atomic import write_bytes_atomic
-
             write_bytes_atomic(root / MANIFEST, blob)
         else:
-            from .signing import replace_manifest
-
-            replace_manifest(root, blob, key)
+            replace_manifest(root, blob, key)   # the signature (over these bytes) swaps in with it
         return written
 
 
@@ -295,7 +293,8 @@ def sha256_file(path: Path) -> str:
 
 
 def hash_files(root: Path) -> dict[str, str]:
-    """The sha256 of every regular file in `root` that a manifest lists: all but the manifest and signature."""
+    """The sha256 of every regular file in `root` that a manifest lists: all but the manifest and the
+    signature (signature.json signs the manifest's bytes, so it is written after them)."""
     return {p.name: sha256_file(p) for p in sorted(root.iterdir())
             if p.is_file() and not p.is_symlink() and p.name not in (MANIFEST, SIGNATURE)}
 
@@ -331,8 +330,6 @@ def verify_files(m: Manifest) -> None:
 def write_export(root: Path, description: Manifest, functions: Mapping[str, dict]) -> dict:
     """Write root/export.json: the model fields of `description` and the exported ONNX functions
     ({name: {"file", "inputs", "outputs", "max_abs_err_vs_torch"}}); returns what was written."""
-    from .atomic import write_bytes_atomic
-
     data = {**description.model_json(), **description.info, "functions": dict(functions)}
     write_bytes_atomic(root / EXPORT, (json.dumps(data, indent=2) + "\n").encode())
     return data
