@@ -13,6 +13,7 @@ field by field, and nothing is ever unpickled on load.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -129,13 +130,23 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(file, weights_only=True, map_location="cpu")
     except Exception as e:  # torch raises many types for corrupt or hostile files; all mean the same here
-        raise GenccError(f"training state {str(file)!r} is corrupt or unsafe: "
-                         f"{type(e).__name__}: {one_line(e)}") from None
+        raise GenccError(f"training state {str(file)!r} is corrupt or unsafe: {_load_failure(e)}") from None
     step = state.get("step") if isinstance(state, dict) else None
     if type(step) is not int or step < 0:
         raise GenccError(f"training state {str(file)!r} is corrupt: expected a dict with a non-negative 'step', "
                          f"got {short(type(state).__name__ if step is None else step)}")
     return state
+
+
+def _load_failure(e: Exception) -> str:
+    """Why torch.load refused the file, without torch's advice to retry with weights_only=False: that
+    would run whatever code the file carries, which is what the refusal protects against."""
+    text = str(e)
+    if "Weights only load failed" not in text:
+        return f"{type(e).__name__}: {one_line(e)}"
+    found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL [\w.]*\w|Unsupported operand \S+", text)
+    why = f" ({found.group(0).split('GLOBAL ')[-1]})" if found else ""
+    return f"it holds pickled Python objects, which gencc never loads{why}"
 
 
 def check_network_fits(path: str | Path, build: Callable[[], torch.nn.Module]) -> None:

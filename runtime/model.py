@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .conditioning import check_condition, chunk_labels, label_rows
-from .errors import GenccError
+from .errors import GenccError, size_text
 from .noise import SampleNoise
 from .normalize import Normalization
 from .samplers import DEFAULT_SPACING, PLANS, STOCHASTIC, affine_step, get_sampler, run_plan_chained, time_grid
@@ -233,7 +233,7 @@ def _check_memory(n: int, batch_size: int, shape: tuple[int, ...]) -> None:
     total = _physical_memory()
     if total and need > total:
         raise GenccError(f"sampling n={n} with batch size {batch_size} and sample shape {shape} needs about "
-                         f"{need / 2 ** 30:.3g} GiB of memory, more than this machine's {total / 2 ** 30:.3g} GiB; "
+                         f"{size_text(need)} of memory, more than this machine's {size_text(total)}; "
                          "use a smaller n or batch size, or stream to a file (gencc sample, runtime/stream.py)")
 
 
