@@ -170,7 +170,7 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
     if png is not None:
         _check_out_file(png, ".png")
     if preview_dir is not None or preview_every is not None:
-        _check_preview_folder(preview_dir, others=(out, png))
+        _check_preview_folder(preview_dir, preview_every, others=(out, png))
     model = gencc.load(path, backend=backend, device=device, trusted_keys=trusted_keys)
     sampling = sampling_request(model, n, batch_size, steps=steps, sampler=sampler, seed=seed, label=label,
                                 guidance=guidance, corrector_steps=corrector_steps, snr=snr)
@@ -218,7 +218,7 @@ def sampling_request(model, n: int, batch_size: int, *, steps, sampler, seed: in
     if model.kind == "gan":
         given = [f for f, v in (("--steps", steps), ("--sampler", sampler)) if v is not None] + pc_only
         if given:
-            raise GenccError(f"{', '.join(given)} apply to diffusion models; this model is a GAN (one network "
+            raise GenccError(f"{', '.join(given)} {_apply(given)} to diffusion models; this model is a GAN (one network "
                              "call per sample, no sampler)")
         return dict(seed=seed, **conditioning)
     steps = DEFAULT_STEPS if steps is None else steps
@@ -232,8 +232,12 @@ def sampling_request(model, n: int, batch_size: int, *, steps, sampler, seed: in
                    "snr": 0.16 if snr is None else snr}
         pc_plan(time_grid(model.sde, steps, "uniform"), model.sde, **options)   # refuses bad values, no sampling
     elif pc_only:
-        raise GenccError(f"{', '.join(pc_only)} apply to --sampler pc, not {sampler}")
+        raise GenccError(f"{', '.join(pc_only)} {_apply(pc_only)} to --sampler pc, not {sampler}")
     return dict(steps=steps, sampler=sampler, seed=seed, options=options, **conditioning)
+
+
+def _apply(options: list) -> str:
+    return "applies" if len(options) == 1 else "apply"
 
 
 def _check_picturable(model, option: str) -> None:
@@ -265,9 +269,12 @@ def _report_interrupt(e) -> None:
     raise typer.Exit(130)
 
 
-def _check_preview_folder(folder, others=()) -> None:
-    from gencc.runtime.preview import check_preview_dir
+def _check_preview_folder(folder, every, others=()) -> None:
+    """What needs no model: the folder, and --preview-every's value."""
+    from gencc.runtime.preview import check_every, check_preview_dir
 
+    if every is not None:
+        check_every(every)
     if folder is None:
         raise GenccError("--preview-every needs --preview DIR")
     _check_distinct(folder, others)
