@@ -218,8 +218,8 @@ def sampling_request(model, n: int, batch_size: int, *, steps, sampler, seed: in
     if model.kind == "gan":
         given = [f for f, v in (("--steps", steps), ("--sampler", sampler)) if v is not None] + pc_only
         if given:
-            raise GenccError(f"{', '.join(given)} {_apply(given)} to diffusion models; this model is a GAN (one network "
-                             "call per sample, no sampler)")
+            raise GenccError(f"{', '.join(given)} {_apply(given)} to diffusion models; this model is a GAN "
+                             "(one network call per sample, no sampler)")
         return dict(seed=seed, **conditioning)
     steps = DEFAULT_STEPS if steps is None else steps
     sampler = sampler or DEFAULT_SAMPLER
@@ -428,9 +428,10 @@ def artifact_text(path: Path) -> str:
     return "\n".join(lines)
 
 
-def merge_command(shards: list[Path], out: Path) -> None:
+def merge_command(shards: list[Path], out: Path, force: bool = False) -> None:
     from gencc.runtime.shard import merge
 
     _check_out_file(out)
+    _check_overwrite((out,), force)
     n, shape = merge(shards, out)
     typer.echo(f"wrote {out} ({n} samples, shape {shape}, from {len(shards)} shards)")

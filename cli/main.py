@@ -210,6 +210,7 @@ def verify(path: Path = typer.Argument(..., help="artifact directory"),
 def merge(
     shards: list[Path] = typer.Argument(..., help="the shard files written by `gencc sample --shard k/N`"),
     out: Path = typer.Option(..., "--out", help="output .npz (key 'samples') or .npy"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --out"),
 ):
     """Join the shards of one sampling job into the file an unsharded run would write.
 
@@ -217,7 +218,7 @@ def merge(
     """
     from gencc.cli.commands import merge_command
 
-    merge_command(shards, out)
+    merge_command(shards, out, force=force)
 
 
 @app.command()
@@ -275,7 +276,7 @@ def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="folder for ch
 @app.command(name="eval")
 @_user_errors
 def eval_(
-    samples: Path = typer.Argument(..., help=".npz with a 'samples' array, as written by gencc sample"),
+    samples: Path = typer.Argument(..., help=".npy, or .npz with a 'samples' array, as written by gencc sample"),
     data: str = typer.Option(..., "--data", help="built-in name (moons, swissroll, gaussians8, checkerboard, "
                              "digits, shapes) or the .npy/.npz file or image folder the model learned"),
     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),

@@ -86,6 +86,20 @@ def test_sample_needs_force_to_replace_an_output(tmp_path, tiny_moons_gan):
     assert np.load(out)["samples"].shape == (4, 2) and png.read_bytes()[:4] == b"\x89PNG"
 
 
+
+def test_merge_needs_force_to_replace_an_output(tmp_path, tiny_moons_gan):
+    parts = [tmp_path / f"p{k}.npz" for k in range(2)]
+    for k, p in enumerate(parts):
+        r = run("sample", tiny_moons_gan, "--n", 8, "--batch-size", 4, "--shard", f"{k}/2", "--out", p)
+        assert r.exit_code == 0, r.output
+    out = tmp_path / "all.npz"
+    out.write_bytes(b"precious")
+    assert_user_error(run("merge", *parts, "--out", out), "already exists", "--force")
+    assert out.read_bytes() == b"precious"
+    assert run("merge", *parts, "--out", out, "--force").exit_code == 0
+    assert np.load(out)["samples"].shape == (8, 2)
+
+
 _HOLD = """
 import sys
 from gencc.runtime.stream import output_lock
