@@ -62,26 +62,42 @@ def lock_path(out: str | Path) -> Path:
 @contextmanager
 def output_lock(out: str | Path) -> Iterator[None]:
     """Hold OUT.partial.lock exclusively, or refuse: "OUT is being written by process PID"."""
-    import fcntl   # POSIX only, and only needed here
-
     path = lock_path(out)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise GenccError(f"{out} is being written by process {owner}") from None
-        if _same_file(fd, path):   # not a lock file that its last holder unlinked while we opened it
-            break
-        os.close(fd)
+    fd = _acquire(path, out)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
-        path.unlink(missing_ok=True)   # while still held: nobody else can be relying on this file
+        if fd is not None:
+            path.unlink(missing_ok=True)   # while still held: nobody else can be relying on this file
+            os.close(fd)
+
+
+def _acquire(path: Path, out: str | Path) -> int | None:
+    """The locked descriptor of `path`; None where the platform has no flock (no lock to take)."""
+    try:
+        import fcntl
+    except ImportError:   # Windows: one job per output is then the user's to ensure
+        return None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise GenccError(f"cannot write samples to {str(out)!r}: cannot create {path.name} "
+                             f"({e.strerror or one_line(e)})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            owner = os.read(fd, 32).decode(errors="replace").strip() if isinstance(e, BlockingIOError) else ""
+            os.close(fd)
+            if isinstance(e, BlockingIOError):
+                raise GenccError(f"{out} is being written by process {owner or '(starting)'}") from None
+            raise GenccError(f"cannot lock {str(path)!r} ({e.strerror or one_line(e)}); is the folder on a "
+                             "file system without locks?") from None
+        if _same_file(fd, path):   # not a lock file that its last holder unlinked while we opened it
+            return fd
         os.close(fd)
 
 

@@ -244,3 +244,10 @@ def test_a_negative_mmd_estimate_prints_as_below_noise():
     assert "mmd_rbf: the unbiased estimate of the value is -0.0021, below sampling noise" in text
     assert result["metrics"]["mmd_rbf"]["value"] == -0.0021   # the JSON keeps the estimate itself
     json.dumps(result)
+
+
+def test_a_lock_that_cannot_be_made_is_one_line(tmp_path, tiny_moons_gan):
+    out = tmp_path / "s.npy"
+    stream.lock_path(out).mkdir()   # stands for any reason the lock file cannot be opened
+    assert_user_error(run("sample", tiny_moons_gan, "--n", 4, "--out", out), "s.npy.partial.lock")
+    assert not out.exists()
