@@ -179,14 +179,7 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
     if preview_dir is not None:
         preview_every = _check_preview_every(model, preview_every, sampling.get("steps"))
     _check_overwrite((out, png), force)
-    start, count, extra = 0, n, None
-    if part is not None:
-        start, hi = part.range(n, batch_size)
-        count = hi - start
-        if count == 0:
-            raise GenccError(f"shard {shard} is empty: {n} samples at --batch-size {batch_size} make only "
-                             f"{-(-n // batch_size)} batches, and a shard takes whole batches")
-        extra = sharding.shard_arrays(part, n, batch_size, sharding.job_identity(model.info, sampling))
+    start, count, extra = _shard_job(part, n, batch_size, model, sampling)
     try:
         preview = sample_to_file(model, count, out, batch_size=batch_size, resume=resume, start=start, extra=extra,
                                  **sampling)
@@ -199,6 +192,19 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
         typer.echo(f"wrote {png}" + (f" (the first {len(preview)} samples)" if len(preview) < count else ""))
     if preview_dir is not None:
         preview_command(model, preview_dir, preview_every, n, **sampling)
+
+
+def _shard_job(part, n: int, batch_size: int, model, sampling: dict) -> tuple:
+    """(first sample, count, the arrays stored beside the samples) of shard `part`, or of the whole job."""
+    from gencc.runtime import shard as sharding
+
+    if part is None:
+        return 0, n, None
+    start, hi = part.range(n, batch_size)
+    if hi == start:
+        raise GenccError(f"shard {part.index}/{part.count} is empty: {n} samples at --batch-size {batch_size} make "
+                         f"only {-(-n // batch_size)} batches, and a shard takes whole batches")
+    return start, hi - start, sharding.shard_arrays(part, n, batch_size, sharding.job_identity(model.info, sampling))
 
 
 def sampling_request(model, n: int, batch_size: int, *, steps, sampler, seed: int, label, guidance,

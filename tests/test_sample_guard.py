@@ -251,3 +251,43 @@ def test_a_lock_that_cannot_be_made_is_one_line(tmp_path, tiny_moons_gan):
     stream.lock_path(out).mkdir()   # stands for any reason the lock file cannot be opened
     assert_user_error(run("sample", tiny_moons_gan, "--n", 4, "--out", out), "s.npy.partial.lock")
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_real_sigint_prints_a_resume_command_that_finishes_the_job(tmp_path, tiny_moons_diffusion):
+    import shlex
+    import time
+
+    out = tmp_path / "s.npy"
+    partial, _ = stream.partial_paths(out)
+    args = ["sample", str(tiny_moons_diffusion), "--n", "12000", "--batch-size", "1000", "--steps", "60",
+            "--out", str(out)]
+    # SIGINT as a terminal's Ctrl-C delivers it (a background child would otherwise start with it ignored).
+    p = subprocess.Popen([sys.executable, "-m", "gencc.cli.main", *args], env=ENV, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    while p.poll() is None and time.monotonic() < deadline:
+        try:
+            if len(np.load(partial, mmap_mode="r")) > 0:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=300)[1]
+    assert p.returncode == 130, err
+    first, command = err.strip().splitlines()
+    kept = len(np.load(partial))
+    assert first == f"gencc: interrupted: kept {kept} of 12000 samples in {partial}; to continue:" and kept < 12000
+    assert shlex.split(command)[1:] == [*args, "--resume"]
+    r = _cli(*shlex.split(command)[1:])
+    assert r.returncode == 0, r.stderr
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as the CLI ran (OMP_NUM_THREADS=1): the same BLAS blocking, bit for bit
+    try:
+        want = gencc.load(tiny_moons_diffusion).sample(12000, batch_size=1000, steps=60)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(np.load(out), want)
