@@ -172,7 +172,7 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
     if preview_dir is not None or preview_every is not None:
         _check_preview_folder(preview_dir, preview_every, others=(out, png))
     model = gencc.load(path, backend=backend, device=device, trusted_keys=trusted_keys)
-    sampling = sampling_request(model, n, batch_size, steps=steps, sampler=sampler, seed=seed, label=label,
+    sampling = _sampling_request(model, n, batch_size, steps=steps, sampler=sampler, seed=seed, label=label,
                                 guidance=guidance, corrector_steps=corrector_steps, snr=snr)
     if png is not None:
         _check_picturable(model, "--png")
@@ -207,7 +207,7 @@ def _shard_job(part, n: int, batch_size: int, model, sampling: dict) -> tuple:
     return start, hi - start, sharding.shard_arrays(part, n, batch_size, sharding.job_identity(model.info, sampling))
 
 
-def sampling_request(model, n: int, batch_size: int, *, steps, sampler, seed: int, label, guidance,
+def _sampling_request(model, n: int, batch_size: int, *, steps, sampler, seed: int, label, guidance,
                      corrector_steps=None, snr=None) -> dict:
     """Model.sample's keyword arguments for these options, each checked against the model: an option
     the model would ignore (a sampler for a GAN, --snr for em) is refused rather than dropped."""
