@@ -179,13 +179,14 @@ def latent_train_command(data: str, out: Path, *, steps, batch_size, lr, seed, w
 
 
 def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch_size, png, backend, device,
-                   options=None, resume: bool = False, trusted_keys=None, shard: str | None = None,
-                   preview_dir=None, preview_every=None, label=None, guidance=None) -> None:
+                   corrector_steps=None, snr=None, resume: bool = False, force: bool = False, trusted_keys=None,
+                   shard: str | None = None, preview_dir=None, preview_every=None, label=None, guidance=None) -> None:
     """Samples stream to `out` batch by batch (runtime/stream.py): memory does not grow with n.
-    With `shard` ("k/N"), only shard k's slice of the n samples is drawn (runtime/shard.py)."""
+    With `shard` ("k/N"), only shard k's slice of the n samples is drawn (runtime/shard.py).
+    Every option is checked against the model before the first sample is drawn."""
     import gencc
     from gencc.runtime import shard as sharding
-    from gencc.runtime.stream import SUFFIXES, sample_to_file
+    from gencc.runtime.stream import SUFFIXES, Interrupted, sample_to_file
 
     _check_out_file(out)
     if out.suffix not in SUFFIXES:
@@ -197,36 +198,132 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
     if png is not None:
         _check_out_file(png, ".png")
     if preview_dir is not None or preview_every is not None:
-        preview_every = _check_preview(preview_dir, preview_every, steps, others=(out, png))
+        _check_preview_folder(preview_dir, preview_every, others=(out, png))
     model = gencc.load(path, backend=backend, device=device, trusted_keys=trusted_keys)
-    conditioning = {k: v for k, v in (("label", label), ("guidance", guidance)) if v is not None}
-    sampling = dict(steps=steps, sampler=sampler, seed=seed, options=options, **conditioning)
-    start, count, extra = 0, n, None
-    if part is not None:
-        start, hi = part.range(n, batch_size)
-        count = hi - start
-        if count == 0:
-            raise GenccError(f"shard {shard} is empty: {n} samples at --batch-size {batch_size} make only "
-                             f"{-(-n // batch_size)} batches, and a shard takes whole batches")
-        extra = sharding.shard_arrays(part, n, batch_size, sharding.job_identity(model.info, sampling))
-    preview = sample_to_file(model, count, out, batch_size=batch_size, resume=resume, start=start, extra=extra,
-                             **sampling)
+    sampling = _sampling_request(model, n, batch_size, steps=steps, sampler=sampler, seed=seed, label=label,
+                                guidance=guidance, corrector_steps=corrector_steps, snr=snr)
+    if png is not None:
+        _check_picturable(model, "--png")
+    if preview_dir is not None:
+        preview_every = _check_preview_every(model, preview_every, sampling.get("steps"))
+    _check_overwrite((out, png), force)
+    start, count, extra = _shard_job(part, n, batch_size, model, sampling)
+    try:
+        preview = sample_to_file(model, count, out, batch_size=batch_size, resume=resume, start=start, extra=extra,
+                                 **sampling)
+    except Interrupted as e:
+        _report_interrupt(e)
     what = f"samples {start}..{start + count - 1} of {n}" if part is not None else f"{n} samples"
     typer.echo(f"wrote {out} ({what}, shape {preview.shape[1:]}, backend {model.backend})")
     if png is not None:
         write_png(png, preview, model.data_name)
         typer.echo(f"wrote {png}" + (f" (the first {len(preview)} samples)" if len(preview) < count else ""))
-    if preview_every is not None:
+    if preview_dir is not None:
         preview_command(model, preview_dir, preview_every, n, **sampling)
 
 
-def _check_preview(folder, every, steps: int, others=()) -> int:
+def _shard_job(part, n: int, batch_size: int, model, sampling: dict) -> tuple:
+    """(first sample, count, the arrays stored beside the samples) of shard `part`, or of the whole job."""
+    from gencc.runtime import shard as sharding
+
+    if part is None:
+        return 0, n, None
+    start, hi = part.range(n, batch_size)
+    if hi == start:
+        raise GenccError(f"shard {part.index}/{part.count} is empty: {n} samples at --batch-size {batch_size} make "
+                         f"only {-(-n // batch_size)} batches, and a shard takes whole batches")
+    return start, hi - start, sharding.shard_arrays(part, n, batch_size, sharding.job_identity(model.info, sampling))
+
+
+def _sampling_request(model, n: int, batch_size: int, *, steps, sampler, seed: int, label, guidance,
+                     corrector_steps=None, snr=None) -> dict:
+    """Model.sample's keyword arguments for these options, each checked against the model: an option
+    the model would ignore (a sampler for a GAN, --snr for em) is refused rather than dropped."""
+    from gencc.runtime.conditioning import check_condition
+    from gencc.runtime.model import DEFAULT_SAMPLER, DEFAULT_STEPS
+    from gencc.runtime.samplers import get_sampler, pc_plan, time_grid
+
+    for name, v in (("n", n), ("batch-size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise GenccError(f"{name} must be a positive integer, got {v!r}")
+    check_condition(model.kind, model.num_classes, label, guidance)
+    conditioning = {k: v for k, v in (("label", label), ("guidance", guidance)) if v is not None}
+    pc_only = [f for f, v in (("--corrector-steps", corrector_steps), ("--snr", snr)) if v is not None]
+    if model.kind == "gan":
+        given = [f for f, v in (("--steps", steps), ("--sampler", sampler)) if v is not None] + pc_only
+        if given:
+            raise GenccError(f"{', '.join(given)} {_apply(given)} to diffusion models; this model is a GAN "
+                             "(one network call per sample, no sampler)")
+        return dict(seed=seed, **conditioning)
+    steps = DEFAULT_STEPS if steps is None else steps
+    sampler = sampler or DEFAULT_SAMPLER
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise GenccError(f"steps must be a positive integer, got {steps!r}")
+    get_sampler(sampler)
+    options = None
+    if sampler == "pc":
+        options = {"corrector_steps": 1 if corrector_steps is None else corrector_steps,
+                   "snr": 0.16 if snr is None else snr}
+        pc_plan(time_grid(model.sde, steps, "uniform"), model.sde, **options)   # refuses bad values, no sampling
+    elif pc_only:
+        raise GenccError(f"{', '.join(pc_only)} {_apply(pc_only)} to --sampler pc, not {sampler}")
+    return dict(steps=steps, sampler=sampler, seed=seed, options=options, **conditioning)
+
+
+def _apply(options: list) -> str:
+    return "applies" if len(options) == 1 else "apply"
+
+
+def _check_picturable(model, option: str) -> None:
+    from gencc.runtime.render import picturable
+
+    if not picturable(model.sample_shape):
+        raise GenccError(f"{option} draws images or 2-D points; this model makes samples of shape "
+                         f"{model.sample_shape}")
+
+
+def _check_overwrite(paths, force: bool) -> None:
+    """Like compile: an existing output is replaced only with --force (and then only once the new one is whole)."""
+    for p in paths:
+        if p is not None and p.exists() and not force:
+            raise GenccError(f"{str(p)!r} already exists; pass --force to replace it")
+
+
+def _report_interrupt(e) -> None:
+    """Ctrl-C: what was kept, and the exact command that continues the job; exit status 130."""
+    import shlex
+
+    if e.kept == 0:
+        typer.echo(f"gencc: interrupted before any of the {e.n} samples were finished; nothing was kept", err=True)
+        raise typer.Exit(130)
+    argv = [a for a in sys.argv[1:] if a != "--resume"]
+    command = shlex.join(["gencc", *argv, "--resume"])
+    typer.echo(f"gencc: interrupted: kept {e.kept} of {e.n} samples in {e.partial}; to continue:\n  {command}",
+               err=True)
+    raise typer.Exit(130)
+
+
+def _check_preview_folder(folder, every, others=()) -> None:
+    """What needs no model: the folder, and --preview-every's value."""
     from gencc.runtime.preview import check_every, check_preview_dir
 
+    if every is not None:
+        check_every(every)
     if folder is None:
         raise GenccError("--preview-every needs --preview DIR")
     _check_distinct(folder, others)
     check_preview_dir(folder)
+
+
+def _check_preview_every(model, every, steps) -> int:
+    from gencc.runtime.model import DEFAULT_STEPS
+    from gencc.runtime.preview import check_every
+
+    _check_picturable(model, "--preview")
+    if model.kind == "gan":
+        if every is not None:
+            raise GenccError("--preview-every applies to diffusion models; a GAN's preview is its single final frame")
+        return DEFAULT_STEPS // 10   # what it was before: recorded in preview.json, no frames depend on it
     return check_every(every if every is not None else max(1, steps // 10))
 
 
@@ -387,9 +484,10 @@ def artifact_libraries(m) -> dict[str, str]:
     return libraries
 
 
-def merge_command(shards: list[Path], out: Path) -> None:
+def merge_command(shards: list[Path], out: Path, force: bool = False) -> None:
     from gencc.runtime.shard import merge
 
     _check_out_file(out)
+    _check_overwrite((out,), force)
     n, shape = merge(shards, out)
     typer.echo(f"wrote {out} ({n} samples, shape {shape}, from {len(shards)} shards)")
