@@ -10,6 +10,10 @@ from typing import Optional
 import typer
 
 from gencc.cli.group import GenccGroup, plain_help
+from gencc.compiler.bench import BenchConfig
+from gencc.models.preview import DEFAULT_EVERY as TRAIN_PREVIEW_EVERY
+from gencc.runtime.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_SAMPLER, DEFAULT_SEED, DEFAULT_STEPS,
+                                    PC_CORRECTOR_STEPS, PC_SNR)
 from gencc.runtime.errors import GenccError
 
 app = typer.Typer(cls=GenccGroup, add_completion=False, no_args_is_help=True,
@@ -18,6 +22,9 @@ app = typer.Typer(cls=GenccGroup, add_completion=False, no_args_is_help=True,
                        "gencc sample moons.ckpt --n 1000 --out s.npz --png s.png\n\n"
                        "Exit status: 0 ok, 2 user error (one line on stderr), 130 interrupted, 1 a bug "
                        "(with a traceback); gencc doctor: 3 when this machine cannot run gencc's CPU path.")
+SAMPLERS_HELP = f"{DEFAULT_SAMPLER} (default), " + ", ".join(
+    s for s in ("em", "pc", "ancestral", "ode-euler", "ode-heun", "ddim") if s != DEFAULT_SAMPLER) + " or dpm2m"
+BENCH = BenchConfig()   # the defaults of `gencc bench`
 JSON_HELP = "write the result as JSON to this file, or - for stdout (the text then goes to stderr)"
 
 
@@ -44,7 +51,7 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="minibatch size"),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate"),
     seed: Optional[int] = typer.Option(None, help="seed for init, minibatches, noise and builtin 2-D data "
-                                       "(default 0)"),
+                                       f"(default {DEFAULT_SEED})"),
     width: Optional[int] = typer.Option(None, help="network width (MLP units or UNet/DCGAN channels)"),
     resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out with its own data, "
                                 "seed, network and settings; may change on resume: --steps, --batch-size, --lr, "
@@ -59,12 +66,13 @@ def train(
     # Watching training (models/preview.py).
     preview: Optional[Path] = typer.Option(None, "--preview", help="folder for loss.png and sample pictures "
                                            "(default: OUT.preview beside the checkpoint)"),
-    preview_every: int = typer.Option(2000, "--preview-every", help="steps between previews, and one at the "
-                                      "end; 0: none"),
+    preview_every: int = typer.Option(TRAIN_PREVIEW_EVERY, "--preview-every",
+                                      help="steps between previews, and one at the end; 0: none"),
     conditional: bool = typer.Option(False, "--conditional",
                                      help="class-conditional, on the data's labels (digits, or an .npz with 'labels')"),
     autoencoder: Optional[Path] = typer.Option(None, "--autoencoder", help="latent-diffusion: reuse this "
-                                               "autoencoder (or a latent-diffusion checkpoint's) instead of training one"),
+                                               "autoencoder (or a latent-diffusion checkpoint's) instead of training "
+                                               "one"),
     ae_steps: Optional[int] = typer.Option(None, "--ae-steps", help="latent-diffusion: autoencoder training steps"),
 ):
     """Train a diffusion model, a GAN, or latent diffusion (autoencoder, then diffusion on its latents).
@@ -74,20 +82,13 @@ def train(
     Example: gencc train diffusion --data moons --out moons.ckpt
              gencc train latent-diffusion --data shapes --out shapes-ld.ckpt
     """
-    from gencc.cli.commands import latent_train_command, train_command
+    from gencc.api import TrainRequest
+    from gencc.cli.commands import train_command
 
-    if model == "latent-diffusion":
-        if nproc is not None or conditional or preview is not None:
-            raise GenccError("--nproc, --conditional and --preview apply to diffusion and gan, not latent-diffusion")
-        return latent_train_command(data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
-                                    resume=resume, image_size=image_size, channels=channels,
-                                    ckpt_every=ckpt_every, autoencoder=autoencoder, ae_steps=ae_steps)
-    if autoencoder is not None or ae_steps is not None:
-        raise GenccError(f"--autoencoder and --ae-steps apply to latent-diffusion, not {model!r}")
-    train_command(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
-                  resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every,
-                  nproc=nproc, device=device, preview_dir=preview, preview_every=preview_every,
-                  conditional=conditional)
+    train_command(TrainRequest(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
+                               resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every,
+                               nproc=nproc, device=device, preview_dir=preview, preview_every=preview_every,
+                               conditional=conditional, autoencoder=autoencoder, ae_steps=ae_steps))
 
 
 @app.command()
@@ -96,14 +97,15 @@ def sample(
     path: Path = typer.Argument(..., help="checkpoint or compiled artifact directory"),
     n: int = typer.Option(..., "--n", help="number of samples"),
     out: Path = typer.Option(..., "--out", help="output .npz (key 'samples') or .npy, written as it goes"),
-    steps: Optional[int] = typer.Option(None, help="sampler steps (diffusion; default 200)"),
-    sampler: Optional[str] = typer.Option(None, help="diffusion: em (default), pc, ancestral, ode-euler, ode-heun, "
-                                          "ddim or dpm2m"),
-    corrector_steps: Optional[int] = typer.Option(None, help="pc: Langevin corrector steps per step (default 1)"),
+    # None: not given (a GAN refuses --steps, --sampler and the pc options); diffusion takes the defaults.
+    steps: Optional[int] = typer.Option(None, help=f"sampler steps (diffusion; default {DEFAULT_STEPS})"),
+    sampler: Optional[str] = typer.Option(None, help=f"diffusion: {SAMPLERS_HELP}"),
+    corrector_steps: Optional[int] = typer.Option(None, help="pc: Langevin corrector steps per step "
+                                                  f"(default {PC_CORRECTOR_STEPS})"),
     snr: Optional[float] = typer.Option(None, help="pc: signal-to-noise ratio of the Langevin step size "
-                                        "(default 0.16)"),
-    seed: int = typer.Option(0, help="sample i depends only on (seed, i)"),
-    batch_size: int = typer.Option(1024, help="samples per network call"),
+                                        f"(default {PC_SNR})"),
+    seed: int = typer.Option(DEFAULT_SEED, help="sample i depends only on (seed, i)"),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, help="samples per network call"),
     png: Optional[Path] = typer.Option(None, help="also write an image grid or 2-D scatter plot"),
     backend: Optional[str] = typer.Option(None, help="tvm (default for artifacts), ort, or torch (checkpoints)"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda[:N]; default: the artifact's target"),
@@ -123,7 +125,8 @@ def sample(
     label: Optional[int] = typer.Option(None, "--label", help="conditional models: the class to draw "
                                         "(default: diffusion unconditional, GAN sample i gets class i mod K)"),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="conditional diffusion: classifier-free "
-                                             "guidance w >= 0, eps = (1+w) eps(x,t,label) - w eps(x,t,null); default 0"),
+                                             "guidance w >= 0, eps = (1+w) eps(x,t,label) - w eps(x,t,null); "
+                                             "default 0"),
 ):
     """Draw samples from a checkpoint or artifact.
 
@@ -131,13 +134,14 @@ def sample(
              gencc sample moons.gencc --n 1000000 --shard 0/4 --out part0.npz   # on 4 machines, then gencc merge
              gencc sample moons.gencc --n 2000 --out s.npz --preview frames --preview-every 20   # watch it
     """
+    from gencc.api import SampleRequest
     from gencc.cli.commands import sample_command
 
-    sample_command(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
-                   png=png, backend=backend, device=device, resume=resume, force=force, label=label,
-                   guidance=guidance, trusted_keys=(trusted_key or []) if require_signature or trusted_key else None,
-                   shard=shard, corrector_steps=corrector_steps, snr=snr, preview_dir=preview,
-                   preview_every=preview_every)
+    keys = tuple(trusted_key or ()) if require_signature or trusted_key else None
+    sample_command(SampleRequest(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
+                                 png=png, backend=backend, device=device, resume=resume, force=force,
+                                 trusted_keys=keys, shard=shard, corrector_steps=corrector_steps, snr=snr,
+                                 preview_dir=preview, preview_every=preview_every, label=label, guidance=guidance))
 
 
 @app.command()
@@ -150,9 +154,9 @@ def export(
 
     Example: gencc export moons.ckpt --out moons-onnx
     """
-    from gencc.compiler.compile import export as export_
+    import gencc
 
-    export_(checkpoint, out, log=typer.echo)
+    gencc.export(checkpoint, out, log=typer.echo)
     typer.echo(f"wrote {out}")
 
 
@@ -176,6 +180,8 @@ def compile_(
     Example: gencc compile moons.ckpt --target llvm --out moons.gencc
              gencc compile moons.ckpt --out moons.gencc --tune-trials 64 --tune-batch 1,1024 --tune-db tuning/
     """
+    # ---- issue 15 moves this command onto the interface layer's gencc.compile(...); until then it calls the
+    # compiler directly. ----
     from gencc.compiler.compile import compile_artifact
 
     tuning = None
@@ -203,9 +209,9 @@ def verify(path: Path = typer.Argument(..., help="artifact directory"),
 
     Example: gencc verify moons-cuda.gencc
     """
-    from gencc.compiler.compile import verify as verify_
+    import gencc
 
-    verify_(path, log=typer.echo, sign=sign)
+    gencc.verify(path, sign=sign, log=typer.echo)
     typer.echo(f"{path}: verified" + (", re-signed" if sign else ""))
 
 
@@ -229,10 +235,10 @@ def merge(
 @_user_errors
 def keygen(out: Path = typer.Option(..., "--out", help="folder for private.pem (mode 0600) and public.pem")):
     """Make an Ed25519 key pair for signing artifacts.  Example: gencc keygen --out keys"""
-    from gencc.runtime.signing import fingerprint, generate_keys, load_public_key
+    import gencc
 
-    private, public = generate_keys(out)
-    typer.echo(f"wrote {private} (keep it secret) and {public} (key {fingerprint(load_public_key(public))})")
+    keys = gencc.keygen(out)
+    typer.echo(f"wrote {keys.private} (keep it secret) and {keys.public} (key {keys.fingerprint})")
 
 
 @app.command()
@@ -240,13 +246,14 @@ def keygen(out: Path = typer.Option(..., "--out", help="folder for private.pem (
 def info(path: Path = typer.Argument(..., help="checkpoint or artifact directory"),
          json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP)):
     """Describe a checkpoint or a compiled artifact.  Example: gencc info moons.gencc --json -"""
-    from gencc.cli.commands import info_record, info_text
+    import gencc
+    from gencc.cli.commands import info_text
     from gencc.cli.output import check_json_dest, emit_json, say
 
     check_json_dest(json_out)
     say(info_text(path), json_out)
     if json_out is not None:
-        emit_json(info_record(path), json_out)
+        emit_json(gencc.describe(path), json_out)
 
 
 @app.command()
@@ -254,7 +261,7 @@ def info(path: Path = typer.Argument(..., help="checkpoint or artifact directory
 def data(
     name: str = typer.Argument(..., help="built-in dataset name"),
     n: Optional[int] = typer.Option(None, "--n", help="number of points (2-D sets)"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(DEFAULT_SEED),
     split: str = typer.Option("train", help="train or test"),
     out: Path = typer.Option(..., "--out", help="output .npz (keys 'data' and, if any, 'labels')"),
 ):
@@ -286,17 +293,18 @@ def eval_(
     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
     n_ref: Optional[int] = typer.Option(None, "--n-ref", help="reference examples (default: as many as samples "
                                         "for built-in 2-D sets, all 297 digits test images, half a user's file)"),
-    seed: int = typer.Option(0, help="seed for the reference draw and the metrics' projections"),
+    seed: int = typer.Option(DEFAULT_SEED, help="seed for the reference draw and the metrics' projections"),
 ):
     """Score samples against held-out data, beside the floor that real data reaches.
 
     Example: gencc eval s.npz --data moons --json s.json
     """
+    import gencc
     from gencc.cli.output import check_json_dest, emit_json, say
-    from gencc.models.evaluate import evaluate, format_table, load_samples
+    from gencc.models.evaluate import format_table
 
     check_json_dest(json_out)
-    result = evaluate(load_samples(samples), data, n_ref=n_ref, seed=seed)
+    result = gencc.evaluate(samples, data, n_ref=n_ref, seed=seed)
     say(format_table(result), json_out)
     emit_json(result, json_out)
 
@@ -305,10 +313,11 @@ def eval_(
 @_user_errors
 def bench(
     checkpoint: Path = typer.Argument(..., help="checkpoint directory (latent diffusion: step and decoder)"),
-    backends: str = typer.Option("torch,ort,tvm", help="comma list of torch, torch-compile, ort, tvm, tvm-tuned"),
-    batch: str = typer.Option("1,64,1024", help="comma list of batch sizes"),
-    steps: int = typer.Option(100, help="steps of the end-to-end sampling run (0: per-step only)"),
-    sampler: str = typer.Option("em", help="sampler of the end-to-end run"),
+    backends: str = typer.Option(",".join(BENCH.backends),
+                                 help="comma list of torch, torch-compile, ort, tvm, tvm-tuned"),
+    batch: str = typer.Option(",".join(map(str, BENCH.batches)), help="comma list of batch sizes"),
+    steps: int = typer.Option(BENCH.steps, help="steps of the end-to-end sampling run (0: per-step only)"),
+    sampler: str = typer.Option(BENCH.sampler, help="sampler of the end-to-end run"),
     artifact: Optional[Path] = typer.Option(None, help="use this artifact as 'tvm' (default: compile one)"),
     tuned: Optional[Path] = typer.Option(None, help="artifact to measure as 'tvm-tuned'"),
     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
@@ -319,7 +328,9 @@ def bench(
 
     Example: gencc bench moons.ckpt --backends torch,ort,tvm --batch 1,64,1024 --md bench.md
     """
-    from gencc.compiler.bench import BenchConfig, markdown, run_bench, save_outputs
+    import gencc
+    from gencc.api import BenchRequest
+    from gencc.compiler.bench import markdown
 
     try:
         cfg = BenchConfig(backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
@@ -329,20 +340,17 @@ def bench(
     from gencc.cli.output import check_json_dest, emit_json, say
 
     check_json_dest(json_out)
-    for p in (md, plot):
-        if p is not None and not p.parent.is_dir():
-            raise GenccError(f"output folder {str(p.parent)!r} does not exist")
-    arts = {k: v for k, v in (("tvm", artifact), ("tvm-tuned", tuned)) if v is not None}
-    report = run_bench(checkpoint, cfg, arts, log=lambda s: typer.echo(s, err=True))
-    say(markdown(report), json_out)
-    save_outputs(report, None, md, plot)
+    request = BenchRequest(checkpoint, cfg, artifact=artifact, tuned=tuned, md=md, plot=plot)
+    report = gencc.bench(request, log=lambda s: typer.echo(s, err=True),
+                         on_report=lambda r: say(markdown(r), json_out))
     emit_json(report, json_out)
 
 
 @app.command()
 @_user_errors
 def doctor(json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP)):
-    """Report versions, CPU (ISA flags), GPU, nvcc, CUDA and whether TVM's runtime loads; exit 3 if the CPU path cannot run.
+    """Report versions, CPU (ISA flags), GPU, nvcc, CUDA and whether TVM's runtime loads; exit 3 if the CPU path
+    cannot run.
 
     Example: gencc doctor --json -
     """

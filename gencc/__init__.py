@@ -23,4 +23,20 @@ def load(path, backend: str | None = None, device: str | None = None, trusted_ke
                  require_signature=require_signature)
 
 
-__all__ = ["GenccError", "load", "__version__"]
+# The interface layer (gencc/api.py): what each `gencc` command does, callable without typer. Loaded on first
+# use, so that `import gencc` stays as light as sampling an artifact needs (tests/test_package.py).
+_API = ("BenchRequest", "SampleRequest", "TrainRequest", "bench", "describe", "evaluate", "export", "keygen",
+        "make_data", "merge", "sample_to_file", "train", "verify")
+
+# ---- compiling users' own models (issue 15): gencc.compile(...) and gencc.from_torch(...) go here. ----
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from gencc import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'gencc' has no attribute {name!r}")
+
+
+__all__ = ["GenccError", "load", "__version__", *_API]

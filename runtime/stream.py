@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .atomic import atomic_path, write_bytes_atomic
+from .defaults import DEFAULT_BATCH_SIZE
 from .errors import GenccError, size_text
 from .jsonfile import one_line, read_json
 from .model import Model
@@ -110,7 +111,7 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
-def sample_to_file(model: Model, n: int, out: str | Path, *, batch_size: int = 1024, resume: bool = False,
+def sample_to_file(model: Model, n: int, out: str | Path, *, batch_size: int = DEFAULT_BATCH_SIZE, resume: bool = False,
                    progress: Progress | None = None, start: int = 0, extra: dict[str, np.ndarray] | None = None,
                    **sampling) -> np.ndarray:
     """Write samples start..start+n-1 (`sampling`: Model.sample's steps, sampler, seed, ...) to `out`,
