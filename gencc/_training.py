@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from gencc._outputs import check_distinct
 from gencc.models.preview import DEFAULT_EVERY
 from gencc.runtime.errors import GenccError
+
+if TYPE_CHECKING:
+    from gencc.models.train import TrainResult
 
 StepProgress = Callable[[int, int, dict], None]        # (step, total, losses)
 StageHook = Callable[[str, int], StepProgress]         # (stage name, total steps) -> that stage's progress
@@ -51,11 +54,11 @@ class TrainOutcome:
     """What a run did. `result` is the (latent-stage) TrainResult; `up_to_date` says it was trained that far
     already and nothing was done; `reporting` is False on torchrun's ranks other than 0, which report nothing."""
     request: TrainRequest
-    result: object                       # models.train.TrainResult: path, steps, losses, seconds
+    result: TrainResult                  # path, steps, losses, seconds
     up_to_date: bool = False
     previews: tuple[Path, ...] = ()
     reporting: bool = True
-    autoencoder: object | None = None   # latent-diffusion: the autoencoder stage's TrainResult, None if not run
+    autoencoder: TrainResult | None = None   # latent-diffusion: the autoencoder stage; None if not run
 
 
 def train(request: TrainRequest, on_stage: StageHook | None = None, on_done: DoneHook | None = None) -> TrainOutcome:

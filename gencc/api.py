@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from gencc._describing import describe, describe_text
-from gencc._outputs import check_out_file, check_overwrite, check_out_folder
+from gencc._outputs import check_out_file, check_out_folder, check_overwrite
 from gencc._sampling import SampleOutcome, SampleRequest, sample_to_file
 from gencc._training import TrainOutcome, TrainRequest, train
 from gencc.runtime.defaults import DEFAULT_SEED
