@@ -1,0 +1,153 @@
+"""A user's own torch network, adapted and probed, ready to export into an artifact or to sample in torch.
+
+`UserModel.prepare(net, options)` wraps the network in gencc's convention (models/adapters.py) and runs
+it on probe inputs first, so a network that cannot be right is refused with one clear line before
+anything is written: an output of another shape, NaN/inf values, or (diffusion) an output that does not
+change with the time input at all. `export_into(folder)` then writes eps.onnx and step.onnx (or
+generator.onnx) with the conversions traced into the same graphs, as compile_artifact expects.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from gencc.models.adapters import EpsAdapter, output_tensor
+from gencc.runtime import artifact
+from gencc.runtime.errors import GenccError
+from gencc.runtime.jsonfile import one_line
+from gencc.runtime.normalize import Normalization
+
+from .export import BATCH, FusedStep, eps_io, export_function, step_io
+from .options import CompileOptions
+
+Log = Callable[[str], None]
+PROBE_TIMES = (0.25, 0.75)   # two times the network must answer differently
+
+
+@dataclass(frozen=True)
+class UserModel:
+    """An adapted network (the eps-adapter or the generator), its options, and where it came from."""
+
+    module: nn.Module
+    options: CompileOptions
+    sample_shape: tuple[int, ...]
+    source: dict                  # recorded in the manifest: {"kind": "torch-module" | "onnx" | "diffusers", ...}
+    sde: object | None = None     # diffusion: the schedule's SDE (runtime/sde.py)
+
+    @classmethod
+    def prepare(cls, net: nn.Module, options: CompileOptions, source: dict | None = None) -> "UserModel":
+        """Adapt and probe `net`; raises GenccError naming the problem."""
+        if not isinstance(net, nn.Module):
+            raise GenccError(f"expected a torch.nn.Module, got {type(net).__name__}")
+        net = net.eval().requires_grad_(False)
+        source = source or {"kind": "torch-module", "class": type(net).__name__}
+        if options.kind == "gan":
+            shape = _probe_generator(net, options)
+            return cls(net, options, shape, source)
+        if options.sample_shape is None:
+            raise GenccError("a diffusion network needs sample_shape (--shape), the shape of one sample, e.g. 1,8,8")
+        sde = options.sde()
+        adapter = EpsAdapter(net, sde, options.time, options.prediction_kind).eval()
+        _probe_eps(adapter, options.sample_shape, sde)
+        return cls(adapter, options, options.sample_shape, source, sde)
+
+    def export_into(self, folder: Path, log: Log) -> dict:
+        """Write the ONNX functions into `folder`; returns the export description compile_artifact reads."""
+        functions = {name: _export(module, folder / f"{name}.onnx", io) for name, (module, io) in self._functions()}
+        for f in functions.values():
+            log(f"exported {f['file']} (ONNX Runtime vs torch: max abs err {f['max_abs_err_vs_torch']:.2g})")
+        shape = list(self.sample_shape)
+        meta = {"model": self.options.kind, "sample_shape": shape, "normalization": identity(self.sample_shape).to_dict(),
+                "data": "", "source": self.source, "functions": functions}
+        if self.options.kind == "gan":
+            return {**meta, "latent_shape": list(self.options.latent_shape)}
+        return {**meta, "sde": self.sde.to_dict(), "step_contract": artifact.STEP_CONTRACT,
+                "conventions": self.options.conventions()}
+
+    def _functions(self) -> list[tuple[str, tuple[nn.Module, tuple]]]:
+        if self.options.kind == "gan":
+            latent = self.options.latent_shape
+            return [("generator", (self.module, ([_spec("z", latent)], [_spec("x", self.sample_shape)])))]
+        return [("eps", (self.module, eps_io(self.sample_shape))),
+                ("step", (FusedStep(self.module), step_io(self.sample_shape)))]
+
+
+def identity(shape: tuple[int, ...]) -> Normalization:
+    """A user's network works in its own units: samples come out as the network makes them."""
+    return Normalization((0.0,), (1.0,), tuple(shape))
+
+
+def _spec(name: str, shape: tuple[int, ...]) -> dict:
+    return {"name": name, "shape": [BATCH, *map(int, shape)], "dtype": "float32"}
+
+
+def _export(module: nn.Module, path: Path, io: tuple) -> dict:
+    with _export_errors():
+        return export_function(module, path, *io)
+
+
+@contextlib.contextmanager
+def _export_errors() -> Iterator[None]:
+    """A network the ONNX exporter cannot write: one line that names the operator."""
+    try:
+        yield
+    except GenccError:
+        raise
+    except Exception as e:   # the exporter raises many types (UnsupportedOperatorError, RuntimeError, ...)
+        raise GenccError(f"the network does not export to ONNX: {type(e).__name__}: {one_line(e)}") from None
+
+
+def _run(what: str, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Run a probe; an exception inside the user's network becomes one line saying which probe failed."""
+    try:
+        with torch.no_grad():
+            return output_tensor(fn())
+    except GenccError:
+        raise
+    except Exception as e:   # whatever the user's forward raises
+        raise GenccError(f"the network failed on {what}: {type(e).__name__}: {one_line(e)}") from None
+
+
+def _probe_eps(adapter: EpsAdapter, shape: tuple[int, ...], sde) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, *shape), generator=g)
+    outs = {}
+    for t in (float(sde.t_eps), *PROBE_TIMES, 1.0):
+        what = f"a probe input of shape {tuple(x.shape)} at t={t:g}"
+        raw = _run(what, lambda: adapter.network_output(x, torch.full((2,), t)))
+        _check_output(raw, x.shape, what)
+        eps = _run(what, lambda: adapter(x, torch.full((2,), t)))
+        _check_output(eps, x.shape, what + f" after the {adapter.prediction} -> eps conversion")
+        outs[t] = raw
+    if torch.equal(outs[PROBE_TIMES[0]], outs[PROBE_TIMES[1]]):
+        raise GenccError(f"the network's output is identical at t={PROBE_TIMES[0]} and t={PROBE_TIMES[1]} "
+                         f"(time input {adapter.time_input}): it ignores its time input, or the time input "
+                         "convention is wrong (see --time-input)")
+
+
+def _probe_generator(net: nn.Module, options: CompileOptions) -> tuple[int, ...]:
+    z = torch.randn((2, *options.latent_shape), generator=torch.Generator().manual_seed(0))
+    what = f"a probe z of shape {tuple(z.shape)}"
+    out = _run(what, lambda: net(z))
+    if out.dim() < 2 or out.shape[0] != 2:
+        raise GenccError(f"the generator's output on {what} has shape {tuple(out.shape)}; expected (2, *sample_shape)")
+    shape = tuple(out.shape[1:])
+    if options.sample_shape is not None and shape != options.sample_shape:
+        raise GenccError(f"the generator's output has sample shape {shape}, not the sample_shape "
+                         f"{options.sample_shape} given")
+    _check_output(out, out.shape, what)
+    return shape
+
+
+def _check_output(out: torch.Tensor, shape, what: str) -> None:
+    if tuple(out.shape) != tuple(shape):
+        raise GenccError(f"the network's output on {what} has shape {tuple(out.shape)}; "
+                         f"an eps-network must return its input's shape {tuple(shape)}")
+    if not torch.isfinite(out).all():
+        bad = int((~torch.isfinite(out)).sum())
+        raise GenccError(f"the network's output on {what} has {bad} NaN/inf values")
