@@ -9,6 +9,7 @@ generator.onnx) with the conversions traced into the same graphs, as compile_art
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -87,7 +88,10 @@ def _spec(name: str, shape: tuple[int, ...]) -> dict:
 
 
 def _export(module: nn.Module, path: Path, io: tuple) -> dict:
-    with _export_errors():
+    # A user's code may branch on sizes (diffusers does): the tracer's warnings about it are noise here,
+    # since the export is checked against torch at two batch sizes and a specialised trace fails that.
+    with _export_errors(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         return export_function(module, path, *io)
 
 
