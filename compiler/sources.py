@@ -29,8 +29,9 @@ _BUILD_FIELDS = ("target", "arch", "force", "sign", "tuning")   # how to compile
 
 def compile_source(source, out: str | Path, options: CompileOptions, log: Log = lambda s: None) -> dict:
     """Compile any accepted source into the artifact `out`; returns its manifest."""
-    from .compile import compile_artifact
+    from .compile import _check_new_output, compile_artifact
 
+    _check_new_output(out, options.force)   # before a network is loaded and probed, which may take a while
     prepared = resolve(source, options, log)
     return compile_artifact(prepared, out, target=options.target, arch=options.arch, force=options.force,
                             log=log, sign=options.sign, tuning=options.tuning)
@@ -54,12 +55,13 @@ def resolve(source, options: CompileOptions, log: Log = lambda s: None):
     if _is_gencc(path):
         _refuse_network_options(path, options)
         return path
-    if path.is_dir():
+    if path.is_dir() and ((path / "config.json").is_file() or (path / "model_index.json").is_file()):
         from .diffusers_source import load_diffusers
 
         net, options, source_info = load_diffusers(path, options, log)
         return _user_model(net, options, source_info)
-    raise GenccError(f"{str(path)!r} is neither a model folder nor an .onnx file")
+    raise GenccError(f"{str(path)!r} is neither a gencc checkpoint or export, a diffusers model folder "
+                     "(config.json or model_index.json) nor an .onnx file")
 
 
 def from_torch(net, options: CompileOptions):

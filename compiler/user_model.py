@@ -92,7 +92,15 @@ def _export(module: nn.Module, path: Path, io: tuple) -> dict:
     # since the export is checked against torch at two batch sizes and a specialised trace fails that.
     with _export_errors(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        return export_function(module, path, *io)
+        return export_function(module, path, *io, rewrite=_splicer(module))
+
+
+def _splicer(module: nn.Module) -> Callable[[Path], None] | None:
+    """For a network from an ONNX file: put its nodes in place of the exported placeholder."""
+    from .onnx_source import OnnxNet, splice
+
+    net = next((m for m in module.modules() if isinstance(m, OnnxNet)), None)
+    return None if net is None else (lambda path: splice(path, net))
 
 
 @contextlib.contextmanager
