@@ -24,7 +24,7 @@ from gencc.runtime.atomic import atomic_dir, readable_dir
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import one_line, read_json, short
 from gencc.runtime.normalize import Normalization
-from gencc.runtime.sde import VPSDE
+from gencc.runtime.sde import sde_from_dict
 
 FORMAT = "gencc-checkpoint"
 VERSION = 1
@@ -100,7 +100,7 @@ def _check_config(c: dict, where: str) -> None:
     norm = Normalization.from_dict(d.get("normalization"))
     expect(list(norm.sample_shape) == shape, f"normalization must be for sample shape {shape}", d.get("normalization"))
     if c["model"] == "diffusion":
-        VPSDE.from_dict(c.get("sde"))
+        sde_from_dict(c.get("sde"))
     for key in ("train", "losses", "versions"):
         expect(isinstance(c.get(key, {}), dict), f"{key} must be an object", c.get(key))
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from .errors import GenccError
 from .jsonfile import read_json, short
 from .normalize import Normalization
-from .sde import VPSDE
+from .sde import VPSDE, sde_from_dict
 
 FORMAT = "gencc-artifact"
 FORMAT_VERSION = 1
@@ -114,7 +114,7 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> Manifest:
     latent_shape = _shape(raw.get("latent_shape", []), "latent_shape", allow_empty=model == "diffusion")
     m = Manifest(root=root, model=model, sample_shape=sample_shape, latent_shape=latent_shape,
                  normalization=normalization,
-                 sde=VPSDE.from_dict(_dict(raw.get("sde"), "sde")) if model in DIFFUSION_KINDS else None,
+                 sde=sde_from_dict(_dict(raw.get("sde"), "sde")) if model in DIFFUSION_KINDS else None,
                  target=target, verified=raw.get("verified") is True, functions=functions, files=files, raw=raw,
                  num_classes=num_classes,
                  latent_scale=_latent(root, raw, functions, latent_shape, sample_shape) if model == "latent-diffusion"

@@ -10,7 +10,7 @@ import numpy as np
 
 from .model import Model
 from .normalize import Normalization
-from .sde import VPSDE
+from .sde import VPSDE, sde_from_dict
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
@@ -38,7 +38,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     except RuntimeError as e:
         from .errors import GenccError
         raise GenccError(f"weights in {str(path)!r} do not match its config: {str(e).splitlines()[0]}") from None
-    sde = VPSDE.from_dict(config["sde"]) if config["model"] == "diffusion" else None
+    sde = sde_from_dict(config["sde"]) if config["model"] == "diffusion" else None
     latent = getattr(net_cfg, "latent_dim", None)
     return model_from_net(config["model"], net, shape, norm, sde=sde, latent_dim=latent, info=config,
                           data_name=config["data"]["name"], device=device,

@@ -74,10 +74,7 @@ def time_grid(sde: VPSDE, steps: int, spacing: str = "uniform") -> np.ndarray:
         return np.linspace(1.0, sde.t_eps, steps + 1)
     if spacing == "logsnr":
         lam = np.linspace(sde.lambda_(1.0), sde.lambda_(sde.t_eps), steps + 1)
-        # Invert lambda = -1/2 log(e^B - 1): B = log(1 + e^{-2 lambda}), then solve the quadratic B(t).
-        big_b = np.log1p(np.exp(-2.0 * lam))
-        k = 0.5 * (sde.beta_max - sde.beta_min)
-        ts = (-sde.beta_min + np.sqrt(sde.beta_min ** 2 + 4 * k * big_b)) / (2 * k)
+        ts = sde.t_from_lambda(lam)
         ts[0], ts[-1] = 1.0, sde.t_eps
         return ts
     raise GenccError(f"unknown time spacing {spacing!r}; expected 'uniform' or 'logsnr'")

@@ -45,3 +45,13 @@ def tiny_shapes_latent(tmp_path_factory):
     ae = replace(default_config("diffusion", "image"), steps=3, batch_size=8, ckpt_every=3)
     train_latent_diffusion(ds, out, ae, ae, width=8, ae_width=8)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_moons_artifact(tmp_path_factory, tiny_moons_diffusion):
+    """tiny_moons_diffusion compiled for this CPU (step, eps, chain and noise libraries); ~10 s, so shared."""
+    from gencc.compiler.compile import compile_artifact
+
+    out = tmp_path_factory.mktemp("moons-artifact") / "moons.gencc"
+    compile_artifact(tiny_moons_diffusion, out, target="llvm")
+    return out
