@@ -17,8 +17,9 @@ from torch import nn
 
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import read_json, short
+from gencc.runtime.sde import sde_from_scheduler_config
 
-from .options import PREDICTION_ALIASES, SCHEDULES, CompileOptions
+from .options import PREDICTION_ALIASES, CompileOptions
 
 Log = Callable[[str], None]
 CLASS = "UNet2DModel"
@@ -87,12 +88,10 @@ def _scheduler_config(path: Path) -> dict:
     config = read_json(path, "diffusers scheduler config")
     if not isinstance(config, dict):
         raise GenccError(f"{str(path)!r} must hold a JSON object")
-    if config.get("trained_betas") is not None:
-        raise GenccError(f"{str(path)!r} has explicit trained_betas; gencc takes beta_schedule names only "
-                         f"({', '.join(SCHEDULES[1:])})")
-    if config.get("rescale_betas_zero_snr"):
-        raise GenccError(f"{str(path)!r} rescales betas to zero terminal SNR, where sigma_1 = 1 and gamma_1 = 0; "
-                         "gencc's VP samplers need gamma_1 > 0")
+    try:
+        sde_from_scheduler_config(config)   # refuses what the SDE cannot be: trained_betas, zero terminal SNR
+    except GenccError as e:
+        raise GenccError(f"{str(path)!r}: {e}") from None
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_ALIASES:
         raise GenccError(f"{str(path)!r}: unknown prediction_type {short(prediction)}; "

@@ -24,11 +24,11 @@ from pathlib import Path
 
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import short
+from gencc.runtime.sde import SCHEDULES   # "vp", then diffusers' table names
 
 KINDS = ("diffusion", "gan")
 PREDICTIONS = ("eps", "x0", "v")
 PREDICTION_ALIASES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}   # diffusers' names
-SCHEDULES = ("vp", "linear", "scaled_linear", "squaredcos_cap_v2")
 LABEL_INPUTS = ("onehot", "index")
 _TIMESTEP = re.compile(r"timestep:([0-9]{1,6})")
 
@@ -137,10 +137,6 @@ class CompileOptions:
         name = self.schedule_name
         if name == "vp":
             return sde_lib.VPSDE()
-        if not hasattr(sde_lib, "make_sde"):   # until the discrete schedules land: DDPM's linear table only
-            if name == "linear" and self.train_steps == 1000 and (self.beta_start, self.beta_end) == (1e-4, 0.02):
-                return sde_lib.VPSDE()
-            raise GenccError(f"schedule {name!r} with these parameters needs runtime/sde.py's discrete schedules")
         params = {"beta_start": self.beta_start, "beta_end": self.beta_end} if name != "squaredcos_cap_v2" else {}
         return sde_lib.make_sde(name, num_train_timesteps=self.train_steps, **params)
 

@@ -9,6 +9,7 @@ generator.onnx) with the conversions traced into the same graphs, as compile_art
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,7 @@ def _spec(name: str, shape: tuple[int, ...]) -> dict:
 def _export(module: nn.Module, path: Path, io: tuple) -> dict:
     # A user's code may branch on sizes (diffusers does): the tracer's warnings about it are noise here,
     # since the export is checked against torch at two batch sizes and a specialised trace fails that.
-    with _export_errors(), warnings.catch_warnings():
+    with _export_errors(), warnings.catch_warnings(), _torch_log_silenced():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         return export_function(module, path, *io, rewrite=_splicer(module))
 
@@ -101,6 +102,24 @@ def _splicer(module: nn.Module) -> Callable[[Path], None] | None:
 
     net = next((m for m in module.modules() if isinstance(m, OnnxNet)), None)
     return None if net is None else (lambda path: splice(path, net))
+
+
+@contextlib.contextmanager
+def _torch_log_silenced() -> Iterator[None]:
+    """Keep the exporter's C++ log off stdout: on an unsupported operator it prints the whole TorchScript
+    graph there, whatever `verbose` says (torch 2.13's setup_onnx_logging tests the function
+    _jit_is_onnx_log_enabled, not its result), and the error already names the operator."""
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @contextlib.contextmanager
