@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import re
@@ -72,8 +73,10 @@ def from_torch(net, options: CompileOptions):
 
     user = _user_model(net, options)
     conventions = {} if options.kind == "gan" else {"conventions": options.conventions()}
-    return model_from_net(options.kind, user.module, user.sample_shape, identity(user.sample_shape), sde=user.sde,
-                          latent_dim=None, info={"source": user.source, **conventions})
+    model = model_from_net(options.kind, user.module, user.sample_shape, identity(user.sample_shape), sde=user.sde,
+                           info={"source": user.source, **conventions})
+    # model_from_net knows gencc's flat GAN latents only; a user's z may be (100, 1, 1)
+    return dataclasses.replace(model, latent_shape=options.latent_shape) if options.kind == "gan" else model
 
 
 def _user_model(net, options: CompileOptions, source: dict | None = None):

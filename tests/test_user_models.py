@@ -6,6 +6,7 @@ gencc.from_torch on the same network, seed and sampler; between them they cover 
 """
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 
@@ -197,3 +198,126 @@ def test_bad_diffusers_folders_are_one_line(tmp_path):
 def test_network_options_on_a_gencc_checkpoint_are_refused(tiny_moons_diffusion, tmp_path):
     r = cli("compile", tiny_moons_diffusion, "--prediction", "v", "--out", tmp_path / "x.gencc")
     assert_user_error(r, "describes itself", "prediction")
+
+
+# ---- compiled: the artifact samples what gencc.from_torch samples (slow: each case is one TVM compile) ----
+
+def tiny_unet(shape=(1, 8, 8), attention=False):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    blocks = ("DownBlock2D", "AttnDownBlock2D") if attention else ("DownBlock2D", "DownBlock2D")
+    return UNet2DModel(sample_size=shape[1], in_channels=shape[0], out_channels=shape[0], block_out_channels=(8, 16),
+                       layers_per_block=1, down_block_types=blocks, norm_num_groups=4, attention_head_dim=8,
+                       up_block_types=tuple(b.replace("Down", "Up") for b in reversed(blocks))).eval()
+
+
+class UnetEps(nn.Module):
+    """How a user wraps a diffusers UNet by hand: eps(x, timestep) = unet(x, timestep).sample."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x, timestep):
+        return self.unet(x, timestep).sample
+
+
+def assert_artifact_matches(path, reference, n=4, steps=8, samplers=SAMPLERS):
+    """Samples through the artifact on tvm and ort equal the torch reference's to 1e-4 (relative)."""
+    for backend in ("tvm", "ort"):
+        model = gencc.load(path, backend=backend)
+        for sampler in samplers:
+            got = model.sample(n, steps=steps, sampler=sampler, seed=3)
+            want = reference.sample(n, steps=steps, sampler=sampler, seed=3)
+            err = np.abs(got - want).max() / np.abs(want).max()
+            assert err < 1e-4, (backend, sampler, err)
+
+
+@pytest.mark.slow
+def test_diffusers_folder_through_the_cli(tmp_path):
+    """A save_pretrained folder with a pipeline-style scheduler/ beside it: eps, DDPM's linear table."""
+    from diffusers import DDPMScheduler
+
+    unet = tiny_unet()
+    unet.save_pretrained(tmp_path / "pipe" / "unet")
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(tmp_path / "pipe" / "scheduler")
+    out = tmp_path / "unet.gencc"
+    r = cli("compile", tmp_path / "pipe" / "unet", "--out", out)
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["conventions"] == {"time_input": "timestep:1000", "prediction": "eps", "schedule": "linear"}
+    assert manifest["sde"]["kind"] == "vp-discrete"
+    reference = gencc.from_torch(UnetEps(unet), sample_shape=(1, 8, 8), time_input="timestep:1000")
+    assert_artifact_matches(out, reference)
+
+
+@pytest.mark.slow
+def test_onnx_file_v_prediction_scaled_linear(tmp_path):
+    """An ONNX export of the UNet (float timesteps, opset 14: converted) with gencc's conversions spliced around it."""
+    net = UnetEps(tiny_unet())
+    with torch.no_grad():
+        torch.onnx.export(net, (torch.randn(2, 1, 8, 8), torch.rand(2)), tmp_path / "eps.onnx", dynamo=False,
+                          input_names=["sample", "timestep"], output_names=["out"], opset_version=14,
+                          dynamic_axes={"sample": {0: "b"}, "timestep": {0: "b"}, "out": {0: "b"}})
+    options = dict(time_input="timestep:1000", prediction="v", schedule="scaled_linear", beta_start=0.00085,
+                   beta_end=0.012)
+    gencc.compile(tmp_path / "eps.onnx", tmp_path / "v.gencc", **options)   # sample_shape read from the graph
+    assert_artifact_matches(tmp_path / "v.gencc", gencc.from_torch(net, sample_shape=(1, 8, 8), **options))
+
+
+@pytest.mark.slow
+def test_module_x0_prediction_cosine_and_the_runtime_stays_light(tmp_path):
+    torch.manual_seed(0)
+    net, options = Eps(), dict(sample_shape=(2,), time_input="sigma", prediction="x0", schedule="squaredcos_cap_v2")
+    gencc.compile(net, tmp_path / "x0.gencc", **options)
+    assert_artifact_matches(tmp_path / "x0.gencc", gencc.from_torch(net, **options), n=64, steps=20)
+    code = ("import sys, gencc\n"
+            f"gencc.load({str(tmp_path / 'x0.gencc')!r}).sample(4, steps=3, seed=0)\n"
+            f"gencc.load({str(tmp_path / 'x0.gencc')!r}, backend='ort').sample(4, steps=3, seed=0)\n"
+            "print(sorted(m for m in ('torch', 'onnx', 'diffusers') if m in sys.modules))")
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_factory_with_safetensors_weights_through_the_cli(bad_nets, tmp_path):
+    from safetensors.torch import save_file
+
+    sys.modules.pop(bad_nets, None)
+    (tmp_path / bad_nets / "__init__.py").write_text(
+        "from torch import nn\nimport torch\n\n" + inspect.getsource(Eps) + "\ndef build(): return Eps(1000.0)\n")
+    torch.manual_seed(1)
+    trained = Eps(1000.0)
+    save_file(trained.state_dict(), str(tmp_path / "w.safetensors"))
+    out = tmp_path / "f.gencc"
+    r = cli("compile", f"{bad_nets}:build", "--weights", tmp_path / "w.safetensors", "--shape", "2",
+            "--time-input", "timestep:1000", "--out", out)
+    assert r.exit_code == 0, r.output
+    reference = gencc.from_torch(trained, sample_shape=(2,), time_input="timestep:1000")   # schedule: linear
+    assert_artifact_matches(out, reference, n=64, steps=20)
+
+
+@pytest.mark.slow
+def test_dcgan_generator_through_the_module_api(tmp_path):
+    torch.manual_seed(0)
+    g = Generator()
+    with torch.no_grad():
+        g(torch.randn(8, 16, 1, 1))   # a forward in train mode moves BatchNorm's statistics off 0 and 1
+    m = gencc.compile(g, tmp_path / "g.gencc", kind="gan", latent_shape=(16, 1, 1))
+    assert m["model"] == "gan" and m["sample_shape"] == [1, 8, 8] and m["latent_shape"] == [16, 1, 1]
+    want = gencc.from_torch(g, kind="gan", latent_shape=(16, 1, 1)).sample(16, seed=2)
+    for backend in ("tvm", "ort"):
+        got = gencc.load(tmp_path / "g.gencc", backend=backend).sample(16, seed=2)
+        assert np.abs(got - want).max() < 1e-5, backend
+
+
+@pytest.mark.slow
+def test_unet_3x16x16_with_attention_vp(tmp_path):
+    """The one larger case: attention blocks, RGB, gencc's continuous schedule under DDPM timesteps."""
+    net = UnetEps(tiny_unet((3, 16, 16), attention=True))
+    options = dict(sample_shape=(3, 16, 16), time_input="timestep:1000", schedule="vp")
+    gencc.compile(net, tmp_path / "attn.gencc", **options)
+    assert_artifact_matches(tmp_path / "attn.gencc", gencc.from_torch(net, **options), n=2, steps=5)
