@@ -172,6 +172,9 @@ def compile_(
     schedule: Optional[str] = typer.Option(None, help="vp, linear, scaled_linear or squaredcos_cap_v2 "
                                            "(default: linear for timestep:N, else vp)"),
     latent_shape: Optional[str] = typer.Option(None, help="gan: the shape of z, e.g. 64 or 100,1,1"),
+    num_classes: Optional[int] = typer.Option(None, help="K > 0: the network takes a class label as a third "
+                                              "input (K + 1 classes, the last the null class of guidance)"),
+    label_input: Optional[str] = typer.Option(None, help="onehot (B, K+1) rows (default) or index (B,) ids"),
     weights: Optional[Path] = typer.Option(None, help="module:factory sources: a .safetensors state dict"),
     scheduler: Optional[Path] = typer.Option(None, help="diffusers sources: a scheduler_config.json"),
 ):
@@ -194,7 +197,8 @@ def compile_(
             raise GenccError(f"--tune-batch must be a comma list of integers, got {tune_batch!r}") from None
         tuning = TuneOptions(trials=tune_trials or 0, batches=batches, db_dir=tune_db)
     network = {"sample_shape": shape, "kind": kind, "time_input": time_input, "prediction": prediction,
-               "schedule": schedule, "latent_shape": latent_shape, "weights": weights, "scheduler": scheduler}
+               "schedule": schedule, "latent_shape": latent_shape, "num_classes": num_classes,
+               "label_input": label_input, "weights": weights, "scheduler": scheduler}
     options = CompileOptions.make(target=target, arch=arch, force=force, sign=sign, tuning=tuning,
                                   **{k: v for k, v in network.items() if v is not None})
     start = time.perf_counter()

@@ -74,7 +74,7 @@ def from_torch(net, options: CompileOptions):
     user = _user_model(net, options)
     conventions = {} if options.kind == "gan" else {"conventions": options.conventions()}
     model = model_from_net(options.kind, user.module, user.sample_shape, identity(user.sample_shape), sde=user.sde,
-                           info={"source": user.source, **conventions})
+                           info={"source": user.source, **conventions}, num_classes=options.num_classes)
     # model_from_net knows gencc's flat GAN latents only; a user's z may be (100, 1, 1)
     return dataclasses.replace(model, latent_shape=options.latent_shape) if options.kind == "gan" else model
 

@@ -18,13 +18,15 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from gencc.models.adapters import EpsAdapter, output_tensor
+from gencc.models.adapters import EpsAdapter, LabelInput, output_tensor
+from gencc.models.conditioning import GuidedEps, one_hot
 from gencc.runtime import artifact
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import one_line
 from gencc.runtime.normalize import Normalization
 
 from .export import BATCH, FusedStep, eps_io, export_function, step_io
+from .export_conditional import GuidedFusedStep, guided_eps_io, guided_step_io
 from .options import CompileOptions
 
 Log = Callable[[str], None]
@@ -49,13 +51,17 @@ class UserModel:
         net = net.eval().requires_grad_(False)
         source = source or {"kind": "torch-module", "class": type(net).__name__}
         if options.kind == "gan":
+            if options.num_classes:
+                raise GenccError("class-conditional user generators are not supported yet (diffusion networks are)")
             shape = _probe_generator(net, options)
             return cls(net, options, shape, source)
         if options.sample_shape is None:
             raise GenccError("a diffusion network needs sample_shape (--shape), the shape of one sample, e.g. 1,8,8")
         sde = options.sde()
+        if options.num_classes:
+            net = LabelInput(net, options.label_input)
         adapter = EpsAdapter(net, sde, options.time, options.prediction_kind).eval()
-        _probe_eps(adapter, options.sample_shape, sde)
+        _probe_eps(adapter, options.sample_shape, sde, options.num_classes)
         return cls(adapter, options, options.sample_shape, source, sde)
 
     def export_into(self, folder: Path, log: Log) -> dict:
@@ -68,15 +74,20 @@ class UserModel:
                 "data": "", "source": self.source, "functions": functions}
         if self.options.kind == "gan":
             return {**meta, "latent_shape": list(self.options.latent_shape)}
-        return {**meta, "sde": self.sde.to_dict(), "step_contract": artifact.STEP_CONTRACT,
-                "conventions": self.options.conventions()}
+        k = self.options.num_classes
+        labels = {"num_classes": k, "step_contract": artifact.CFG_STEP_CONTRACT} if k else \
+            {"step_contract": artifact.STEP_CONTRACT}
+        return {**meta, "sde": self.sde.to_dict(), **labels, "conventions": self.options.conventions()}
 
     def _functions(self) -> list[tuple[str, tuple[nn.Module, tuple]]]:
         if self.options.kind == "gan":
             latent = self.options.latent_shape
             return [("generator", (self.module, ([_spec("z", latent)], [_spec("x", self.sample_shape)])))]
-        return [("eps", (self.module, eps_io(self.sample_shape))),
-                ("step", (FusedStep(self.module), step_io(self.sample_shape)))]
+        k, shape = self.options.num_classes, self.sample_shape
+        if k:   # guidance inside the graph, as for gencc's own conditional checkpoints
+            return [("eps", (GuidedEps(self.module, k, shape, shared_t=False), guided_eps_io(shape, k))),
+                    ("step", (GuidedFusedStep(self.module, k, shape), guided_step_io(shape, k)))]
+        return [("eps", (self.module, eps_io(shape))), ("step", (FusedStep(self.module), step_io(shape)))]
 
 
 def identity(shape: tuple[int, ...]) -> Normalization:
@@ -144,15 +155,16 @@ def _run(what: str, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         raise GenccError(f"the network failed on {what}: {type(e).__name__}: {one_line(e)}") from None
 
 
-def _probe_eps(adapter: EpsAdapter, shape: tuple[int, ...], sde) -> None:
+def _probe_eps(adapter: EpsAdapter, shape: tuple[int, ...], sde, num_classes: int) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn((2, *shape), generator=g)
+    label = (one_hot(torch.tensor([0, num_classes]), num_classes + 1),) if num_classes else ()   # class 0, null
     outs = {}
     for t in (float(sde.t_eps), *PROBE_TIMES, 1.0):
         what = f"a probe input of shape {tuple(x.shape)} at t={t:g}"
-        raw = _run(what, lambda: adapter.network_output(x, torch.full((2,), t)))
+        raw = _run(what, lambda: adapter.network_output(x, torch.full((2,), t), *label))
         _check_output(raw, x.shape, what)
-        eps = _run(what, lambda: adapter(x, torch.full((2,), t)))
+        eps = _run(what, lambda: adapter(x, torch.full((2,), t), *label))
         _check_output(eps, x.shape, what + f" after the {adapter.prediction} -> eps conversion")
         outs[t] = raw
     if torch.equal(outs[PROBE_TIMES[0]], outs[PROBE_TIMES[1]]):

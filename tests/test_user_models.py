@@ -321,3 +321,30 @@ def test_unet_3x16x16_with_attention_vp(tmp_path):
     options = dict(sample_shape=(3, 16, 16), time_input="timestep:1000", schedule="vp")
     gencc.compile(net, tmp_path / "attn.gencc", **options)
     assert_artifact_matches(tmp_path / "attn.gencc", gencc.from_torch(net, **options), n=2, steps=5)
+
+
+class LabelledEps(nn.Module):
+    """A user's class-conditional eps-network taking int64 class ids, K = 3 meaning the null class."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(4, 8)
+        self.body = nn.Sequential(nn.Linear(11, 32), nn.SiLU(), nn.Linear(32, 2))
+
+    def forward(self, x, time, label):
+        return self.body(torch.cat([x, time[:, None], self.embed(label)], 1))
+
+
+@pytest.mark.slow
+def test_class_conditional_index_labels_with_guidance(tmp_path):
+    torch.manual_seed(0)
+    net, options = LabelledEps(), dict(sample_shape=(2,), num_classes=3, label_input="index")
+    m = gencc.compile(net, tmp_path / "c.gencc", **options)
+    assert m["num_classes"] == 3 and m["step_contract"] == "affine5-cfg-v1"
+    reference = gencc.from_torch(net, **options)
+    for backend in ("tvm", "ort"):
+        model = gencc.load(tmp_path / "c.gencc", backend=backend)
+        for sampler in SAMPLERS:
+            kw = dict(steps=10, sampler=sampler, seed=4, label=[0, 1, 2, 1], guidance=1.5)
+            got, want = model.sample(4, **kw), reference.sample(4, **kw)
+            assert np.abs(got - want).max() / np.abs(want).max() < 1e-4, (backend, sampler)
