@@ -195,6 +195,18 @@ def test_bad_diffusers_folders_are_one_line(tmp_path):
         assert not (tmp_path / "x.gencc").exists()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # the TorchScript exporter, knowingly used
+def test_bad_onnx_files_are_one_line(tmp_path):
+    fixed = tmp_path / "fixed.onnx"
+    torch.onnx.export(Eps(), (torch.randn(1, 2), torch.rand(1)), fixed, input_names=["x", "t"], dynamo=False)
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
+    for path, words in ((fixed, ["fixed batch size 1", "dynamic batch axis"]),
+                        (tmp_path / "junk.onnx", ["unreadable or invalid"])):
+        r = cli("compile", path, "--out", tmp_path / "x.gencc")
+        assert_user_error(r, *words)
+        assert not (tmp_path / "x.gencc").exists()
+
+
 def test_network_options_on_a_gencc_checkpoint_are_refused(tiny_moons_diffusion, tmp_path):
     r = cli("compile", tiny_moons_diffusion, "--prediction", "v", "--out", tmp_path / "x.gencc")
     assert_user_error(r, "describes itself", "prediction")
@@ -248,11 +260,14 @@ def test_diffusers_folder_through_the_cli(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["conventions"] == {"time_input": "timestep:1000", "prediction": "eps", "schedule": "linear"}
     assert manifest["sde"]["kind"] == "vp-discrete"
+    info = cli("info", out)
+    assert info.exit_code == 0 and '"time_input": "timestep:1000"' in info.output and "diffusers" in info.output
     reference = gencc.from_torch(UnetEps(unet), sample_shape=(1, 8, 8), time_input="timestep:1000")
     assert_artifact_matches(out, reference)
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 def test_onnx_file_v_prediction_scaled_linear(tmp_path):
     """An ONNX export of the UNet (float timesteps, opset 14: converted) with gencc's conversions spliced around it."""
     net = UnetEps(tiny_unet())
