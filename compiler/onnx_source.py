@@ -124,7 +124,8 @@ def splice(path: Path, net: OnnxNet) -> None:
     try:
         onnx.checker.check_model(outer, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise GenccError(f"the ONNX graph with gencc's conversions around the user's is invalid: {one_line(e)}") from None
+        raise GenccError(f"the ONNX graph with gencc's conversions around the user's is invalid: "
+                         f"{one_line(e)}") from None
     from gencc.runtime.atomic import write_bytes_atomic
 
     write_bytes_atomic(path, outer.SerializeToString())
@@ -135,7 +136,8 @@ def _read(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as e:   # protobuf, checker and file errors all mean the same to the user
-        raise GenccError(f"ONNX file {str(path)!r} is unreadable or invalid: {type(e).__name__}: {one_line(e)}") from None
+        raise GenccError(f"ONNX file {str(path)!r} is unreadable or invalid: "
+                         f"{type(e).__name__}: {one_line(e)}") from None
     version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
     if version != OPSET:   # one graph has one opset: the user's nodes move to the wrapper's
         try:

@@ -142,7 +142,9 @@ class CompileOptions:
 
     def conventions(self) -> dict:
         """The manifest's record of what was fused into the step, for `gencc info` and for people."""
-        return {"time_input": str(self.time), "prediction": self.prediction_kind, "schedule": self.schedule_name}
+        labels = {"label_input": self.label_input} if self.num_classes else {}
+        return {"time_input": str(self.time), "prediction": self.prediction_kind, "schedule": self.schedule_name,
+                **labels}
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:

@@ -69,9 +69,9 @@ class UserModel:
         functions = {name: _export(module, folder / f"{name}.onnx", io) for name, (module, io) in self._functions()}
         for f in functions.values():
             log(f"exported {f['file']} (ONNX Runtime vs torch: max abs err {f['max_abs_err_vs_torch']:.2g})")
-        shape = list(self.sample_shape)
-        meta = {"model": self.options.kind, "sample_shape": shape, "normalization": identity(self.sample_shape).to_dict(),
-                "data": "", "source": self.source, "functions": functions}
+        meta = {"model": self.options.kind, "sample_shape": list(self.sample_shape),
+                "normalization": identity(self.sample_shape).to_dict(), "data": "", "source": self.source,
+                "functions": functions}
         if self.options.kind == "gan":
             return {**meta, "latent_shape": list(self.options.latent_shape)}
         k = self.options.num_classes
