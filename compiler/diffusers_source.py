@@ -3,9 +3,10 @@
 The network is wrapped as net(x, timestep) = unet(x, timestep).sample, time input timestep:N. The
 scheduler config (`options.scheduler`, else the pipeline's scheduler/ folder beside or inside the
 source) gives N (num_train_timesteps), the beta table (beta_schedule, beta_start, beta_end) and the
-prediction (prediction_type: epsilon, sample or v_prediction); without one, DDPMScheduler's defaults
-(linear, 1000 steps, epsilon) are used and said so. The configs are read and checked before diffusers
-is imported, so a folder of another class is refused at once.
+prediction (prediction_type: epsilon, sample or v_prediction); an option that contradicts it is refused.
+Without one, the options given and otherwise DDPMScheduler's defaults (linear, 1000 steps, epsilon) are
+used, and the log says so. The configs are read and checked before diffusers is imported, so a folder
+of another class is refused at once.
 """
 from __future__ import annotations
 
@@ -45,13 +46,13 @@ def load_diffusers(folder: Path, options: CompileOptions, log: Log) -> tuple[nn.
     unet_dir = folder / "unet" if (folder / "model_index.json").is_file() else folder
     config = _unet_config(unet_dir)
     scheduler_path = _scheduler_path(folder, unet_dir, options.scheduler)
-    scheduler = DEFAULT_SCHEDULER if scheduler_path is None else _scheduler_config(scheduler_path)
-    if scheduler_path is None:
-        log(f"no scheduler config found (pass --scheduler); using DDPMScheduler's defaults {DEFAULT_SCHEDULER}")
+    scheduler = None if scheduler_path is None else _scheduler_config(scheduler_path)
+    if scheduler is None:
+        log("no scheduler config found (pass --scheduler): DDPMScheduler's defaults, where no option says otherwise")
     options = _with_scheduler(options, config, scheduler)
     unet = _load_unet(unet_dir)
     source = {"kind": "diffusers", "class": CLASS, "folder": folder.name,
-              "scheduler": {k: scheduler.get(k, v) for k, v in DEFAULT_SCHEDULER.items()}}
+              "scheduler": None if scheduler_path is None else scheduler_path.name}
     return DiffusersUNet(unet), options, source
 
 
@@ -99,17 +100,27 @@ def _scheduler_config(path: Path) -> dict:
     return config
 
 
-def _with_scheduler(options: CompileOptions, config: dict, scheduler: dict) -> CompileOptions:
-    """The options with the network's conventions taken from its configs (sample_shape only if not given)."""
-    get = lambda k: scheduler.get(k, DEFAULT_SCHEDULER[k])   # noqa: E731
+def _with_scheduler(options: CompileOptions, config: dict, scheduler: dict | None) -> CompileOptions:
+    """The options with the network's conventions taken from its configs (sample_shape only if not given).
+
+    An option the user set that contradicts a scheduler config is refused (it would be silently wrong
+    either way); without a scheduler config, the user's options replace DDPMScheduler's defaults.
+    """
+    get = lambda k: (scheduler or DEFAULT_SCHEDULER).get(k, DEFAULT_SCHEDULER[k])   # noqa: E731
     size = config.get("sample_size", 32)
     size = (size, size) if isinstance(size, int) else tuple(size)
-    shape = options.sample_shape or (int(config.get("in_channels", 3)), *map(int, size))
     n = get("num_train_timesteps")
-    return dataclasses.replace(options, sample_shape=shape, time_input=f"timestep:{n}",
-                               prediction=PREDICTION_ALIASES[get("prediction_type")], schedule=get("beta_schedule"),
-                               num_train_timesteps=n, beta_start=float(get("beta_start")),
-                               beta_end=float(get("beta_end")), scheduler=None)
+    derived = {"time_input": f"timestep:{n}", "prediction": PREDICTION_ALIASES[get("prediction_type")],
+               "schedule": get("beta_schedule"), "num_train_timesteps": n, "beta_start": float(get("beta_start")),
+               "beta_end": float(get("beta_end"))}
+    defaults = CompileOptions()
+    given = {k: getattr(options, k) for k in derived if getattr(options, k) != getattr(defaults, k)}
+    for k, v in given.items():
+        if scheduler is not None and PREDICTION_ALIASES.get(v, v) != derived[k]:
+            raise GenccError(f"{k}={v!r} contradicts the scheduler config's {derived[k]!r}; leave the option out, "
+                             "or pass the scheduler config the network was trained with")
+    shape = options.sample_shape or (int(config.get("in_channels", 3)), *map(int, size))
+    return dataclasses.replace(options, **{**derived, **given}, sample_shape=shape, scheduler=None)
 
 
 def _load_unet(unet_dir: Path) -> nn.Module:

@@ -207,6 +207,23 @@ def test_bad_onnx_files_are_one_line(tmp_path):
         assert not (tmp_path / "x.gencc").exists()
 
 
+def test_diffusers_options_against_the_scheduler_config(tmp_path):
+    """An option that contradicts the scheduler config is refused; without a config, options win over defaults."""
+    from diffusers import DDPMScheduler
+
+    from gencc.compiler.sources import resolve
+
+    unet = tmp_path / "unet"
+    tiny_unet().save_pretrained(unet)
+    DDPMScheduler(prediction_type="epsilon").save_pretrained(tmp_path / "sched")
+    r = cli("compile", unet, "--scheduler", tmp_path / "sched", "--prediction", "v", "--out", tmp_path / "x.gencc")
+    assert_user_error(r, "prediction='v' contradicts the scheduler config's 'eps'")
+    user = resolve(unet, CompileOptions(prediction="v", schedule="squaredcos_cap_v2"))
+    assert user.options.conventions() == {"time_input": "timestep:1000", "prediction": "v",
+                                          "schedule": "squaredcos_cap_v2"}
+    assert user.sde.schedule == "squaredcos_cap_v2" and user.sample_shape == (1, 8, 8)
+
+
 def test_network_options_on_a_gencc_checkpoint_are_refused(tiny_moons_diffusion, tmp_path):
     r = cli("compile", tiny_moons_diffusion, "--prediction", "v", "--out", tmp_path / "x.gencc")
     assert_user_error(r, "describes itself", "prediction")
@@ -363,3 +380,11 @@ def test_class_conditional_index_labels_with_guidance(tmp_path):
             kw = dict(steps=10, sampler=sampler, seed=4, label=[0, 1, 2, 1], guidance=1.5)
             got, want = model.sample(4, **kw), reference.sample(4, **kw)
             assert np.abs(got - want).max() / np.abs(want).max() < 1e-4, (backend, sampler)
+
+
+@pytest.mark.slow
+def test_cuda_cross_compile_of_a_user_network(tmp_path):
+    """target="cuda" cross-compiles here (nvcc, no GPU); the artifact is unverified until gencc verify runs."""
+    m = gencc.compile(Eps(), tmp_path / "cuda.gencc", sample_shape=(2,), prediction="v", target="cuda", arch="sm_80")
+    assert m["target"] == {"kind": "cuda", "arch": "sm_80"} and m["verified"] is False
+    assert m["conventions"]["prediction"] == "v"
