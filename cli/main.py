@@ -9,9 +9,10 @@ from typing import Optional
 
 import typer
 
+from gencc.cli.group import GenccGroup, plain_help
 from gencc.runtime.errors import GenccError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=GenccGroup, add_completion=False, no_args_is_help=True,
                   help="Train generative models in PyTorch, compile them with TVM, and sample them.\n\n"
                        "Example: gencc train diffusion --data moons --out moons.ckpt && "
                        "gencc sample moons.ckpt --n 1000 --out s.npz --png s.png\n\n"
@@ -42,9 +43,12 @@ def train(
     steps: Optional[int] = typer.Option(None, help="training steps (default: sized per dataset)"),
     batch_size: Optional[int] = typer.Option(None, help="minibatch size"),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate"),
-    seed: int = typer.Option(0, help="seed for init, minibatches and noise"),
+    seed: Optional[int] = typer.Option(None, help="seed for init, minibatches, noise and builtin 2-D data "
+                                       "(default 0)"),
     width: Optional[int] = typer.Option(None, help="network width (MLP units or UNet/DCGAN channels)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out"),
+    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out with its own data, "
+                                "seed, network and settings; may change on resume: --steps, --batch-size, --lr, "
+                                "--ckpt-every, --preview, --preview-every, --nproc, --device"),
     image_size: Optional[int] = typer.Option(None, help="resize images in a folder to this side"),
     channels: Optional[int] = typer.Option(None, help="1 or 3 channels for an image folder"),
     ckpt_every: Optional[int] = typer.Option(None, help="steps between checkpoints (default 1000)"),
@@ -92,16 +96,19 @@ def sample(
     path: Path = typer.Argument(..., help="checkpoint or compiled artifact directory"),
     n: int = typer.Option(..., "--n", help="number of samples"),
     out: Path = typer.Option(..., "--out", help="output .npz (key 'samples') or .npy, written as it goes"),
-    steps: int = typer.Option(200, help="sampler steps (diffusion)"),
-    sampler: str = typer.Option("em", help="em, pc, ancestral, ode-euler, ode-heun, ddim or dpm2m"),
-    corrector_steps: int = typer.Option(1, help="pc: Langevin corrector steps per step"),
-    snr: float = typer.Option(0.16, help="pc: signal-to-noise ratio of the Langevin step size"),
+    steps: Optional[int] = typer.Option(None, help="sampler steps (diffusion; default 200)"),
+    sampler: Optional[str] = typer.Option(None, help="diffusion: em (default), pc, ancestral, ode-euler, ode-heun, "
+                                          "ddim or dpm2m"),
+    corrector_steps: Optional[int] = typer.Option(None, help="pc: Langevin corrector steps per step (default 1)"),
+    snr: Optional[float] = typer.Option(None, help="pc: signal-to-noise ratio of the Langevin step size "
+                                        "(default 0.16)"),
     seed: int = typer.Option(0, help="sample i depends only on (seed, i)"),
     batch_size: int = typer.Option(1024, help="samples per network call"),
     png: Optional[Path] = typer.Option(None, help="also write an image grid or 2-D scatter plot"),
     backend: Optional[str] = typer.Option(None, help="tvm (default for artifacts), ort, or torch (checkpoints)"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda[:N]; default: the artifact's target"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run (OUT.partial.npy)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --out (and --png)"),
     require_signature: bool = typer.Option(False, "--require-signature",
                                            help="refuse an artifact not signed by a --trusted-key"),
     trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key",
@@ -127,10 +134,10 @@ def sample(
     from gencc.cli.commands import sample_command
 
     sample_command(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
-                   png=png, backend=backend, device=device, resume=resume, label=label, guidance=guidance,
-                   trusted_keys=(trusted_key or []) if require_signature or trusted_key else None, shard=shard,
-                   options={"corrector_steps": corrector_steps, "snr": snr} if sampler == "pc" else None,
-                   preview_dir=preview, preview_every=preview_every)
+                   png=png, backend=backend, device=device, resume=resume, force=force, label=label,
+                   guidance=guidance, trusted_keys=(trusted_key or []) if require_signature or trusted_key else None,
+                   shard=shard, corrector_steps=corrector_steps, snr=snr, preview_dir=preview,
+                   preview_every=preview_every)
 
 
 @app.command()
@@ -227,6 +234,7 @@ def verify(path: Path = typer.Argument(..., help="artifact directory"),
 def merge(
     shards: list[Path] = typer.Argument(..., help="the shard files written by `gencc sample --shard k/N`"),
     out: Path = typer.Option(..., "--out", help="output .npz (key 'samples') or .npy"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --out"),
 ):
     """Join the shards of one sampling job into the file an unsharded run would write.
 
@@ -234,7 +242,7 @@ def merge(
     """
     from gencc.cli.commands import merge_command
 
-    merge_command(shards, out)
+    merge_command(shards, out, force=force)
 
 
 @app.command()
@@ -292,7 +300,7 @@ def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="folder for ch
 @app.command(name="eval")
 @_user_errors
 def eval_(
-    samples: Path = typer.Argument(..., help=".npz with a 'samples' array, as written by gencc sample"),
+    samples: Path = typer.Argument(..., help=".npy, or .npz with a 'samples' array, as written by gencc sample"),
     data: str = typer.Option(..., "--data", help="built-in name (moons, swissroll, gaussians8, checkerboard, "
                              "digits, shapes) or the .npy/.npz file or image folder the model learned"),
     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
@@ -367,6 +375,9 @@ def doctor(json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HEL
     emit_json(report, json_out)
     if not report["cpu_path_usable"]:
         raise typer.Exit(3)
+
+
+plain_help(app)  # every command's --help without typer's Python-type metavars
 
 
 def main() -> None:

@@ -63,6 +63,37 @@ def gflops(flops: int | None, seconds: float) -> float:
     return flops / seconds / 1e9 if seconds > 0 else 0.0
 
 
+# A run is marked unreliable (a busy machine) when any of these trips; see busy_reasons.
+# SCALING_MIN is loose because one core turbo-boosts above all of them on big machines: 0.5 lets a
+# 16-core part run its threads at two thirds of the one-core clock and still pass.
+SCALING_MIN = 0.5   # the multi-thread matmul peak must reach this fraction of threads x the one-thread figure
+SPREAD_MAX = 0.5    # the median row's (p90 - p10) / median of the step time must stay below this
+
+
+def busy_reasons(peak: dict, rows: list[dict]) -> list[str]:
+    """Why this run's numbers describe a busy machine rather than the backends; [] for a quiet run.
+
+    A 2048^3 product is compute-bound, so on a quiet machine its peak grows nearly with the threads;
+    with other processes on the cores the threads wait for each other (the issue's busy run: 96
+    against the usual 447 GFLOP/s). Other processes' runnable threads before and after the peak probe,
+    and a wide spread of the repeated step timings, say the same without a matmul."""
+    reasons = []
+    threads, one, multi = peak.get("threads", 1), peak.get("one_thread_gflops"), peak.get("torch_gflops")
+    if threads > 1 and one and multi is not None and multi < SCALING_MIN * threads * one:
+        reasons.append(f"the matmul peak on {threads} threads was {multi:.0f} GFLOP/s, only {multi / one:.2f}x "
+                       f"its one-thread {one:.0f} (a quiet machine gives about {threads}x)")
+    busy = peak.get("busy_threads") or []
+    if busy and min(busy) >= 1:
+        count = f"{min(busy)}" if min(busy) == max(busy) else f"{min(busy)}-{max(busy)}"
+        reasons.append(f"other processes had {count} threads running during the peak probe")
+    spreads = sorted((r["step_p90_s"] - r["step_p10_s"]) / r["step_median_s"] for r in rows
+                     if r.get("step_median_s"))
+    if spreads and spreads[len(spreads) // 2] > SPREAD_MAX:
+        reasons.append(f"repeated step timings spread by {100 * spreads[len(spreads) // 2]:.0f}% of the median "
+                       f"(p10-p90, median row; a quiet machine stays under {100 * SPREAD_MAX:.0f}%)")
+    return reasons
+
+
 def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Path] | None = None,
               log: Log = lambda s: None) -> dict:
     """Measure every backend of `cfg` on `checkpoint`; `artifacts` maps tvm / tvm-tuned to prebuilt ones."""
@@ -95,6 +126,8 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
                                         "steps": cfg.steps if config["model"] != "gan" else 0,
                                         "sampler": cfg.sampler, "min_seconds": cfg.min_seconds}, cfg.timeout_s)
     report = _summarise(checkpoint, config, cfg, flops, peak, results)
+    if report["unreliable"]:
+        log(f"WARNING: {BUSY_WARNING}: " + "; ".join(report["busy_reasons"]))
     if decoder_flops is not None:
         report["decoder_flops"] = decoder_flops
     return report
@@ -160,7 +193,14 @@ def _summarise(checkpoint, config, cfg: BenchConfig, flops: dict, peak: dict, re
     return {"checkpoint": str(checkpoint), "model": config["model"], "net": config["net"].get("arch"),
             "data": config["data"]["name"], "config": {**cfg.__dict__},
             "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "flops_per_step": flops, "peak": peak, "rows": rows}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "flops_per_step": flops, "peak": peak, "rows": rows,
+            **reliability(peak, rows)}
+
+
+def reliability(peak: dict, rows: list[dict]) -> dict:
+    """The report's verdict: "unreliable" with the reasons when the machine was busy (busy_reasons)."""
+    reasons = busy_reasons(peak, rows)
+    return {"unreliable": bool(reasons), "busy_reasons": reasons}
 
 
 def _cpu_name() -> str:
@@ -173,10 +213,18 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+BUSY_WARNING = "the machine was busy during this run, so its times and ratios are not reliable"
+
+
 def markdown(report: dict) -> str:
-    """The report as a Markdown table, with the machine and peak it was measured against."""
+    """The report as a Markdown table, with the machine and peak it was measured against. A busy run
+    (report["unreliable"]) opens with the warning and shows no ratios: they would measure the load."""
     p = report["peak"]
-    lines = [f"**{report['data']} {report['model']} ({report['net']})**, {report['machine']['cpu']}, "
+    busy = report.get("unreliable", False)
+    warning = ([f"**UNRELIABLE: {BUSY_WARNING}** ({'; '.join(report['busy_reasons'])}). Ratios to torch are "
+                "left out; rerun on a quiet machine.", ""] if busy else [])
+    x = (lambda v: "busy") if busy else (lambda v: f"{v:.2f}")
+    lines = warning + [f"**{report['data']} {report['model']} ({report['net']})**, {report['machine']['cpu']}, "
              f"{report['machine']['cores']} cores, {report['date']}. Matmul peak {p.get('peak_gflops', 0):.0f} GFLOP/s "
              f"({p.get('size')}^3 float32). End to end: {report['config']['steps']} `{report['config']['sampler']}` steps.",
              "",
@@ -189,15 +237,16 @@ def markdown(report: dict) -> str:
             continue
         lines.append(
             f"| {r['backend']} | {r['batch']} | {_t(r['step_median_s'])} | {_t(r['step_p10_s'])}-{_t(r['step_p90_s'])} "
-            f"| {r.get('step_speedup_vs_torch', float('nan')):.2f} | {_f(r['gflops'], '.1f')} | {_f(100 * r['peak_fraction'], '.0f', '%')} "
+            f"| {x(r.get('step_speedup_vs_torch', float('nan')))} | {_f(r['gflops'], '.1f')} "
+            f"| {_f(100 * r['peak_fraction'], '.0f', '%')} "
             f"| {_t(r['run_step_s']) if 'run_step_s' in r else '-'} "
-            f"| {r.get('samples_per_s', float('nan')):.0f} | {r.get('e2e_speedup_vs_torch', float('nan')):.2f} "
+            f"| {r.get('samples_per_s', float('nan')):.0f} | {x(r.get('e2e_speedup_vs_torch', float('nan')))} "
             f"| {r['startup_s']:.2f} s | {r['peak_rss_mb']:.0f} MB |")
     decoded = [r for r in report["rows"] if "decoder_median_s" in r]
     if decoded:   # latent diffusion: the decoder, once per sample; end to end above includes it
         lines += ["", "| backend | batch | decoder (median) | x torch (decoder) |", "|---|---|---|---|"]
         lines += [f"| {r['backend']} | {r['batch']} | {_t(r['decoder_median_s'])} "
-                  f"| {r.get('decoder_speedup_vs_torch', float('nan')):.2f} |" for r in decoded]
+                  f"| {x(r.get('decoder_speedup_vs_torch', float('nan')))} |" for r in decoded]
     return "\n".join(lines) + "\n"
 
 

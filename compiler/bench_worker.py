@@ -43,8 +43,8 @@ def torch_step(path: str, compiled: bool):
 
     config = ckpt.load_config(path)
     cfg = config_from_dict(config["net"])
-    net = build_gan(cfg)[0] if config["model"] == "gan" else build_eps_net(cfg)
-    net.load_state_dict(ckpt.load_weights(path))
+    gan = config["model"] == "gan"
+    net = ckpt.load_network(path, config, lambda: build_gan(cfg)[0] if gan else build_eps_net(cfg))
     net = net.eval().requires_grad_(False)
     if compiled:
         net = torch.compile(net)
@@ -143,8 +143,16 @@ def peak_rss_mb() -> float:
 
 
 def peak_matmul(n: int = 2048, repeats: int = 5) -> dict:
-    """The machine's float32 matmul peak, measured now: best of numpy's and torch's n x n x n product."""
-    out = {}
+    """The machine's float32 matmul peak, measured now: best of numpy's and torch's n x n x n product.
+
+    Also what says whether the machine was quiet: torch's product on one thread (`one_thread_gflops`;
+    on a quiet machine the peak is about `threads` times it, on a busy one the threads wait for each
+    other and the peak falls to it or below) and the threads of other processes running before and
+    after (`busy_threads`, runtime/threads.busy_elsewhere). compiler/bench.busy_reasons judges them.
+    """
+    from gencc.runtime.threads import busy_elsewhere
+
+    out = {"busy_threads": [busy_elsewhere()]}
     a, b = (np.random.default_rng(i).standard_normal((n, n)).astype(np.float32) for i in (0, 1))
     out["numpy_gflops"] = 2 * n ** 3 / time_calls(lambda: a @ b, min_seconds=1.0, repeats=repeats)["median_s"] / 1e9
     try:
@@ -152,17 +160,31 @@ def peak_matmul(n: int = 2048, repeats: int = 5) -> dict:
 
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         out["torch_gflops"] = 2 * n ** 3 / time_calls(lambda: ta @ tb, min_seconds=1.0, repeats=repeats)["median_s"] / 1e9
+        out["threads"] = torch.get_num_threads()
+        torch.set_num_threads(1)
+        one = time_calls(lambda: ta @ tb, min_seconds=0.5, repeats=3)["median_s"]
+        out["one_thread_gflops"] = 2 * n ** 3 / one / 1e9
     except ImportError:
         pass
-    out["peak_gflops"] = max(out.values())
+    out["peak_gflops"] = max(out["numpy_gflops"], out.get("torch_gflops", 0.0))
     out["size"] = n
+    out["busy_threads"].append(busy_elsewhere())
     return out
 
+
+def _measure(request: dict) -> dict:
+    """A backend's measurements; torch's under gencc's thread policy, as `gencc sample` runs it."""
+    if request["backend"].startswith("torch"):
+        from gencc.runtime.threads import torch_threads
+
+        with torch_threads() as n:
+            return {**main(request), "torch_threads": n}
+    return main(request)
 
 if __name__ == "__main__":
     request = json.loads(sys.argv[1])
     try:
-        answer = peak_matmul() if request.get("peak") else main(request)
+        answer = peak_matmul() if request.get("peak") else _measure(request)
     except Exception as e:   # reported in the table as this backend's error, not a crash of the whole bench
         answer = {"backend": request.get("backend"), "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     print(json.dumps(answer))

@@ -48,7 +48,7 @@ def compile_artifact(source, out: str | Path, target: str = "llvm", arch: str | 
     _require_full_tvm()
     from .build import build, resolve_target, run_parity
     from .export import random_inputs
-    from .flops import count_flops_or_none
+    from .flops import activation_bytes_per_sample, count_flops_or_none
     from .tune import TUNED_FUNCTIONS, tune_into
 
     source = source if hasattr(source, "export_into") else Path(source)   # a compiler.user_model.UserModel
@@ -68,6 +68,9 @@ def compile_artifact(source, out: str | Path, target: str = "llvm", arch: str | 
             flops = count_flops_or_none(tmp / f["file"], 1)
             if flops:   # lets the runtime run small calls on one thread (runtime/threads.py)
                 functions[name]["flops_per_sample"] = flops
+            activations = activation_bytes_per_sample(tmp / f["file"])
+            if activations:   # lets the runtime refuse a batch whose activations cannot fit (runtime/model.py)
+                functions[name]["activation_bytes_per_sample"] = activations
             if target_desc["kind"] == "llvm":   # the parity gate: refuse to write a library that disagrees
                 parity[name] = run_parity(tmp / so, tmp / f["file"], random_inputs(f["inputs"]))
                 log(f"parity {so} vs ONNX Runtime: max abs err {parity[name]:.2g}")
@@ -105,6 +108,9 @@ def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None 
     Marking rewrites manifest.json, which voids a signature: a signed artifact needs `sign` (a private
     key) to be re-signed in the same step, and is refused without it before anything runs.
     """
+    from gencc.runtime.policy import check_required_signature
+
+    check_required_signature(path)   # GENCC_REQUIRE_SIGNATURE: before any of its code runs
     m = artifact.read_manifest(path)
     key = signing.load_private_key(sign) if sign is not None else None
     if key is None and signing.is_signed(m.root):

@@ -232,9 +232,6 @@ def _load_net(ckpt_dir: str | Path, config: dict) -> nn.Module:
     from gencc.models.factory import build_eps_net, build_gan, config_from_dict
 
     cfg = config_from_dict(config["net"])
-    net = build_gan(cfg)[0] if config["model"] == "gan" else build_eps_net(cfg)
-    try:
-        net.load_state_dict(ckpt.load_weights(ckpt_dir))
-    except RuntimeError as e:
-        raise GenccError(f"weights in {str(ckpt_dir)!r} do not match its config: {str(e).splitlines()[0]}") from None
+    gan = config["model"] == "gan"
+    net = ckpt.load_network(ckpt_dir, config, lambda: build_gan(cfg)[0] if gan else build_eps_net(cfg))
     return net.eval().requires_grad_(False)

@@ -109,3 +109,19 @@ def _einsum(node, shapes) -> int:
 
 
 _COUNTERS = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _conv_transpose, "Einsum": _einsum}
+
+
+def activation_bytes_per_sample(model: onnx.ModelProto | str | Path) -> int | None:
+    """Bytes of the graph's largest intermediate (or output) tensor per sample, from ONNX shape inference at
+    batch 2 (batch 1 could be specialised away): what sampling at batch B holds beside its state, a few
+    times B times this (runtime/model.py's memory check). None where shape inference cannot tell."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    batch = 2
+    try:
+        inferred = shape_inference.infer_shapes(_bind_batch(model, batch), strict_mode=True, data_prop=True)
+    except shape_inference.InferenceError:
+        return None
+    weights = {init.name for init in inferred.graph.initializer}
+    sizes = [math.prod(s) for name, s in _shapes(inferred).items() if name not in weights]
+    return -(-4 * max(sizes) // batch) if sizes else None   # float32: 4 bytes an element

@@ -136,7 +136,10 @@ def tune_build(onnx_path: str | Path, inputs: list, batch: int, trials: int, db_
         else:
             log(f"tuning {onnx_path.stem} at batch {batch}: the database covers all {len(tasks)} kernels; "
                 "no new trials")
-    with _tvm_errors(f"building {out_so.name} from the tuning records"), tvm_target:
+    # The records as the current database: given only a folder, the pass opens them itself and TVM logs a
+    # raw "Warning: Creating JSONDatabase ..." line on stderr, past gencc's own output.
+    with _tvm_errors(f"building {out_so.name} from the tuning records"), tvm_target, \
+            ms.database.JSONDatabase(work_dir=str(db_dir)):
         mod = tvm.transform.Sequential(llvm_passes(tvm_target, tuning_db=str(db_dir)))(mod)
     # TIR's common-subexpression elimination is the one build option that matters at a static batch,
     # both ways: without it the UNet's convolutions at batch 64 ran 1.4x faster (with it, LLVM moved

@@ -6,17 +6,21 @@ __version__ = "0.1.0"
 from gencc.runtime.errors import GenccError
 
 
-def load(path, backend: str | None = None, device: str | None = None, trusted_keys=None):
+def load(path, backend: str | None = None, device: str | None = None, trusted_keys=None,
+         require_signature: bool | None = None):
     """Load a compiled artifact (tvm or ort backend) or a checkpoint (torch backend) for sampling.
 
     `gencc.load("moons.gencc").sample(1000, seed=0)`. Loading an artifact runs its native code, like
     importing a Python module: load only artifacts you trust; their hashes are checked first. With
     `trusted_keys` (paths to public PEM files, or Ed25519 key objects), an artifact must also carry a
-    valid signature by one of them, checked before any of its code is loaded.
+    valid signature by one of them, checked before any of its code is loaded. Without `trusted_keys`, the
+    environment decides: GENCC_REQUIRE_SIGNATURE=1 requires a signature by a key in GENCC_TRUSTED_KEYS
+    (PEM paths separated by os.pathsep), unless `require_signature=False` (an artifact you just built).
     """
     from gencc.runtime.loader import load as _load
 
-    return _load(path, backend=backend, device=device, trusted_keys=trusted_keys)
+    return _load(path, backend=backend, device=device, trusted_keys=trusted_keys,
+                 require_signature=require_signature)
 
 
 def compile(source, out, *, log=None, **options) -> dict:   # noqa: A001 - the library's verb

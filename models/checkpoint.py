@@ -13,6 +13,8 @@ field by field, and nothing is ever unpickled on load.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,16 +23,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from gencc.runtime.atomic import atomic_dir, readable_dir
-from gencc.runtime.errors import GenccError
-from gencc.runtime.jsonfile import one_line, read_json, short
+from gencc.runtime.errors import GenccError, size_text
+from gencc.runtime.jsonfile import one_line, parse_json, read_json, short
 from gencc.runtime.normalize import Normalization
 from gencc.runtime.sde import sde_from_dict
+
+from .weights_header import WeightsHeader, read_header
 
 FORMAT = "gencc-checkpoint"
 VERSION = 1
 CONFIG, WEIGHTS, STATE = "config.json", "weights.safetensors", "train_state.pt"
 MODELS = ("diffusion", "gan", "autoencoder")   # autoencoder: latent diffusion's first stage (models/latent.py)
 MAX_NET_VALUE = 1 << 16   # any width, depth or size in a network config; the weights must fit them too
+SHAPE_KEY = "gencc.sample_shape"   # weights metadata: the sample shape the network was trained on
+LEGACY_MAX_SIDE = 64   # image side allowed to fully convolutional checkpoints written before SHAPE_KEY
 
 
 def save_checkpoint(path: str | Path, config: dict, weights: dict[str, torch.Tensor],
@@ -38,8 +44,11 @@ def save_checkpoint(path: str | Path, config: dict, weights: dict[str, torch.Ten
     config = {"format": FORMAT, "version": VERSION, **config}
     with atomic_dir(path) as tmp:
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        # save() to bytes, not save_file(): save_file creates the file with mode 0600.
-        (tmp / WEIGHTS).write_bytes(save({k: v.detach().contiguous().cpu() for k, v in weights.items()}))
+        # save() to bytes, not save_file(): save_file creates the file with mode 0600. The sample shape goes
+        # into the weights too: no weight of a fully convolutional net pins it, and loading checks it.
+        tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+        trained = {SHAPE_KEY: json.dumps(config["data"]["sample_shape"])}
+        (tmp / WEIGHTS).write_bytes(save(tensors, metadata=trained))
         torch.save(train_state, tmp / STATE)
 
 
@@ -90,6 +99,9 @@ def _check_config(c: dict, where: str) -> None:
     d = c["data"]
     expect(isinstance(d, dict) and isinstance(d.get("name"), str) and d.get("kind") in ("vector", "image"),
            "data must be an object with a 'name' and a 'kind' (vector or image)", d)
+    digest = d.get("sha256", "0" * 64)   # a user's data, by content (models/data.py: data_digest)
+    expect(isinstance(digest, str) and len(digest) == 64 and all(ch in "0123456789abcdef" for ch in digest),
+           "data sha256 must be 64 lowercase hex digits", digest)
     shape = d.get("sample_shape")
     expect(isinstance(shape, list) and 0 < len(shape) <= 4 and _net_value(shape),
            "data sample_shape must be 1-4 positive integers", shape)
@@ -129,8 +141,7 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(file, weights_only=True, map_location="cpu")
     except Exception as e:  # torch raises many types for corrupt or hostile files; all mean the same here
-        raise GenccError(f"training state {str(file)!r} is corrupt or unsafe: "
-                         f"{type(e).__name__}: {one_line(e)}") from None
+        raise GenccError(f"training state {str(file)!r} is corrupt or unsafe: {_load_failure(e)}") from None
     step = state.get("step") if isinstance(state, dict) else None
     if type(step) is not int or step < 0:
         raise GenccError(f"training state {str(file)!r} is corrupt: expected a dict with a non-negative 'step', "
@@ -138,20 +149,113 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def check_network_fits(path: str | Path, build: Callable[[], torch.nn.Module]) -> None:
-    """Refuse a network config with more parameters than the weights file could hold, before building it.
+def _load_failure(e: Exception) -> str:
+    """Why torch.load refused the file, without torch's advice to retry with weights_only=False: that
+    would run whatever code the file carries, which is what the refusal protects against."""
+    text = str(e)
+    if "Weights only load failed" not in text:
+        return f"{type(e).__name__}: {one_line(e)}"
+    found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL [\w.]*\w|Unsupported operand \S+", text)
+    why = f" ({found.group(0).split('GLOBAL ')[-1]})" if found else ""
+    return f"it holds pickled Python objects, which gencc never loads{why}"
 
-    `build` runs on the meta device (no memory), so a hostile config cannot ask for terabytes.
+
+def check_network(path: str | Path, config: dict, build: Callable[[], torch.nn.Module]) -> None:
+    """Refuse a config that does not describe exactly the network in the weights file, allocating nothing.
+
+    The weights file's header is read first (models/weights_header.py): what it declares must fit in
+    memory, and bounds every size in the config before `build` runs on the meta device, so neither a
+    huge width nor a huge depth costs anything. Then the config's tensors must equal the declared
+    ones, name by name. An image side that no weight pins (fully convolutional nets) must be the one the
+    weights were trained on, which the weights file records.
     """
-    try:
-        with torch.device("meta"):
-            n = sum(p.numel() for p in build().parameters())
-    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:
-        raise GenccError(f"checkpoint {str(path)!r}: its network config cannot be built: {one_line(e)}") from None
-    file = checkpoint_dir(path) / WEIGHTS
+    path = checkpoint_dir(path)
+    file = path / WEIGHTS
     if not file.is_file():
         raise GenccError(f"checkpoint {str(path)!r} has no {WEIGHTS}")
-    size = file.stat().st_size
-    if n > size:   # at least one byte per parameter, whatever the dtype
-        raise GenccError(f"checkpoint {str(path)!r}: its network config has {n} parameters, more than "
-                         f"{WEIGHTS} ({size} bytes) can hold")
+    header = read_header(file)
+    _check_memory(file, header)
+    _check_trained_shape(path, config, header)
+    _check_net_sizes(path, config["net"], header)
+    try:
+        with torch.device("meta"):
+            made = {k: (_DTYPES.get(v.dtype), tuple(v.shape)) for k, v in build().state_dict().items()}
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:
+        raise GenccError(f"checkpoint {str(path)!r}: its network config cannot be built: {one_line(e)}") from None
+    _compare(path, made, header.tensors)
+
+
+def load_network(path: str | Path, config: dict, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """The network `build` makes from `config`, holding the checkpoint's weights (see check_network)."""
+    check_network(path, config, build)
+    net = build()
+    try:
+        net.load_state_dict(load_weights(path))
+    except RuntimeError as e:
+        raise GenccError(f"weights in {str(path)!r} do not match its config: {str(e).splitlines()[0]}") from None
+    return net
+
+
+_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
+           torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL"}
+_COUNTS = ("depth", "downsamples")   # how many layers: bounded by the number of tensors
+_UNPINNED = ("arch", "size", "sample_shape", "kl_divisor")   # no weight's dimension; checked otherwise
+
+
+def _check_memory(file: Path, header: WeightsHeader) -> None:
+    need, total = 2 * header.nbytes, _physical_memory()   # the network's tensors and the file's, while copying
+    if total and need > total:
+        raise GenccError(f"weights {str(file)!r} declare {size_text(header.nbytes)} of tensors; loading "
+                         f"them needs about {size_text(need)} of memory, more than this machine's "
+                         f"{size_text(total)}")
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):   # not a POSIX system that reports it
+        return None
+
+
+def _check_trained_shape(path: Path, config: dict, header: WeightsHeader) -> None:
+    shape = config["data"]["sample_shape"]
+    record = header.metadata.get(SHAPE_KEY)
+    if record is not None:
+        trained = parse_json(record.encode(), f"the {SHAPE_KEY} record of {str(path / WEIGHTS)!r}")
+        if trained != shape:
+            raise GenccError(f"checkpoint {str(path)!r}: its config asks for sample shape {short(shape)}, but its "
+                             f"weights were trained on sample shape {short(trained)}")
+        return
+    # Written before the record existed: nothing states the trained side of a fully convolutional net.
+    side = config["net"].get("size")
+    if config["net"]["arch"] in ("unet", "autoencoder") and side > LEGACY_MAX_SIDE:
+        raise GenccError(f"checkpoint {str(path)!r}: its config asks for {side}x{side} images, and its weights, "
+                         "written before gencc recorded the trained shape, do not pin the size; such checkpoints "
+                         f"load at up to {LEGACY_MAX_SIDE}x{LEGACY_MAX_SIDE}")
+
+
+def _check_net_sizes(path: Path, net: dict, header: WeightsHeader) -> None:
+    """Every width in the config is some tensor's dimension, and every layer count is at most the number of
+    tensors: anything larger cannot match the weights, and would only make the meta build slow."""
+    for key, value in net.items():
+        if key in _UNPINNED:
+            continue
+        count = key in _COUNTS
+        bound = len(header.tensors) if count else header.largest_dim
+        if max(value if isinstance(value, list) else [value]) > bound:
+            what = f"holds only {bound} tensors" if count else f"has no dimension above {bound}"
+            raise GenccError(f"checkpoint {str(path)!r}: its net {key!r} is {short(value)}, but {WEIGHTS} {what}")
+
+
+def _compare(path: Path, made: dict, declared: dict) -> None:
+    for name, (dtype, shape) in made.items():
+        if name not in declared:
+            raise GenccError(f"checkpoint {str(path)!r}: its config describes tensor {short(name)}, which "
+                             f"{WEIGHTS} does not hold")
+        if declared[name] != (dtype, shape):
+            raise GenccError(f"checkpoint {str(path)!r}: its config describes tensor {short(name)} of shape "
+                             f"{shape} ({dtype}), but {WEIGHTS} holds {declared[name][1]} ({declared[name][0]})")
+    extra = sorted(set(declared) - set(made))
+    if extra:
+        raise GenccError(f"checkpoint {str(path)!r}: {WEIGHTS} holds {len(extra)} tensors its config does not "
+                         f"describe, such as {short(extra[0])}")

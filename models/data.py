@@ -1,6 +1,7 @@
 """Training data: seeded 2-D toy distributions, sklearn's 8x8 digits, and user .npy/.npz/image folders."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from PIL import Image
 
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import one_line
+from gencc.runtime.notices import notice
 
 BUILTIN_2D = ("moons", "swissroll", "gaussians8", "checkerboard")
 BUILTIN_IMAGES = ("digits", "shapes")
@@ -28,6 +30,7 @@ class Dataset:
     labels: np.ndarray | None  # int64 (N,), or None when the source has no labels
     name: str  # builtin name or the user's path
     kind: str  # "vector" or "image"
+    digest: str | None = None  # data_digest of the data this was derived from (latents: of the images)
 
 
 def make_2d(name: str, n: int, seed: int = 0) -> np.ndarray:
@@ -249,7 +252,8 @@ def _load_image_folder(folder: Path, image_size: int | None, channels: int | Non
     """Decode every PNG/JPEG in folder (not recursive, sorted by name) to (N, C, S, S) float32 in [0, 1].
 
     S defaults to the first image's size (it must be square); others are resized with PIL bilinear.
-    C defaults to 1 when every image is grayscale, else 3; alpha channels are dropped.
+    C defaults to 1 when every image is grayscale, else 3; alpha channels are dropped. Whatever of this
+    happened is told in one notice (runtime/notices.py) naming the counts.
     """
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -269,7 +273,22 @@ def _load_image_folder(folder: Path, image_size: int | None, channels: int | Non
     if image_size <= 0:
         raise GenccError(f"image_size must be a positive number of pixels, got {image_size}")
     data = np.stack([_to_array(im, channels, image_size) for im in images])
+    changes = _folder_changes(images, channels, image_size)
+    if changes:
+        notice(f"image folder '{folder}' ({len(images)} images): {'; '.join(changes)}")
     return Dataset(validate_array(data, str(folder)), None, str(folder), "image")
+
+
+def _folder_changes(images: list[Image.Image], channels: int, size: int) -> list[str]:
+    """What decoding `images` to `channels` x `size` x `size` changed, as counted phrases; [] if nothing."""
+    resized = sum(im.size != (size, size) for im in images)
+    alpha = sum(im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info for im in images)
+    grey = sum(im.mode in _GRAYSCALE_MODES for im in images)
+    changes = [f"{resized} resized to {size}x{size}" if resized else "",
+               f"{alpha} had an alpha channel, dropped" if alpha else "",
+               f"{grey} grayscale converted to RGB" if channels == 3 and grey else "",
+               f"{len(images) - grey} colour converted to grayscale" if channels == 1 and grey < len(images) else ""]
+    return [c for c in changes if c]
 
 
 def _read_image(path: Path) -> Image.Image:
@@ -288,3 +307,17 @@ def _to_array(im: Image.Image, channels: int, size: int) -> np.ndarray:
         im = im.resize((size, size), Image.Resampling.BILINEAR)
     pixels = np.asarray(im, dtype=np.float32) / 255.0
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def data_digest(dataset: Dataset) -> str:
+    """The sha256 of a dataset's arrays (or of the data it was derived from), which identifies a user's
+    training data wherever the file lies. A builtin's name and seed identify it as well: its
+    floating-point draw may differ by an ulp on another CPU."""
+    if dataset.digest is not None:
+        return dataset.digest
+    h = hashlib.sha256()
+    for a in (dataset.data, dataset.labels):
+        if a is not None:
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()

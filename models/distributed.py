@@ -30,7 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from gencc.runtime.errors import GenccError
 
 from .data import Dataset
-from .train import MODELS, Progress, TrainConfig, TrainResult, _DiffusionRun, _GANRun, check_output
+from .train import (MODELS, Progress, TrainConfig, TrainResult, _DiffusionRun, _GANRun, check_output,
+                    check_resume)
 
 DEVICES = ("cpu", "cuda")
 
@@ -177,8 +178,10 @@ def _run_rank(job: _Job, rank: int, world: int, local_rank: int, init_method: st
             check_output(job.out, job.resume)   # again: torchrun's ranks start without a parent's checks
         dist.barrier()   # the other ranks read a resumed checkpoint only after rank 0 has recovered it
         run_cls = _DiffusionDDP if job.model == "diffusion" else _GANDDP
-        run = (run_cls.resume(job.out, job.data, job.cfg) if job.resume and job.out.exists()
-               else run_cls.new(job.data, job.cfg, job.width))
+        resume = job.resume and job.out.exists()
+        if resume:
+            check_resume(job.out, job.model, job.data, job.cfg, width=job.width)
+        run = run_cls.resume(job.out, job.data, job.cfg) if resume else run_cls.new(job.data, job.cfg, job.width)
         run.distribute(rank, world, device)
         result = run.fit(job.out, progress if rank == 0 else None)
         # Leave together: a rank tearing its group down while rank 0 still writes the last checkpoint can

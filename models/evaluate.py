@@ -57,12 +57,15 @@ def evaluate(samples: np.ndarray, data: str, n_ref: int | None = None, seed: int
 
 
 def load_samples(path: str | Path) -> np.ndarray:
-    """The 'samples' array of a .npz written by `gencc sample`, never unpickling anything."""
+    """The samples `gencc sample` wrote: a .npy, or a .npz's 'samples' array; never unpickling anything."""
     path = Path(path)
     if not path.is_file():
         raise GenccError(f"samples file {str(path)!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):   # a .npy is the array itself
+            return loaded
+        with loaded as npz:
             if "samples" not in npz.files:
                 raise GenccError(f"{str(path)!r} holds arrays {list(npz.files)}; expected a 'samples' array "
                                  "(as written by gencc sample)")
@@ -71,7 +74,7 @@ def load_samples(path: str | Path) -> np.ndarray:
         raise
     # A .npy, a damaged zip or a pickled array each fail differently; all mean the same to the user.
     except Exception as e:
-        raise GenccError(f"cannot read samples from {str(path)!r}: expected a .npz with a 'samples' array "
+        raise GenccError(f"cannot read samples from {str(path)!r}: expected a .npy, or a .npz with a 'samples' array "
                          f"({type(e).__name__}: {one_line(e)})") from None
 
 
@@ -79,12 +82,24 @@ def format_table(result: dict) -> str:
     """A plain-text table of metric, value, floor and value/floor, then the histogram and the notes."""
     lines = [f"{result['n_samples']} samples vs {result['n_reference']} reference examples of {result['data']!r}",
              f"{'metric':<20} {'value':>11} {'floor':>11} {'value/floor':>11}  better"]
+    notes = list(result["notes"])
     for name, m in result["metrics"].items():
-        ratio = f"{m['value'] / m['floor']:.3g}" if m["floor"] > 0 else "-"   # MMD^2 can be <= 0
-        lines.append(f"{name:<20} {m['value']:>11.4g} {m['floor']:>11.4g} {ratio:>11}  {m['better']}")
+        value, floor = m["value"], m["floor"]
+        if name.startswith("mmd") and min(value, floor) <= 0:
+            notes.append(_noise_note(name, value, floor))
+            value, floor = max(value, 0.0), max(floor, 0.0)
+        ratio = f"{value / floor:.3g}" if floor > 0 else "n/a"
+        lines.append(f"{name:<20} {value:>11.4g} {floor:>11.4g} {ratio:>11}  {m['better']}")
     for who, counts in result.get("label_histogram", {}).items():
         lines.append(f"labels ({who}): {counts}")
-    return "\n".join(lines + [f"note: {n}" for n in result["notes"]])
+    return "\n".join(lines + [f"note: {n}" for n in notes])
+
+
+def _noise_note(name: str, value: float, floor: float) -> str:
+    """The unbiased MMD^2 estimate is negative when two sets differ by less than its sampling noise."""
+    which = " and ".join(w for w, v in (("value", value), ("floor", floor)) if v <= 0)
+    return (f"{name}: the unbiased estimate of the {which} is {min(value, floor):.3g}, below sampling noise (the "
+            "sets differ by less than the estimate's own noise); shown as 0, and the JSON keeps the estimate")
 
 
 def reference_sets(data: str, n: int, n_ref: int | None, seed: int) -> References:

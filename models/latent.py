@@ -27,8 +27,8 @@ from gencc.runtime.normalize import Normalization
 
 from . import checkpoint as ckpt
 from .autoencoder import AEConfig, Autoencoder, encode_means, latent_scale
-from .data import Dataset
-from .train import TrainConfig, TrainResult, _Run, _seeded, check_output, train
+from .data import Dataset, data_digest
+from .train import TrainConfig, TrainResult, _Run, _seeded, check_output, check_resume, check_same_data, train
 
 MARKER, FORMAT, VERSION = "latent-diffusion.json", "gencc-latent-diffusion", 1
 AE_DIR, LATENT_DIR = "autoencoder", "latent"
@@ -108,12 +108,7 @@ def load_autoencoder(path: str | Path) -> tuple[Autoencoder, dict]:
     config, _, _ = autoencoder_info(path)
     path = readable_dir(path) / AE_DIR if is_latent_checkpoint(path) else Path(path)
     cfg = AEConfig(**{k: v for k, v in config["net"].items() if k != "arch"})
-    ckpt.check_network_fits(path, lambda: Autoencoder(cfg))
-    model = Autoencoder(cfg)
-    try:
-        model.load_state_dict(ckpt.load_weights(path))
-    except RuntimeError as e:
-        raise GenccError(f"weights in {str(path)!r} do not match its config: {str(e).splitlines()[0]}") from None
+    model = ckpt.load_network(path, config, lambda: Autoencoder(cfg))
     return model.eval().requires_grad_(False), config
 
 
@@ -125,6 +120,7 @@ def ae_config(sample_shape: tuple[int, ...], width: int | None = None) -> AEConf
 
 class _AutoencoderRun(_Run):
     model = "autoencoder"
+    sampled_net = Autoencoder
 
     def __init__(self, data: Dataset, cfg: TrainConfig, norm: Normalization, net_cfg: AEConfig, step: int = 0):
         super().__init__(data, cfg, norm, net_cfg, step)
@@ -138,8 +134,9 @@ class _AutoencoderRun(_Run):
 
     @classmethod
     def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
-        _, norm, net_cfg, state = cls._load(out, data, cfg)
+        config, norm, net_cfg, state = cls._load(out, data, cfg)
         r = cls(data, cfg, norm, net_cfg, step=int(state["step"]))
+        r.losses = config.get("losses", {})
         r.ae.load_state_dict(ckpt.load_weights(out))
         r.opt.load_state_dict(state["opt"])
         return r
@@ -163,7 +160,11 @@ def train_autoencoder(data: Dataset, out: str | Path, cfg: TrainConfig, *, width
     if data.kind != "image":
         raise GenccError(f"the autoencoder needs images; {data.name!r} holds vectors of shape {data.data.shape[1:]}")
     out = check_output(out, resume)
-    r = _AutoencoderRun.resume(out, data, cfg) if resume and out.exists() else _AutoencoderRun.new(data, cfg, width)
+    if resume and out.exists():
+        check_resume(out, "autoencoder", data, cfg, width=width)
+        r = _AutoencoderRun.resume(out, data, cfg)
+    else:
+        r = _AutoencoderRun.new(data, cfg, width)
     return r.fit(out, progress)
 
 
@@ -173,7 +174,8 @@ def encode_dataset(data: Dataset, ae_path: str | Path) -> Dataset:
     _check_image_shape(config, data, ae_path)
     norm = Normalization.from_dict(config["data"]["normalization"])
     z = encode_means(model.encoder, norm.encode(data.data)) * config["latent"]["scale"]
-    return Dataset(z.astype(np.float32), data.labels, data.name, "image")
+    # The latents' identity is the images': a float hash of z could differ between machines.
+    return Dataset(z.astype(np.float32), data.labels, data.name, "image", digest=data_digest(data))
 
 
 def train_latent_diffusion(data: Dataset, out: str | Path, ae_cfg: TrainConfig, cfg: TrainConfig, *,
@@ -191,6 +193,7 @@ def train_latent_diffusion(data: Dataset, out: str | Path, ae_cfg: TrainConfig, 
     if autoencoder is not None:
         ae_result = _adopt_autoencoder(autoencoder, ae_dir)
     elif ckpt.is_checkpoint(ae_dir) and ckpt.load_config(ae_dir)["step"] >= ae_cfg.steps:
+        check_same_data(ae_dir, ckpt.load_config(ae_dir), data, ae_cfg.seed)   # what the latent stage encodes
         ae_result = None   # trained already: nothing to resume
     else:
         if ckpt.is_checkpoint(latent_dir):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import platform
 import time
@@ -20,12 +21,14 @@ from torch import nn
 
 from gencc.runtime.atomic import recover_dir
 from gencc.runtime.errors import GenccError
+from gencc.runtime.jsonfile import one_line, short
 from gencc.runtime.normalize import Normalization
 from gencc.runtime.sde import VPSDE
+from gencc.runtime.threads import with_torch_threads
 
 from . import checkpoint as ckpt
 from .conditioning import drop_labels, one_hot
-from .data import Dataset
+from .data import BUILTIN_2D, BUILTIN_IMAGES, Dataset, data_digest
 from .factory import build_eps_net, build_gan, config_from_dict, eps_net_config, gan_config
 from .gan import discriminator_loss, generator_loss
 
@@ -92,6 +95,7 @@ def train(model: str, data: Dataset, out: str | Path, cfg: TrainConfig, *, width
         raise GenccError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
     run = _DiffusionRun if model == "diffusion" else _GANRun
     if resume and out.exists():
+        check_resume(out, model, data, cfg, width=width, conditional=conditional, normalization=normalization)
         r = run.resume(out, data, cfg)
     else:
         r = run.new(data, cfg, width, count_classes(data) if conditional else 0, normalization)
@@ -106,6 +110,66 @@ def count_classes(data: Dataset) -> int:
     if data.labels.min() < 0:
         raise GenccError(f"{data.name!r} has a negative label {int(data.labels.min())}; labels must be 0..K-1")
     return int(data.labels.max()) + 1
+
+
+_KEEP = "only the steps, batch size, lr and checkpoint interval may change on resume; choose another --out " \
+        "for a new model"
+
+
+def check_resume(out: Path, model: str, data: Dataset, cfg: TrainConfig, *, width: int | None = None,
+                 conditional: bool = False, normalization: Normalization | None = None) -> dict:
+    """Checkpoint `out`'s config, once continuing it as asked would train the same model: the same data,
+    seed, network and normalization. Anything else would silently train another model under the old
+    one's name. `width` and `normalization` are compared when given; `conditional` when True (a resumed
+    run otherwise keeps the checkpoint's). A run past cfg.steps already is left as it is."""
+    config = ckpt.load_config(out)
+    if config["model"] != model:
+        raise GenccError(f"{str(out)!r} holds a {config['model']} checkpoint, not a {model}")
+    check_same_data(out, config, data, cfg.seed)
+    net = config["net"]
+    if width is not None:
+        _same(out, "width", net.get("width"), width)
+    if conditional:
+        _same(out, "conditioning", "conditional" if net.get("num_classes") else "unconditional", "conditional")
+    if normalization is not None:
+        _same(out, "normalization", config["data"]["normalization"], normalization.to_dict())
+    return config
+
+
+def check_same_data(out: Path, config: dict, data: Dataset, seed: int) -> None:
+    """The same data is the same content, wherever it lies; or the same builtin, which its name and seed
+    identify (its floating-point draw may differ by an ulp on another CPU)."""
+    have = config["data"]
+    digest = data_digest(data)
+    if have.get("sha256") != digest:
+        if "sha256" not in have or BUILTIN in (_source(have["name"]), _source(data.name)):
+            _same(out, "data", have["name"], data.name)
+        else:
+            _same(out, "data content (sha256)", have["sha256"][:16], digest[:16])
+    _same(out, "data sample shape", have["sample_shape"], list(data.data.shape[1:]))
+    _same(out, "seed", config.get("train", {}).get("seed", seed), seed)
+
+
+BUILTIN = "builtin"
+
+
+def _source(name: str) -> str:
+    return BUILTIN if name in BUILTIN_2D + BUILTIN_IMAGES else "file"
+
+
+def _same(out: Path, field: str, have, want) -> None:
+    if have != want:
+        raise GenccError(f"cannot resume {str(out)!r} with a different {field}: it has {short(have)}, "
+                         f"this run asks for {short(want)}; {_KEEP}")
+
+
+def resumed_config(config: dict) -> TrainConfig:
+    """The settings a checkpoint was trained with: a resumed run keeps those it is not given."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        return TrainConfig(**{k: v for k, v in config.get("train", {}).items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise GenccError(f"checkpoint config's 'train' record is malformed: {one_line(e)}") from None
 
 
 @contextlib.contextmanager
@@ -149,8 +213,10 @@ class _Run:
         self.x = torch.from_numpy(norm.encode(data.data))
         k = getattr(net_cfg, "num_classes", 0)   # the autoencoder (models/latent.py) has none
         self.y = _labels(data, k) if k else None   # conditional runs only
+        self.digest = data_digest(data)   # once: it reads the whole data set
         self.losses: dict = {}
 
+    @with_torch_threads   # as many torch threads as cores free now (runtime/threads.py)
     def fit(self, out: Path, progress: Progress | None, watch: Watch | None = None) -> TrainResult:
         """Train to cfg.steps; train_step(x, g, labels) gets labels (B,) int64 only when conditional."""
         start = time.perf_counter()
@@ -183,7 +249,8 @@ class _Run:
             "model": self.model,
             "net": self.net_cfg.to_dict(),
             "data": {"name": self.data.name, "kind": self.data.kind,
-                     "sample_shape": list(self.data.data.shape[1:]), "normalization": self.norm.to_dict()},
+                     "sample_shape": list(self.data.data.shape[1:]), "normalization": self.norm.to_dict(),
+                     "sha256": self.digest},
             "train": asdict(self.cfg),
             "step": self.step,
             "losses": self.losses,
@@ -197,19 +264,17 @@ class _Run:
 
     @classmethod
     def _load(cls, out: Path, data: Dataset, cfg: TrainConfig):
+        """Checkpoint `out`'s parts, once check_resume has accepted continuing it on `data`."""
         config = ckpt.load_config(out)
-        if config["model"] != cls.model:
-            raise GenccError(f"{str(out)!r} holds a {config['model']} checkpoint, not a {cls.model}")
-        shape = list(data.data.shape[1:])
-        if config["data"]["sample_shape"] != shape:
-            raise GenccError(f"checkpoint {str(out)!r} was trained on shape {config['data']['sample_shape']}, "
-                             f"the data given has shape {shape}")
         norm = Normalization.from_dict(config["data"]["normalization"])
-        return config, norm, config_from_dict(config["net"]), ckpt.load_train_state(out)
+        net_cfg = config_from_dict(config["net"])
+        ckpt.check_network(out, config, lambda: cls.sampled_net(net_cfg))   # before building it for real
+        return config, norm, net_cfg, ckpt.load_train_state(out)
 
 
 class _DiffusionRun(_Run):
     model = "diffusion"
+    sampled_net = staticmethod(build_eps_net)   # the network weights.safetensors holds
 
     def __init__(self, data, cfg, norm, net_cfg, sde: VPSDE, step: int = 0):
         super().__init__(data, cfg, norm, net_cfg, step)
@@ -229,6 +294,7 @@ class _DiffusionRun(_Run):
     def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
         config, norm, net_cfg, state = cls._load(out, data, cfg)
         r = cls(data, cfg, norm, net_cfg, VPSDE.from_dict(config["sde"]), step=int(state["step"]))
+        r.losses = config.get("losses", {})   # what a run with nothing left to do reports
         r.net.load_state_dict(state["net"])
         r.ema.load_state_dict(ckpt.load_weights(out))
         r.opt.load_state_dict(state["opt"])
@@ -273,6 +339,10 @@ class _DiffusionRun(_Run):
 class _GANRun(_Run):
     model = "gan"
 
+    @staticmethod
+    def sampled_net(net_cfg):
+        return build_gan(net_cfg)[0]
+
     def __init__(self, data, cfg, norm, net_cfg, step: int = 0):
         super().__init__(data, cfg, norm, net_cfg, step)
         with _seeded(cfg.seed):
@@ -289,8 +359,9 @@ class _GANRun(_Run):
 
     @classmethod
     def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
-        _, norm, net_cfg, state = cls._load(out, data, cfg)
+        config, norm, net_cfg, state = cls._load(out, data, cfg)
         r = cls(data, cfg, norm, net_cfg, step=int(state["step"]))
+        r.losses = config.get("losses", {})
         r.G.load_state_dict(ckpt.load_weights(out))
         r.D.load_state_dict(state["D"])
         r.opt_g.load_state_dict(state["opt_g"])

@@ -25,7 +25,9 @@ within format version 1: every earlier artifact still reads unchanged, and a gen
 refuses such an artifact as an unknown model kind rather than misreading it.
 
 The manifest is checked field by field and every file's hash is verified before any library is
-loaded: a compiled library is native code, and loading it runs that code.
+loaded: a compiled library is native code, and loading it runs that code. Each function's inputs and
+outputs must be its contract's (runtime/contract.py). Optional per-function fields: flops_per_sample
+(the thread policy), activation_bytes_per_sample (the memory check), static (tuned static-batch libraries).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .contract import check_functions
 from .errors import GenccError
 from .jsonfile import read_json, short
 from .normalize import Normalization
@@ -68,7 +71,7 @@ class Manifest:
     sde: VPSDE | None
     target: dict                        # {"kind": "llvm", "mcpu": ...} or {"kind": "cuda", "arch": ...}
     verified: bool                      # parity against ONNX Runtime passed on a machine that ran it
-    functions: dict                     # name -> {"library", "onnx", "inputs", "outputs"}
+    functions: dict                     # name -> {"library", "onnx", "inputs", "outputs", optional fields}
     files: dict                         # file name -> sha256 hex
     raw: dict
     num_classes: int = 0                # > 0: class-conditional (inputs y, and w for diffusion)
@@ -120,6 +123,7 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> Manifest:
                  latent_scale=_latent(root, raw, functions, latent_shape, sample_shape) if model == "latent-diffusion"
                  else 1.0,
                  noise_library=_noise(root, raw.get("noise"), files))
+    check_functions(m)   # the declared inputs and outputs are the ones the backends will pass
     if verify_hashes:
         verify_files(m)
     return m
@@ -179,6 +183,9 @@ def _functions(root: Path, functions, model: str, files: dict) -> dict:
         flops = f.get("flops_per_sample", 1)   # absent in artifacts compiled before it was recorded
         _expect(type(flops) is int and flops > 0,
                 f"{root}: function {name!r} has a malformed flops_per_sample {short(flops)}")
+        activations = f.get("activation_bytes_per_sample", 1)   # absent before it was recorded: a default applies
+        _expect(type(activations) is int and 0 < activations <= 1 << 40,
+                f"{root}: function {name!r} has a malformed activation_bytes_per_sample {short(activations)}")
     return functions
 
 

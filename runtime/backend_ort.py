@@ -7,6 +7,7 @@ import numpy as np
 
 from .artifact import read_manifest
 from .conditioning import null_labels
+from .contract import check_loaded
 from .errors import GenccError
 from .model import Model
 
@@ -21,11 +22,19 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
         else ["CPUExecutionProvider"]
 
     def session(name: str):
+        file = m.functions[name]["onnx"]
         try:
-            return ort.InferenceSession(str(m.path(name, "onnx")), providers=providers)
+            s = ort.InferenceSession(str(m.path(name, "onnx")), providers=providers)
         except Exception as e:   # ORT raises its own exception types for bad graphs
-            raise GenccError(f"{m.root}: ONNX Runtime cannot load {m.functions[name]['onnx']}: "
-                             f"{str(e).splitlines()[0]}") from None
+            raise GenccError(f"{m.root}: ONNX Runtime cannot load {file}: {str(e).splitlines()[0]}") from None
+        # the graph must take and give what the manifest declares, or the first call fails inside ORT
+        for kind, args in (("input", s.get_inputs()), ("output", s.get_outputs())):
+            check_loaded(m, name, file, kind, [(a.name, a.shape) for a in args])
+            bad = next((a for a in args if a.type != "tensor(float)"), None)
+            if bad is not None:
+                raise GenccError(f"{m.root}: {file} (function {name!r}) {kind} {bad.name!r} is {bad.type}; "
+                                 "expected tensor(float)")
+        return s
 
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)   # noqa: E731
     if m.model == "gan":

@@ -11,6 +11,7 @@ import numpy as np
 from .model import Model
 from .normalize import Normalization
 from .sde import VPSDE, sde_from_dict
+from .threads import torch_threads
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
@@ -31,13 +32,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     def build():
         return build_eps_net(net_cfg) if config["model"] == "diffusion" else build_gan(net_cfg)[0]
 
-    ckpt.check_network_fits(path, build)   # a hostile config could otherwise ask for terabytes
-    net = build()
-    try:
-        net.load_state_dict(ckpt.load_weights(path))
-    except RuntimeError as e:
-        from .errors import GenccError
-        raise GenccError(f"weights in {str(path)!r} do not match its config: {str(e).splitlines()[0]}") from None
+    net = ckpt.load_network(path, config, build)   # checked against the weights' header before it is built
     sde = sde_from_dict(config["sde"]) if config["model"] == "diffusion" else None
     latent = getattr(net_cfg, "latent_dim", None)
     return model_from_net(config["model"], net, shape, norm, sde=sde, latent_dim=latent, info=config,
@@ -61,7 +56,9 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
         def generate_fn(z: np.ndarray, *y: np.ndarray) -> np.ndarray:
             return net(to_torch(z), *map(to_torch, y)).cpu().numpy()
         return Model("gan", shape, norm, "torch", generate_fn=generate_fn, latent_shape=(latent_dim,),
-                     info=info or {}, data_name=data_name, num_classes=num_classes)
+                     info=info or {}, data_name=data_name, num_classes=num_classes,
+                     around_sample=torch_threads,
+                     activation_bytes=activation_bytes(net, torch.zeros(2, latent_dim, device=device)))
 
     if num_classes:   # the callables also take one-hot labels (runtime/conditioning.py)
         from gencc.models.conditioning import GuidedEps
@@ -77,8 +74,36 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
         y, w = cond
         return guided(to_torch(x), t, to_torch(y), to_torch(np.array([w]))).cpu().numpy()
 
+    # guidance runs the conditional and the null branch in one doubled batch
+    activations = activation_bytes(net, torch.zeros(2, *shape, device=device), torch.full((2,), 0.5, device=device))
     return Model("diffusion", shape, norm, "torch", sde=sde, eps_fn=eps_fn, info=info or {}, data_name=data_name,
-                 num_classes=num_classes)
+                 num_classes=num_classes, around_sample=torch_threads,
+                 activation_bytes=activations * (2 if num_classes else 1))
+
+
+def activation_bytes(net, *inputs) -> int:
+    """The largest tensor any module of `net` gives on `inputs` (a batch of 2), in bytes per sample: what
+    Model's memory check counts for the network's activations; 0 (unknown) where the call fails."""
+    import torch
+
+    largest = 0
+
+    def hook(_module, _args, out):
+        nonlocal largest
+        for o in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(o, torch.Tensor):
+                largest = max(largest, o.numel() * o.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    try:
+        with torch.inference_mode():
+            net(*inputs)
+    except Exception:   # a measurement only: the sampler's own calls report real errors
+        return 0
+    finally:
+        for h in handles:
+            h.remove()
+    return -(-largest // 2)
 
 
 def load_latent_checkpoint(path: str | Path, device: str = "cpu") -> Model:
@@ -98,4 +123,6 @@ def load_latent_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     return Model("latent-diffusion", lc.sample_shape, lc.normalization, "torch", sde=diffusion.sde,
                  eps_fn=diffusion.eps_fn, decode_fn=decode_fn, latent_shape=lc.latent_shape, latent_scale=lc.scale,
                  info={"autoencoder": lc.autoencoder, "latent": lc.diffusion},
-                 data_name=lc.autoencoder["data"]["name"])
+                 data_name=lc.autoencoder["data"]["name"], around_sample=torch_threads,
+                 activation_bytes=max(diffusion.activation_bytes,
+                                      activation_bytes(decoder, torch.zeros(2, *lc.latent_shape, device=device))))

@@ -16,6 +16,7 @@ import numpy as np
 from . import threads
 from .artifact import read_manifest
 from .conditioning import null_labels
+from .contract import BATCH, check_loaded
 from .device_noise import DeviceNoise, host_chain_block, host_steps
 from .errors import GenccError
 from .model import Model
@@ -67,13 +68,16 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
     # process. One lock per loaded model serialises the calls (TVM's own thread pool still uses every core).
     lock = threading.RLock()   # re-entrant: step_fn holds it around filling its buffers and the call
 
-    def library(file: str):
+    def library(name: str, file: str, batch: int = 1):
+        """Function `name`'s library `file`, checked against the manifest by a call at `batch`."""
         if file not in m.files:   # every library must be one the manifest lists, and so was hash-checked
             raise GenccError(f"{m.root}: library {file!r} is not listed in the manifest")
         try:
-            main = VirtualMachine(tvm.runtime.load_module(str(m.root / file)), dev)["main"]
+            vm = VirtualMachine(tvm.runtime.load_module(str(m.root / file)), dev)
+            main = vm["main"]
         except Exception as e:   # a TVM error while loading native code: report, don't crash
             raise GenccError(f"{m.root}: cannot load {file}: {str(e).splitlines()[0]}") from None
+        _check_library(tvm, vm, m, name, file, batch, dev)
 
         def locked(*args):
             with lock:
@@ -83,8 +87,8 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
     def function(name: str):
         """The dynamic-batch library, or a tuned static-batch one when the call's batch has one; on a
         CPU, small calls run on one thread (runtime/threads.py)."""
-        dynamic = library(m.functions[name]["library"])
-        static = {int(b): library(v["library"]) for b, v in m.functions[name].get("static", {}).items()}
+        dynamic = library(name, m.functions[name]["library"])
+        static = {int(b): library(name, v["library"], int(b)) for b, v in m.functions[name].get("static", {}).items()}
         flops = m.functions[name].get("flops_per_sample")
         if m.target["kind"] != "llvm" or flops is None:
             return lambda *args: static.get(args[0].shape[0], dynamic)(*args)
@@ -182,6 +186,35 @@ class _Buffer:
         else:
             self.tensor.copyfrom(np.asarray(values, np.float32).reshape(self.tensor.shape))
         return self.tensor
+
+
+def _check_library(tvm, vm, m, name: str, file: str, batch: int, dev) -> None:
+    """The VM's own parameter names (TVM passes arguments by position), then one call on zeros of the declared
+    shapes at `batch` and its output shapes: a library compiled for other arguments fails here, with a line
+    naming it, instead of inside a sampler (a shape or arity mismatch is a checked error in the VM, not a crash)."""
+    inputs = m.functions[name]["inputs"]
+    try:
+        arity = vm._get_function_arity("main")
+        params = [(vm._get_function_param_name("main", i), None) for i in range(arity)]
+    except (AttributeError, TypeError):   # a TVM without the introspection: the probe call still checks
+        params = None
+    if params is not None:
+        check_loaded(m, name, file, "input", params)
+    args = [tvm.runtime.tensor(np.zeros([batch if d == BATCH else d for d in s["shape"]], np.float32), device=dev)
+            for s in inputs]
+    try:
+        out = vm["main"](*args)
+    except Exception as e:   # TVM's checked errors: wrong arity, rank, shape or dtype
+        raise GenccError(f"{m.root}: {file} (function {name!r}) does not take the manifest's inputs at batch "
+                         f"{batch}: {_first_line(e)}") from None
+    outs = [out] if hasattr(out, "shape") else list(out)
+    check_loaded(m, name, file, "output", [(None, tuple(int(d) for d in o.shape)) for o in outs], batch)
+
+
+def _first_line(e: Exception) -> str:
+    """TVM errors carry a C++ backtrace after their message; the message is the last non-blank line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:300]
 
 
 def _load_noise_kernel(tvm, m):

@@ -13,9 +13,10 @@ BACKENDS = ("tvm", "ort", "torch")
 
 
 def load(path: str | Path, backend: str | None = None, device: str | None = None,
-         trusted_keys: Iterable | None = None) -> Model:
+         trusted_keys: Iterable | None = None, require_signature: bool | None = None) -> Model:
     """`trusted_keys` (PEM paths or Ed25519 keys): refuse an artifact that none of them signed,
-    checked before anything else in it is read. None: no signature needed."""
+    checked before anything else in it is read. None: as the environment says (runtime/policy.py:
+    GENCC_REQUIRE_SIGNATURE=1 with GENCC_TRUSTED_KEYS), unless `require_signature` is False."""
     path = readable_dir(path)   # an artifact or checkpoint being replaced: its previous version
     if not path.exists():
         raise GenccError(f"{str(path)!r} does not exist")
@@ -27,6 +28,10 @@ def load(path: str | Path, backend: str | None = None, device: str | None = None
         from .signing import verify_signature
 
         verify_signature(path, trusted_keys)
+    elif require_signature is not False:
+        from .policy import check_required_signature
+
+        check_required_signature(path)
     if is_artifact(path):
         backend = backend or "tvm"
         if backend == "torch":

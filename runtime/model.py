@@ -7,6 +7,7 @@ x = decoder(x_L / latent_scale) (models/latent.py).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .conditioning import check_condition, chunk_labels, label_rows
-from .errors import GenccError
+from .errors import GenccError, size_text
 from .noise import SampleNoise
 from .normalize import Normalization
 from .samplers import (DEFAULT_SPACING, PLANS, STOCHASTIC, PlanStep, affine_step, get_sampler, run_plan_chained,
@@ -53,13 +54,17 @@ class Model:
     num_classes: int = 0
     decode_fn: Callable | None = None           # latent-diffusion: z (B, *latent_shape) np -> x (B, *sample_shape) np
     latent_scale: float = 1.0                   # latent-diffusion: the state is z * latent_scale
+    around_sample: Callable = contextlib.nullcontext   # entered once per sample(): torch's thread policy
+    # The network's largest intermediate tensor, bytes per sample (compiler/flops.py; for torch, measured);
+    # 0: unknown, and the memory check assumes ACTIVATION_MULTIPLE samples' worth.
+    activation_bytes: int = 0
 
     @classmethod
     def from_manifest(cls, m, backend: str, **callables) -> "Model":
         """A Model for an artifact's manifest (see runtime/artifact.py), with the backend's callables."""
         return cls(m.model, m.sample_shape, m.normalization, backend, sde=m.sde, latent_shape=m.latent_shape,
                    info=m.raw, data_name=str(m.raw.get("data", "")), num_classes=m.num_classes,
-                   latent_scale=m.latent_scale, **callables)
+                   latent_scale=m.latent_scale, activation_bytes=_manifest_activations(m), **callables)
 
     def sample(self, n: int, *, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: int = 0,
                batch_size: int = 1024, callback: Callable[[int, Any], None] | None = None,
@@ -79,17 +84,18 @@ class Model:
         check_condition(self.kind, self.num_classes, label, guidance)
         _check_positive("n", n)
         _check_positive("batch-size", batch_size)
-        _check_memory(n, batch_size, self.sample_shape)
+        _check_memory(n, batch_size, self.sample_shape, self.activation_bytes)
         if self.kind != "gan":
             _check_positive("steps", steps)
             get_sampler(sampler)
-        out = np.empty((n,) + self.sample_shape, np.float32)
-        for lo in range(0, n, batch_size):
-            idx = np.arange(start + lo, start + min(n, lo + batch_size), dtype=np.int64)
-            fns = self._conditioned(chunk_labels(label, idx, n, start), idx, guidance)
-            out[lo:lo + len(idx)] = self._sample_chunk(idx, steps, sampler, seed, callback, spacing, options or {},
-                                                       on_step, *fns)
-        return self.normalization.decode(out)
+        with self.around_sample(), _allocation_failure_as_error(n, batch_size):
+            out = np.empty((n,) + self.sample_shape, np.float32)
+            for lo in range(0, n, batch_size):
+                idx = np.arange(start + lo, start + min(n, lo + batch_size), dtype=np.int64)
+                fns = self._conditioned(chunk_labels(label, idx, n, start), idx, guidance)
+                out[lo:lo + len(idx)] = self._sample_chunk(idx, steps, sampler, seed, callback, spacing,
+                                                           options or {}, on_step, *fns)
+            return self.normalization.decode(out)
 
     def _conditioned(self, labels: np.ndarray, idx: np.ndarray, guidance: float | None) -> tuple:
         """(eps_fn, step_fn, generate_fn) with this chunk's labels and the guidance bound in."""
@@ -226,16 +232,47 @@ def _check_positive(name: str, v: int) -> None:
         raise GenccError(f"{name} must be a positive integer, got {v!r}")
 
 
-def _check_memory(n: int, batch_size: int, shape: tuple[int, ...]) -> None:
+ACTIVATION_MULTIPLE = 256   # an artifact or Model that does not know its activations: 256 samples' worth
+LIVE_ACTIVATIONS = 4        # largest intermediates alive at once: an op's input and output, a skip, the eps
+_ALLOCATION_FAILURES = ("bad_alloc", "bad allocation", "out of memory", "cannot allocate memory",
+                        "failed to allocate", "memory allocation")
+
+
+def _check_memory(n: int, batch_size: int, shape: tuple[int, ...], activation_bytes: int = 0) -> None:
     """Refuse up front what cannot fit, rather than be killed part-way: the output and its decoded
-    copy, plus ~24 batch-sized buffers (state, eps, previous state and eps, 16 steps of bulk noise,
-    network activations)."""
-    need = 4 * math.prod(shape) * (2 * n + 24 * min(n, batch_size))
+    copy, ~24 batch-sized buffers (state, eps, previous state and eps, 16 steps of bulk noise), and the
+    network's activations, LIVE_ACTIVATIONS of its largest intermediate per sample in the batch."""
+    sample = 4 * math.prod(shape)
+    activations = LIVE_ACTIVATIONS * (activation_bytes or ACTIVATION_MULTIPLE * sample)
+    need = sample * (2 * n + 24 * min(n, batch_size)) + activations * min(n, batch_size)
     total = _physical_memory()
     if total and need > total:
         raise GenccError(f"sampling n={n} with batch size {batch_size} and sample shape {shape} needs about "
-                         f"{need / 2 ** 30:.3g} GiB of memory, more than this machine's {total / 2 ** 30:.3g} GiB; "
-                         "use a smaller n or batch size, or stream to a file (gencc sample, runtime/stream.py)")
+                         f"{size_text(need)} of memory (the network's activations "
+                         f"{size_text(activations * min(n, batch_size))} of it), more than this machine's "
+                         f"{size_text(total)}; use a smaller batch size (or n), or stream to a file "
+                         "(gencc sample, runtime/stream.py)")
+
+
+@contextlib.contextmanager
+def _allocation_failure_as_error(n: int, batch_size: int):
+    """An allocation that fails in spite of the estimate (other processes, a container limit) as one line:
+    numpy raises MemoryError, TVM and ONNX Runtime a RuntimeError carrying std::bad_alloc or their own words."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        text = str(e)
+        if not isinstance(e, MemoryError) and not any(w in text.lower() for w in _ALLOCATION_FAILURES):
+            raise
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)[:200]
+        raise GenccError(f"sampling n={n} at batch size {batch_size} ran out of memory ({first}); "
+                         "use a smaller batch size") from None
+
+
+def _manifest_activations(m) -> int:
+    """The largest activation_bytes_per_sample of an artifact's functions; 0 if any predates the field."""
+    values = [f.get("activation_bytes_per_sample", 0) for f in m.functions.values()]
+    return 0 if not values or 0 in values else max(values)
 
 
 def _physical_memory() -> int | None:

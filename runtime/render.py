@@ -9,13 +9,50 @@ from .atomic import atomic_path
 from .errors import GenccError
 
 
-def save_png(path: str | Path, samples: np.ndarray, reference: np.ndarray | None = None) -> None:
-    """Images (N, C, H, W) in [0, 1] become a grid; (N, 2) points a scatter plot (reference in grey)."""
+SAMPLE_COLOUR, REFERENCE_COLOUR = (31, 90, 200), (170, 170, 170)
+# Value ranges images are stored in; a grid maps the first that holds the samples to black..white.
+IMAGE_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0))
+OVERSHOOT = 0.25   # samples stray outside their data's range by a little; by more, they are in another range
+
+
+def save_png(path: str | Path, samples: np.ndarray, reference: np.ndarray | None = None,
+             title: str | None = None) -> None:
+    """Images (N, C, H, W) become a grid; (N, 2) points a scatter plot (reference in grey). With a title,
+    a band above the picture carries it and, for points, a legend."""
     from PIL import Image
 
     img = picture(samples, reference)
+    if title is not None:
+        legend = None
+        if samples.ndim == 2:
+            legend = [("samples", SAMPLE_COLOUR)] + ([("data", REFERENCE_COLOUR)] if reference is not None else [])
+        img = titled(img, title, legend)
     with atomic_path(path) as tmp:
         Image.fromarray(img).save(tmp, format="PNG")
+
+
+def titled(img: np.ndarray, title: str, legend: list[tuple[str, tuple]] | None = None) -> np.ndarray:
+    """`img` (uint8, grey or RGB) below a white band holding `title` and, after it, `legend`'s colour keys."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=14)
+    except TypeError:   # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    keys = " ".join(f"   {label}" for label, _ in legend or [])
+    band = 24
+    width = max(img.shape[1], int(measure.textlength(title + keys, font=font)) + 16 + 16 * len(legend or []))
+    canvas = Image.new("RGB", (width, img.shape[0] + band), "white")
+    canvas.paste(Image.fromarray(img).convert("RGB"), (0, band))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), title, fill=(0, 0, 0), font=font)
+    x = 4 + measure.textlength(title, font=font) + 16
+    for label, colour in legend or []:
+        draw.rectangle((x, 8, x + 9, 17), fill=colour)
+        draw.text((x + 14, 4), label, fill=(0, 0, 0), font=font)
+        x += 14 + measure.textlength(label, font=font) + 16
+    return np.asarray(canvas)
 
 
 def picturable(sample_shape: tuple[int, ...]) -> bool:
@@ -33,8 +70,11 @@ def picture(samples: np.ndarray, reference: np.ndarray | None = None, frame: np.
 
 
 def image_grid(x: np.ndarray, max_images: int = 100, scale: int = 4) -> np.ndarray:
-    """Tile up to `max_images` images into a square-ish uint8 grid, upscaled by `scale` for viewing."""
-    x = np.clip(x[:max_images], 0.0, 1.0)
+    """Tile up to `max_images` images into a square-ish uint8 grid, upscaled by `scale` for viewing.
+    Values are scaled from their range (image_range) to black..white."""
+    x = np.asarray(x[:max_images], np.float64)
+    lo, hi = image_range(x)
+    x = np.clip(np.nan_to_num((x - lo) / (hi - lo)), 0.0, 1.0)
     n, c, h, w = x.shape
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
@@ -47,6 +87,20 @@ def image_grid(x: np.ndarray, max_images: int = 100, scale: int = 4) -> np.ndarr
     return out[..., 0] if c == 1 else out
 
 
+def image_range(x: np.ndarray) -> tuple[float, float]:
+    """The range `x`'s values are stored in: the first of IMAGE_RANGES that holds them up to OVERSHOOT of its
+    width (uint8-style 0..255 data included), else their own min..max."""
+    finite = x[np.isfinite(x)]
+    if finite.size == 0:
+        return IMAGE_RANGES[0]
+    lo, hi = float(finite.min()), float(finite.max())
+    for a, b in IMAGE_RANGES:
+        slack = OVERSHOOT * (b - a)
+        if a - slack <= lo and hi <= b + slack:
+            return a, b
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
 def scatter(points: np.ndarray, reference: np.ndarray | None = None, size: int = 512,
             frame: np.ndarray | None = None) -> np.ndarray:
     """Samples in blue over reference data in grey, on a frame that fits `frame`, else the reference."""
@@ -55,7 +109,7 @@ def scatter(points: np.ndarray, reference: np.ndarray | None = None, size: int =
     pad = 0.1 * (hi - lo) + 1e-6
     lo, hi = lo - pad, hi + pad
     img = np.full((size, size, 3), 255, np.uint8)
-    for pts, colour in ((reference, (170, 170, 170)), (points, (31, 90, 200))):
+    for pts, colour in ((reference, REFERENCE_COLOUR), (points, SAMPLE_COLOUR)):
         if pts is None:
             continue
         uv = (pts - lo) / (hi - lo) * (size - 1)

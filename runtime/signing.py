@@ -28,8 +28,18 @@ PRIVATE, PUBLIC = "private.pem", "public.pem"
 MAX_KEY_BYTES = 1 << 14
 
 
+def _require_crypto() -> None:
+    """Signatures need the `cryptography` package (a gencc dependency): say so, rather than fail deep inside."""
+    try:
+        import cryptography.hazmat.primitives.asymmetric.ed25519  # noqa: F401
+    except ImportError:
+        raise GenccError("signing and checking signatures need the Python package 'cryptography', which is not "
+                         "installed: pip install 'cryptography>=42' (or reinstall gencc)") from None
+
+
 def generate_keys(out_dir: str | Path) -> tuple[Path, Path]:
     """Write a new Ed25519 key pair to out_dir/private.pem (mode 0600) and out_dir/public.pem."""
+    _require_crypto()
     from cryptography.hazmat.primitives import serialization as ser
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -50,6 +60,7 @@ def generate_keys(out_dir: str | Path) -> tuple[Path, Path]:
 
 def load_private_key(path: str | Path):
     """An unencrypted Ed25519 private key from a PEM file, as written by `generate_keys`."""
+    _require_crypto()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -65,6 +76,7 @@ def load_private_key(path: str | Path):
 
 def load_public_key(key):
     """An Ed25519 public key: a PEM file path, or a key object (public or private) as is."""
+    _require_crypto()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -84,6 +96,7 @@ def load_public_key(key):
 
 
 def fingerprint(public_key) -> str:
+    _require_crypto()
     from cryptography.hazmat.primitives import serialization as ser
 
     raw = public_key.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
@@ -138,6 +151,7 @@ def signer(root: str | Path) -> str | None:
 
 def verify_signature(root: str | Path, trusted_keys: Iterable) -> str:
     """Check that one of `trusted_keys` signed root/manifest.json as it is now; return its fingerprint."""
+    _require_crypto()
     from cryptography.exceptions import InvalidSignature
 
     from .artifact import MANIFEST, MAX_MANIFEST_BYTES

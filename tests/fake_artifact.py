@@ -3,16 +3,18 @@ any native code loads (manifest checks, signatures, fuzzing). Loading it for rea
 import json
 from pathlib import Path
 
+from gencc.compiler.export import eps_io, step_io
 from gencc.runtime.artifact import write_manifest
 
-IO = [{"name": "x", "shape": ["batch", 2], "dtype": "float32"}]
+IO = {"step": step_io((2,)), "eps": eps_io((2,))}   # the compiler's own descriptions of the contract
 
 
 def fake_artifact(root: Path) -> Path:
     root.mkdir(parents=True)
     for name in ("step.so", "step_b4.so", "step.onnx", "eps.so", "eps.onnx"):
         (root / name).write_bytes(b"not a library: " + name.encode())
-    functions = {f: {"library": f"{f}.so", "onnx": f"{f}.onnx", "inputs": IO, "outputs": IO} for f in ("step", "eps")}
+    functions = {f: {"library": f"{f}.so", "onnx": f"{f}.onnx", "inputs": IO[f][0], "outputs": IO[f][1]}
+                 for f in ("step", "eps")}
     functions["step"]["static"] = {"4": {"library": "step_b4.so"}}   # a tuned library for batch 4
     write_manifest(root, {
         "model": "diffusion", "sample_shape": [2],

@@ -104,3 +104,58 @@ def test_uncountable_flops_are_reported_as_unknown_not_a_crash(tmp_path, monkeyp
               "machine": {"cpu": "x", "cores": 2}, "date": "d", "config": {"steps": 5, "sampler": "em"}, "rows": [row]}
     line = markdown(report).splitlines()[-1]
     assert "| 100 us-100 us | nan | - | - |" in line   # GFLOP/s and % peak: "-", not "nan"
+
+
+# ---- a busy machine: flagged, and no ratios headlined (synthetic timings) ---------------------------
+
+QUIET_PEAK = {"peak_gflops": 447.0, "torch_gflops": 447.0, "numpy_gflops": 400.0, "one_thread_gflops": 230.0,
+              "threads": 2, "busy_threads": [0, 0], "size": 2048}
+
+
+def _results(torch_s, tvm_s, spread=0.05):
+    def batches(s):
+        return {"1": {"step": {"median_s": s, "p10_s": s * (1 - spread / 2), "p90_s": s * (1 + spread / 2)}}}
+    return {b: {"batches": batches(s), "startup_s": 1.0, "peak_rss_mb": 100.0}
+            for b, s in (("torch", torch_s), ("tvm", tvm_s))}
+
+
+def _report(peak, results):
+    from gencc.compiler import bench
+
+    config = {"model": "diffusion", "net": {"arch": "mlp"}, "data": {"name": "moons"}}
+    return bench._summarise("c.ckpt", config, BenchConfig(batches=(1,), steps=0), {1: 1000}, peak, results)
+
+
+def test_a_quiet_run_headlines_its_ratios():
+    from gencc.compiler.bench import markdown
+
+    report = _report(QUIET_PEAK, _results(2e-4, 1e-4))
+    assert report["unreliable"] is False and report["busy_reasons"] == []
+    md = markdown(report)
+    assert "UNRELIABLE" not in md and "| tvm | 1 | 100 us | 98 us-102 us | 2.00 |" in md
+
+
+def test_a_collapsed_matmul_peak_marks_the_run_unreliable_and_hides_its_ratios():
+    from gencc.compiler.bench import markdown
+
+    peak = {**QUIET_PEAK, "peak_gflops": 96.0, "torch_gflops": 96.0}   # the busy run: 96 vs 447
+    report = _report(peak, _results(56e-3, 0.3e-3))   # "tvm 189x torch"
+    assert report["unreliable"] is True
+    assert "96 GFLOP/s" in report["busy_reasons"][0] and "0.42x" in report["busy_reasons"][0]
+    md = markdown(report)
+    assert md.startswith("**UNRELIABLE")
+    assert "186" not in md and "| tvm | 1 | 300 us | 292 us-307 us | busy |" in md   # no ratio, only the times
+
+
+def test_other_processes_running_or_wide_repeat_spread_mark_the_run():
+    from gencc.compiler.bench import busy_reasons
+
+    quiet_rows = _report(QUIET_PEAK, _results(2e-4, 1e-4))["rows"]
+    assert busy_reasons({**QUIET_PEAK, "busy_threads": [1, 2]}, quiet_rows)[0].startswith("other processes had 1-2")
+    assert busy_reasons({**QUIET_PEAK, "busy_threads": [2, 2]}, quiet_rows)[0].startswith("other processes had 2 ")
+    assert busy_reasons({**QUIET_PEAK, "busy_threads": [0, 2]}, quiet_rows) == []   # a passing blip
+    wide = _report(QUIET_PEAK, _results(2e-4, 1e-4, spread=0.9))["rows"]
+    assert "spread by 90%" in busy_reasons(QUIET_PEAK, wide)[0]
+    one_thread = {k: v for k, v in QUIET_PEAK.items() if k != "one_thread_gflops"}   # no torch: no scaling check
+    assert busy_reasons({**one_thread, "torch_gflops": None}, quiet_rows) == []
+    assert busy_reasons({**QUIET_PEAK, "threads": 1, "torch_gflops": 100.0}, quiet_rows) == []

@@ -20,6 +20,7 @@ import tvm  # noqa: F401  the full library first: once gencc.load has imported o
 #                       later in the same process fails (tests of the compiler may follow these in one session)
 import gencc
 from fake_artifact import fake_artifact
+from manifest_edits import edited, edits
 from gencc.models import checkpoint as ckpt
 from gencc.models.data import load_dataset
 from gencc.runtime.artifact import read_manifest
@@ -172,6 +173,44 @@ def test_wrong_types_and_absurd_values_are_refused(art, edit, words):
         (root / "manifest.json").write_text(json.dumps(good))
 
 
+# --- consistent edits of the functions (tests/manifest_edits.py) --------------------------------------
+
+
+@pytest.fixture
+def ort_loads():
+    """Record (and refuse) every graph the ORT backend asks ONNX Runtime to load."""
+    import onnxruntime
+
+    calls = []
+
+    def session(path, *a, **k):
+        calls.append(path)
+        raise RuntimeError("blocked by the test")
+
+    with mock.patch.object(onnxruntime, "InferenceSession", session):
+        yield calls
+
+
+def test_consistently_edited_functions_never_reach_native_code(art, tvm_loads, ort_loads):
+    root, good = art
+
+    @FUZZ
+    @given(st.lists(edits, min_size=1, max_size=3))
+    def check(changes):
+        (root / "manifest.json").write_text(json.dumps(edited(good, changes)))
+        valid = clean_failure(read_manifest, root)
+        for backend in ("tvm", "ort"):
+            tvm_loads.clear()
+            ort_loads.clear()
+            assert not clean_failure(gencc.load, root, backend)   # the junk libraries never load
+            assert valid or not (tvm_loads or ort_loads), "a library or graph of a refused manifest was loaded"
+
+    try:
+        check()
+    finally:
+        (root / "manifest.json").write_text(json.dumps(good))
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -240,7 +279,7 @@ def test_hostile_network_config_is_refused_before_it_allocates(ck):
     config["net"].update(width=65536, depth=64)   # about 1 TB of float32 parameters
     try:
         (root / ckpt.CONFIG).write_text(json.dumps(config))
-        with pytest.raises(GenccError, match="parameters, more than"):
+        with pytest.raises(GenccError, match="net 'width' is 65536"):
             gencc.load(root)
     finally:
         _restore(root, files)

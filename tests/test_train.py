@@ -126,3 +126,128 @@ def test_moons_defaults_reach_the_real_data_floor(tmp_path):
     floor = sliced_wasserstein(train_set.data[: len(held_out)], held_out)
     sw = sliced_wasserstein(samples, held_out)
     assert sw <= 2 * floor, f"SW(samples, held-out) = {sw:.4f}, floor {floor:.4f}"
+
+
+# --- resume continues the same run, or says why not (issue 13, item 4) ---------------------------------
+
+SMALL = TrainConfig(steps=5, batch_size=32, ckpt_every=5)
+
+
+@pytest.fixture
+def started(tmp_path):
+    """A 5-step moons run at width 32, to be resumed."""
+    train("diffusion", MOONS, tmp_path / "m.ckpt", SMALL, width=32)
+    return tmp_path / "m.ckpt"
+
+
+def _refused(out, *args, match, **kw):
+    before = (out / ckpt.WEIGHTS).read_bytes()
+    with pytest.raises(GenccError, match=match):
+        train("diffusion", *args, **kw)
+    assert (out / ckpt.WEIGHTS).read_bytes() == before   # nothing trained, nothing written
+
+
+def test_resume_refuses_another_builtin_dataset(started):
+    swissroll = load_dataset("swissroll", n=4000)
+    _refused(started, swissroll, started, replace(SMALL, steps=10), resume=True,
+             match=r"different data: it has 'moons', this run asks for 'swissroll'")
+
+
+def test_resume_compares_user_data_by_content(tmp_path):
+    from gencc.models.data import Dataset
+
+    pts = np.random.default_rng(0).standard_normal((256, 3)).astype(np.float32)
+    out = tmp_path / "u.ckpt"
+    train("diffusion", Dataset(pts, None, str(tmp_path / "pts.npy"), "vector"), out, SMALL, width=32)
+    other = Dataset(pts + 1, None, str(tmp_path / "pts.npy"), "vector")
+    _refused(out, other, out, replace(SMALL, steps=10), resume=True, match=r"different data content \(sha256\)")
+    moved = Dataset(pts.copy(), None, str(tmp_path / "moved.npy"), "vector")   # same data, another path: fine
+    assert train("diffusion", moved, out, replace(SMALL, steps=10), resume=True).steps == 10
+
+
+def test_resume_accepts_a_builtin_saved_to_a_file(started, tmp_path):
+    from gencc.models.data import Dataset
+
+    as_file = Dataset(MOONS.data.copy(), None, str(tmp_path / "moons.npy"), "vector")   # same content
+    assert train("diffusion", as_file, started, replace(SMALL, steps=10), resume=True).steps == 10
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"width": 64}, r"different width: it has 32, this run asks for 64"),
+    ({"normalization": "identity"}, r"different normalization"),
+])
+def test_resume_refuses_another_network_or_normalization(started, kw, match):
+    from gencc.runtime.normalize import Normalization
+
+    if kw.get("normalization") == "identity":
+        kw = {"normalization": Normalization((0.0,), (1.0,), (2,))}
+    _refused(started, MOONS, started, replace(SMALL, steps=10), resume=True, match=match, **kw)
+
+
+def test_resume_refuses_another_seed(started):
+    _refused(started, MOONS, started, replace(SMALL, steps=10, seed=1), resume=True,
+             match=r"different seed: it has 0, this run asks for 1")
+
+
+def test_resume_may_change_steps_batch_size_lr_and_interval(started):
+    cfg = TrainConfig(steps=8, batch_size=16, lr=5e-4, ckpt_every=2)
+    assert train("diffusion", MOONS, started, cfg, width=32, resume=True).steps == 8
+    assert ckpt.load_config(started)["train"]["batch_size"] == 16
+
+
+def test_resume_refuses_to_make_a_model_conditional(tmp_path, tiny_digits_diffusion):
+    import shutil
+
+    out = tmp_path / "d.ckpt"
+    shutil.copytree(tiny_digits_diffusion, out)
+    cfg = replace(default_config("diffusion", "image"), steps=6, batch_size=8)
+    _refused(out, load_dataset("digits"), out, cfg, resume=True, conditional=True,
+             match=r"different conditioning: it has 'unconditional', this run asks for 'conditional'")
+
+
+def test_cli_resume_refuses_other_data_and_options_in_one_line(tmp_path):
+    from cli_helpers import assert_user_error, gencc as cli
+
+    out = tmp_path / "moons.ckpt"
+    r = cli("train", "diffusion", "--data", "moons", "--out", out, "--steps", 5, "--batch-size", 16, "--width", 32)
+    assert r.exit_code == 0, r.output
+    for args, words in [(("--data", "swissroll"), ("data", "'moons'", "'swissroll'")),
+                        (("--data", "moons", "--width", 64), ("width", "32", "64")),
+                        (("--data", "moons", "--seed", 2), ("seed", "0", "2")),
+                        (("--data", "moons", "--steps", 3), ("at step 5 already, past --steps 3",))]:
+        r = cli("train", "diffusion", "--steps", 10, *args, "--out", out, "--resume")
+        assert_user_error(r, *words)
+    assert ckpt.load_config(out)["step"] == 5
+
+
+def test_cli_resume_keeps_the_runs_settings_and_says_when_it_is_done(tmp_path):
+    from cli_helpers import gencc as cli
+
+    out = tmp_path / "m.ckpt"
+    r = cli("train", "diffusion", "--data", "moons", "--out", out, "--steps", 6, "--batch-size", 16, "--width", 32,
+            "--seed", 3, "--preview-every", 0)
+    assert r.exit_code == 0, r.output
+    r = cli("train", "diffusion", "--data", "moons", "--out", out, "--steps", 8, "--resume", "--preview-every", 0)
+    assert r.exit_code == 0, r.output
+    train_cfg = ckpt.load_config(out)["train"]
+    assert (train_cfg["batch_size"], train_cfg["seed"], train_cfg["steps"]) == (16, 3, 8)
+    r = cli("train", "diffusion", "--data", "moons", "--out", out, "--resume", "--preview-every", 0)
+    assert r.exit_code == 0, r.output
+    assert "already trained to step 8" in r.output and ", ," not in r.output
+
+
+def test_train_help_lists_what_may_change_on_resume():
+    from cli_helpers import gencc as cli
+
+    out = " ".join(cli("train", "--help").output.replace("│", " ").split())
+    assert "may change on resume: --steps, --batch-size, --lr, --ckpt-every" in out
+
+
+def test_a_malformed_data_hash_is_refused(started):
+    import json
+
+    config = json.loads((started / ckpt.CONFIG).read_text())
+    config["data"]["sha256"] = 5
+    (started / ckpt.CONFIG).write_text(json.dumps(config))
+    with pytest.raises(GenccError, match="data sha256 must be 64 lowercase hex digits, got 5"):
+        train("diffusion", MOONS, started, replace(SMALL, steps=10), resume=True)

@@ -10,6 +10,8 @@ from gencc.compiler.compile import compile_artifact
 from gencc.compiler.tune import DB_META, TuneOptions, tune_into, usable_database
 from gencc.runtime.errors import GenccError
 
+from fake_artifact import edit_manifest
+
 
 def test_records_from_another_cpu_fall_back_to_the_untuned_build(tmp_path):
     db = tmp_path / "db"
@@ -47,6 +49,11 @@ def test_tuned_artifact_matches_untuned_and_reuses_its_database(tmp_path, tiny_m
     a = gencc.load(tmp_path / "t2.gencc").sample(20, steps=10, batch_size=8)   # chunks of 8, 8 (tuned), 4 (dynamic)
     b = gencc.load(tmp_path / "u.gencc").sample(20, steps=10, batch_size=8)
     np.testing.assert_allclose(a, b, atol=1e-4)
+    # A static entry keyed by another batch than its library was built for is refused at load, in one line.
+    edit_manifest(tmp_path / "t2.gencc",
+                  lambda m: m["functions"]["step"]["static"].update({"5": m["functions"]["step"]["static"].pop("8")}))
+    with pytest.raises(GenccError, match=r"step_b8.so \(function 'step'\) does not take .* at batch 5"):
+        gencc.load(tmp_path / "t2.gencc")
     # The database holds a measured record of gencc's default schedule for every kernel (the seeds),
     # and pruning keeps exactly one record, the fastest, per kernel.
     from tvm.s_tir import meta_schedule as ms
