@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import re
@@ -73,10 +72,9 @@ def from_torch(net, options: CompileOptions):
 
     user = _user_model(net, options)
     conventions = {} if options.kind == "gan" else {"conventions": options.conventions()}
-    model = model_from_net(options.kind, user.module, user.sample_shape, identity(user.sample_shape), sde=user.sde,
-                           info={"source": user.source, **conventions}, num_classes=options.num_classes)
-    # model_from_net knows gencc's flat GAN latents only; a user's z may be (100, 1, 1)
-    return dataclasses.replace(model, latent_shape=options.latent_shape) if options.kind == "gan" else model
+    return model_from_net(options.kind, user.module, user.sample_shape, identity(user.sample_shape), sde=user.sde,
+                          latent_dim=options.latent_shape, info={"source": user.source, **conventions},
+                          num_classes=options.num_classes)
 
 
 def _user_model(net, options: CompileOptions, source: dict | None = None):
