@@ -163,7 +163,8 @@ def export(
 @app.command(name="compile")
 @_user_errors
 def compile_(
-    source: Path = typer.Argument(..., help="checkpoint directory or a folder written by gencc export"),
+    source: str = typer.Argument(..., help="gencc checkpoint or export folder, a diffusers UNet2DModel or pipeline "
+                                 "folder, an .onnx file with inputs (x, time), or pkg.module:factory"),
     out: Path = typer.Option(..., "--out", help="artifact directory to write, e.g. moons.gencc"),
     target: str = typer.Option("llvm", help="llvm (alias cpu: this machine's CPU) or cuda"),
     arch: Optional[str] = typer.Option(None, help="CUDA arch, e.g. sm_80; default sm_90 (H100/H200)"),
@@ -174,15 +175,28 @@ def compile_(
                                               "0 applies an existing --tune-db without new trials"),
     tune_batch: str = typer.Option("1024", help="comma list of batch sizes to specialise and tune"),
     tune_db: Optional[Path] = typer.Option(None, help="tuning database folder, kept and reused across compiles"),
+    # A user's own network (docs/YOUR_MODEL.md); a gencc checkpoint or export describes itself.
+    shape: Optional[str] = typer.Option(None, "--shape", help="one sample's shape, e.g. 1,8,8"),
+    kind: Optional[str] = typer.Option(None, help="diffusion (an eps-style network, default) or gan (a generator)"),
+    time_input: Optional[str] = typer.Option(None, help="t (default), timestep:N ((N-1) t) or sigma (VE)"),
+    prediction: Optional[str] = typer.Option(None, help="eps (default), x0 or v; or epsilon, sample, v_prediction"),
+    schedule: Optional[str] = typer.Option(None, help="vp, linear, scaled_linear or squaredcos_cap_v2 "
+                                           "(default: linear for timestep:N, else vp)"),
+    latent_shape: Optional[str] = typer.Option(None, help="gan: the shape of z, e.g. 64 or 100,1,1"),
+    num_classes: Optional[int] = typer.Option(None, help="K > 0: the network takes a class label as a third "
+                                              "input (K + 1 classes, the last the null class of guidance)"),
+    label_input: Optional[str] = typer.Option(None, help="onehot (B, K+1) rows (default) or index (B,) ids"),
+    weights: Optional[Path] = typer.Option(None, help="module:factory sources: a .safetensors state dict"),
+    scheduler: Optional[Path] = typer.Option(None, help="diffusers sources: a scheduler_config.json"),
 ):
     """Compile with TVM into a self-contained artifact, checked against ONNX Runtime.
 
     Example: gencc compile moons.ckpt --target llvm --out moons.gencc
              gencc compile moons.ckpt --out moons.gencc --tune-trials 64 --tune-batch 1,1024 --tune-db tuning/
+             gencc compile eps.onnx --shape 1,8,8 --time-input timestep:1000 --prediction eps --out x.gencc
     """
-    # ---- issue 15 moves this command onto the interface layer's gencc.compile(...); until then it calls the
-    # compiler directly. ----
-    from gencc.compiler.compile import compile_artifact
+    from gencc.compiler.options import CompileOptions
+    from gencc.compiler.sources import compile_source
 
     tuning = None
     if tune_trials is not None or tune_db is not None:
@@ -193,9 +207,13 @@ def compile_(
         except ValueError:
             raise GenccError(f"--tune-batch must be a comma list of integers, got {tune_batch!r}") from None
         tuning = TuneOptions(trials=tune_trials or 0, batches=batches, db_dir=tune_db)
+    network = {"sample_shape": shape, "kind": kind, "time_input": time_input, "prediction": prediction,
+               "schedule": schedule, "latent_shape": latent_shape, "num_classes": num_classes,
+               "label_input": label_input, "weights": weights, "scheduler": scheduler}
+    options = CompileOptions.make(target=target, arch=arch, force=force, sign=sign, tuning=tuning,
+                                  **{k: v for k, v in network.items() if v is not None})
     start = time.perf_counter()
-    m = compile_artifact(source, out, target=target, arch=arch, force=force, log=typer.echo, sign=sign,
-                         tuning=tuning)
+    m = compile_source(source, out, options, log=typer.echo)
     state = "verified" if m["verified"] else "unverified: run `gencc verify` on a machine with that GPU"
     typer.echo(f"wrote {out} ({m['target']['kind']}, {state}) in {time.perf_counter() - start:.1f} s")
 

@@ -34,10 +34,10 @@ def export(checkpoint: str | Path, out: str | Path, log: Log = lambda s: None) -
     return meta
 
 
-def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", arch: str | None = None,
+def compile_artifact(source, out: str | Path, target: str = "llvm", arch: str | None = None,
                      force: bool = False, log: Log = lambda s: None, sign: str | Path | None = None,
                      tuning=None) -> dict:
-    """Compile a checkpoint, or a folder written by `export`, into the artifact directory `out`.
+    """Compile a checkpoint, a folder written by `export` or a compiler.user_model.UserModel into `out`.
 
     `tuning`: a compiler.tune.TuneOptions; adds MetaSchedule-tuned static-batch libraries of the step
     (or generator) beside the dynamic-batch one, and stores the tuning database in the artifact.
@@ -51,7 +51,8 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
     from .flops import activation_bytes_per_sample, count_flops_or_none
     from .tune import TUNED_FUNCTIONS, tune_into
 
-    source, out = Path(source), _check_new_output(out, force)
+    source = source if hasattr(source, "export_into") else Path(source)   # a compiler.user_model.UserModel
+    out = _check_new_output(out, force)
     tvm_target, target_desc = resolve_target(target, arch)   # a bad target fails before any work
     key = signing.load_private_key(sign) if sign is not None else None
     start = time.perf_counter()
@@ -144,10 +145,12 @@ def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None 
 
 
 def _onnx_into(source: Path, tmp: Path, log: Log) -> dict:
-    """Put the ONNX functions into `tmp` (exporting a checkpoint, or copying an export folder)."""
+    """Put the ONNX functions into `tmp` (exporting a checkpoint or a user's network, or copying an export folder)."""
     from gencc.models.checkpoint import is_checkpoint
     from gencc.models.latent import is_latent_checkpoint
 
+    if hasattr(source, "export_into"):
+        return source.export_into(tmp, log)
     if is_checkpoint(source) or is_latent_checkpoint(source):
         return _export_into(source, tmp, log)
     meta_path = source / EXPORT_META

@@ -168,13 +168,19 @@ def generator_io(latent_dim: int, shape: tuple[int, ...]) -> tuple[list[dict], l
     return [_spec("z", (latent_dim,))], [_spec("x", shape)]
 
 
-def export_function(module: nn.Module, path: str | Path, inputs: list[dict], outputs: list[dict]) -> dict:
-    """Export `module` with the described inputs and outputs, check it against torch, describe it."""
+def export_function(module: nn.Module, path: str | Path, inputs: list[dict], outputs: list[dict],
+                    rewrite: Callable[[Path], None] | None = None) -> dict:
+    """Export `module` with the described inputs and outputs, check it against torch, describe it.
+
+    `rewrite(path)` edits the written graph before the check (compiler/onnx_source.py splices a user's
+    graph in there)."""
     path = Path(path)
     make_inputs = random_inputs(inputs)
     example = {k: torch.from_numpy(v) for k, v in make_inputs(2).items()}   # 2: a batch of 1 could be specialised
     batched = [s["name"] for s in inputs if s["shape"][:1] == [BATCH]]
     export_onnx(module, example, path, batched, [s["name"] for s in outputs])
+    if rewrite is not None:
+        rewrite(path)
     err = check_onnx_against_torch(module, path, make_inputs)
     return {"file": path.name, "inputs": inputs, "outputs": outputs, "max_abs_err_vs_torch": err}
 

@@ -99,6 +99,9 @@ def _artifact_text(path: Path) -> str:
                                      if m.noise_library else "drawn on the host by numpy (no compiled kernel)"))
     if m.sde:
         lines.append(f"  sde:        {json.dumps(m.sde.to_dict())}; step contract {r.get('step_contract')}")
+    if isinstance(r.get("conventions"), dict):   # a user's network (docs/YOUR_MODEL.md)
+        lines.append(f"  network:    {json.dumps(r['conventions'])}, fused into the step; "
+                     f"from {json.dumps(r.get('source'))}")
     if r.get("parity_max_abs_err"):
         lines.append(f"  parity:     {json.dumps(r['parity_max_abs_err'])} (max abs err vs ONNX Runtime)")
     key = signer(path)

@@ -43,7 +43,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
 def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, *, sde: VPSDE | None = None,
                    latent_dim: int | None = None, info: dict | None = None, data_name: str = "",
                    device: str = "cpu", num_classes: int = 0) -> Model:
-    """A Model over an in-memory eps-network or generator (which this puts in eval mode)."""
+    """A Model over an in-memory eps-network or generator (which this puts in eval mode).
+
+    `latent_dim`: a GAN's z, an int (gencc's flat latents) or a shape tuple (a user's, e.g. (100, 1, 1))."""
     import torch
 
     net = net.to(device).eval().requires_grad_(False)
@@ -52,13 +54,15 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
     if kind == "gan":
+        latent = tuple(latent_dim) if isinstance(latent_dim, (tuple, list)) else (latent_dim,)
+
         @torch.inference_mode()
         def generate_fn(z: np.ndarray, *y: np.ndarray) -> np.ndarray:
             return net(to_torch(z), *map(to_torch, y)).cpu().numpy()
-        return Model("gan", shape, norm, "torch", generate_fn=generate_fn, latent_shape=(latent_dim,),
+        return Model("gan", shape, norm, "torch", generate_fn=generate_fn, latent_shape=latent,
                      info=info or {}, data_name=data_name, num_classes=num_classes,
                      around_sample=torch_threads,
-                     activation_bytes=activation_bytes(net, torch.zeros(2, latent_dim, device=device)))
+                     activation_bytes=activation_bytes(net, torch.zeros(2, *latent, device=device)))
 
     if num_classes:   # the callables also take one-hot labels (runtime/conditioning.py)
         from gencc.models.conditioning import GuidedEps
