@@ -32,3 +32,11 @@ def check_distinct(folder: Path, others) -> None:
     for other in others:
         if other is not None and Path(folder).resolve() == Path(other).resolve():
             raise GenccError(f"--preview {str(folder)!r} is also an output ({str(other)!r}); choose another folder")
+
+
+def as_paths(request, *names: str) -> None:
+    """Make the named fields of a frozen request Paths, so that a caller may pass strings."""
+    for name in names:
+        value = getattr(request, name)
+        if value is not None and not isinstance(value, Path):
+            object.__setattr__(request, name, Path(value))

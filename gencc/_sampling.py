@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from gencc._outputs import check_distinct, check_out_file, check_overwrite
+from gencc._outputs import as_paths, check_distinct, check_out_file, check_overwrite
 from gencc.runtime.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_SAMPLER, DEFAULT_SEED, DEFAULT_STEPS,
                                     PC_CORRECTOR_STEPS, PC_SNR)
 from gencc.runtime.errors import GenccError
@@ -41,6 +41,9 @@ class SampleRequest:
     preview_every: int | None = None    # default: steps/10
     label: int | None = None            # conditional models
     guidance: float | None = None       # conditional diffusion
+
+    def __post_init__(self) -> None:
+        as_paths(self, "path", "out", "png", "preview_dir")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from gencc._outputs import check_distinct
+from gencc._outputs import as_paths, check_distinct
 from gencc.models.preview import DEFAULT_EVERY
 from gencc.runtime.errors import GenccError
 
@@ -47,6 +47,9 @@ class TrainRequest:
     conditional: bool = False
     autoencoder: Path | None = None     # latent-diffusion: reuse this autoencoder
     ae_steps: int | None = None         # latent-diffusion: autoencoder training steps
+
+    def __post_init__(self) -> None:
+        as_paths(self, "out", "preview_dir", "autoencoder")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from gencc._describing import describe, describe_text
-from gencc._outputs import check_out_file, check_out_folder, check_overwrite
+from gencc._outputs import as_paths, check_out_file, check_out_folder, check_overwrite
 from gencc._sampling import SampleOutcome, SampleRequest, sample_to_file
 from gencc._training import TrainOutcome, TrainRequest, train
 from gencc.runtime.defaults import DEFAULT_SEED
@@ -75,6 +75,9 @@ class BenchRequest:
     tuned: Path | None = None             # the artifact measured as 'tvm-tuned'
     md: Path | None = None
     plot: Path | None = None
+
+    def __post_init__(self) -> None:
+        as_paths(self, "checkpoint", "artifact", "tuned", "md", "plot")
 
 
 def bench(request: BenchRequest, log: Log = _quiet, on_report: Callable[[dict], None] | None = None) -> dict:

@@ -40,6 +40,8 @@ def test_requests_are_frozen_and_default_from_the_library(tmp_path):
         s.n = 5
     t = gencc.TrainRequest("gan", "moons", tmp_path / "g.ckpt")
     assert t.preview_every == DEFAULT_EVERY and t.device == "cpu" and t.seed is None
+    assert gencc.SampleRequest(str(tmp_path), n=1, out="s.npz").out == Path("s.npz")   # str paths are fine
+    assert gencc.TrainRequest("gan", "moons", "g.ckpt", preview_dir="p").preview_dir == Path("p")
 
 
 def test_the_cli_and_model_sample_read_the_same_defaults():
