@@ -30,8 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from gencc.runtime.errors import GenccError
 
 from .data import Dataset
-from .train import (MODELS, Progress, TrainConfig, TrainResult, _DiffusionRun, _GANRun, check_output,
-                    check_resume)
+from .train import MODELS, Progress, TrainConfig, TrainResult, _DiffusionRun, _GANRun, check_output, check_resume
 
 DEVICES = ("cpu", "cuda")
 
@@ -149,7 +148,7 @@ class _Distributed:
         # float64, so that averaging the ranks' float32 losses adds no rounding of its own.
         v = torch.tensor(list(losses.values()), dtype=torch.float64, device=self.device)
         dist.all_reduce(v)
-        return dict(zip(losses, (v / self.world).tolist()))
+        return dict(zip(losses, (v / self.world).tolist(), strict=True))
 
     def save(self, out: Path) -> None:
         if self.rank == 0:

@@ -63,7 +63,8 @@ class Generator(nn.Module):
         layers: list[nn.Module] = [nn.Linear(cfg.g_inputs, ch[0] * 16), nn.Unflatten(1, (ch[0], 4, 4)),
                                    nn.BatchNorm2d(ch[0]), nn.ReLU()]
         for i in range(n_up):   # each transposed conv doubles the resolution: 4 -> 8 -> 16 ...
-            layers += [nn.ConvTranspose2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.BatchNorm2d(ch[i + 1]), nn.ReLU()]
+            layers += [nn.ConvTranspose2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.BatchNorm2d(ch[i + 1]),
+                       nn.ReLU()]
         layers += [nn.Conv2d(ch[-1], c, 3, padding=1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 

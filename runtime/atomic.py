@@ -13,8 +13,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager
@@ -26,9 +26,9 @@ def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Pa
     """
     path = Path(path)
     remove_stale(path)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)   # mkstemp makes 0600
     try:
         yield tmp

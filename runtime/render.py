@@ -8,7 +8,6 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import GenccError
 
-
 SAMPLE_COLOUR, REFERENCE_COLOUR = (31, 90, 200), (170, 170, 170)
 # Value ranges images are stored in; a grid maps the first that holds the samples to black..white.
 IMAGE_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0))

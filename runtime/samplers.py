@@ -17,7 +17,8 @@ evaluation, Tweedie's x0 = (x - sigma_t eps) / gamma_t at t_eps.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,7 +30,8 @@ EpsFn = Callable[[Any, float], Any]            # eps_theta(x, t), t shared by th
 StepFn = Callable[..., tuple[Any, Any]]        # (x, t, coef, z=None, x_prev=None, e_prev=None) -> (x_next, eps)
 NoiseFn = Callable[[int], Any]                 # j -> the j-th N(0, I) draw, shaped like x
 Callback = Callable[[int, Any], None]          # (step index, state)
-ChainFn = Callable[..., Any]                   # (x, ts (L,), coefs (L, 3), zs: the chain_noise of L draws) -> x after L steps
+# (x, ts (L,), coefs (L, 3), zs: the chain_noise of L draws) -> x after L steps
+ChainFn = Callable[..., Any]
 
 
 class Coef(NamedTuple):
@@ -60,7 +62,7 @@ def affine_step(eps_fn: EpsFn) -> StepFn:
     def step(x, t, coef, z=None, x_prev=None, e_prev=None):
         eps = eps_fn(x, t)
         out = coef[0] * x + coef[1] * eps
-        for c, v in zip(coef[2:], (z, x_prev, e_prev)):
+        for c, v in zip(coef[2:], (z, x_prev, e_prev), strict=False):   # a shorter coef: no such terms
             if c != 0.0:
                 out = out + c * v
         return out, eps
@@ -99,7 +101,11 @@ def _denoise_step(ts, sde: VPSDE) -> PlanStep:
 def run_plan(step: StepFn, x, plan: list[PlanStep], noise: NoiseFn | None, callback: Callback | None = None):
     """Carry out a plan one step call at a time."""
     for p in plan:
-        x, _ = step(x, p.t, p.coef, None if p.draw is None else noise(p.draw))
+        z = None
+        if p.draw is not None:
+            assert noise is not None, "a plan that draws noise needs a noise source"
+            z = noise(p.draw)
+        x, _ = step(x, p.t, p.coef, z)
         if p.report is not None:
             _report(callback, p.report, x)
     return x

@@ -14,8 +14,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .atomic import atomic_dir, write_bytes_atomic
 from .errors import GenccError

@@ -53,7 +53,7 @@ def test_single_fused_step_parity(arts, net):
     for k in ("ort", "tvm"):
         m = ms[k]
         got = m.step_fn(m.to_device(x), t, coef, *map(m.to_device, (z, xp, ep)))
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert np.abs(m.to_numpy(g) - w).max() <= 1e-4, k
 
 

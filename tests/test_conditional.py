@@ -41,7 +41,8 @@ def tiny_net(arch: str):
 def _train_conditional(tmp_path_factory, model: str, steps: int, **kw):
     ds = load_dataset("digits")
     out = tmp_path_factory.mktemp(f"cond-{model}") / "ckpt"
-    train(model, ds, out, replace(default_config(model, ds.kind), steps=steps, ckpt_every=steps, **kw), conditional=True)
+    cfg = replace(default_config(model, ds.kind), steps=steps, ckpt_every=steps, **kw)
+    train(model, ds, out, cfg, conditional=True)
     return out
 
 

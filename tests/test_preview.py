@@ -119,7 +119,7 @@ def test_denoised_estimates_agree_across_tvm_ort_and_torch(tiny_moons_diffusion,
                           ("torch", tiny_moons_diffusion)):
         seen = []
         load(path, backend=backend).sample(20, steps=6, sampler="ode-heun",
-                                           on_step=lambda v: seen.append(v.denoised()))
+                                           on_step=lambda v, seen=seen: seen.append(v.denoised()))
         frames[backend] = np.stack(seen)
     np.testing.assert_allclose(frames["tvm"], frames["torch"], atol=1e-4)
     np.testing.assert_allclose(frames["ort"], frames["torch"], atol=1e-4)
@@ -153,7 +153,7 @@ def _assert_same_tensors(a, b):
             _assert_same_tensors(a[k], b[k])
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             _assert_same_tensors(x, y)
     elif isinstance(a, torch.Tensor):
         assert torch.equal(a, b)
