@@ -5,15 +5,20 @@ import functools
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from gencc.cli.group import GenccGroup, plain_help
 from gencc.compiler.bench import BenchConfig
 from gencc.models.preview import DEFAULT_EVERY as TRAIN_PREVIEW_EVERY
-from gencc.runtime.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_SAMPLER, DEFAULT_SEED, DEFAULT_STEPS,
-                                    PC_CORRECTOR_STEPS, PC_SNR)
+from gencc.runtime.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SAMPLER,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    PC_CORRECTOR_STEPS,
+    PC_SNR,
+)
 from gencc.runtime.errors import GenccError
 
 app = typer.Typer(cls=GenccGroup, add_completion=False, no_args_is_help=True,
@@ -47,33 +52,33 @@ def train(
     data: str = typer.Option(..., "--data", help="built-in name (moons, swissroll, gaussians8, checkerboard, "
                              "digits, shapes) or a .npy/.npz file or image folder"),
     out: Path = typer.Option(..., "--out", help="checkpoint directory to write"),
-    steps: Optional[int] = typer.Option(None, help="training steps (default: sized per dataset)"),
-    batch_size: Optional[int] = typer.Option(None, help="minibatch size"),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate"),
-    seed: Optional[int] = typer.Option(None, help="seed for init, minibatches, noise and builtin 2-D data "
+    steps: int | None = typer.Option(None, help="training steps (default: sized per dataset)"),
+    batch_size: int | None = typer.Option(None, help="minibatch size"),
+    lr: float | None = typer.Option(None, help="Adam learning rate"),
+    seed: int | None = typer.Option(None, help="seed for init, minibatches, noise and builtin 2-D data "
                                        f"(default {DEFAULT_SEED})"),
-    width: Optional[int] = typer.Option(None, help="network width (MLP units or UNet/DCGAN channels)"),
+    width: int | None = typer.Option(None, help="network width (MLP units or UNet/DCGAN channels)"),
     resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out with its own data, "
                                 "seed, network and settings; may change on resume: --steps, --batch-size, --lr, "
                                 "--ckpt-every, --preview, --preview-every, --nproc, --device"),
-    image_size: Optional[int] = typer.Option(None, help="resize images in a folder to this side"),
-    channels: Optional[int] = typer.Option(None, help="1 or 3 channels for an image folder"),
-    ckpt_every: Optional[int] = typer.Option(None, help="steps between checkpoints (default 1000)"),
-    nproc: Optional[int] = typer.Option(None, help="train with DistributedDataParallel over this many local "
+    image_size: int | None = typer.Option(None, help="resize images in a folder to this side"),
+    channels: int | None = typer.Option(None, help="1 or 3 channels for an image folder"),
+    ckpt_every: int | None = typer.Option(None, help="steps between checkpoints (default 1000)"),
+    nproc: int | None = typer.Option(None, help="train with DistributedDataParallel over this many local "
                                         "processes; --batch-size is the global batch"),
     device: str = typer.Option("cpu", help="distributed training device: cpu (gloo) or cuda (NCCL, one GPU "
                                "per process)"),
     # Watching training (models/preview.py).
-    preview: Optional[Path] = typer.Option(None, "--preview", help="folder for loss.png and sample pictures "
+    preview: Path | None = typer.Option(None, "--preview", help="folder for loss.png and sample pictures "
                                            "(default: OUT.preview beside the checkpoint)"),
     preview_every: int = typer.Option(TRAIN_PREVIEW_EVERY, "--preview-every",
                                       help="steps between previews, and one at the end; 0: none"),
     conditional: bool = typer.Option(False, "--conditional",
                                      help="class-conditional, on the data's labels (digits, or an .npz with 'labels')"),
-    autoencoder: Optional[Path] = typer.Option(None, "--autoencoder", help="latent-diffusion: reuse this "
+    autoencoder: Path | None = typer.Option(None, "--autoencoder", help="latent-diffusion: reuse this "
                                                "autoencoder (or a latent-diffusion checkpoint's) instead of training "
                                                "one"),
-    ae_steps: Optional[int] = typer.Option(None, "--ae-steps", help="latent-diffusion: autoencoder training steps"),
+    ae_steps: int | None = typer.Option(None, "--ae-steps", help="latent-diffusion: autoencoder training steps"),
 ):
     """Train a diffusion model, a GAN, or latent diffusion (autoencoder, then diffusion on its latents).
 
@@ -98,33 +103,33 @@ def sample(
     n: int = typer.Option(..., "--n", help="number of samples"),
     out: Path = typer.Option(..., "--out", help="output .npz (key 'samples') or .npy, written as it goes"),
     # None: not given (a GAN refuses --steps, --sampler and the pc options); diffusion takes the defaults.
-    steps: Optional[int] = typer.Option(None, help=f"sampler steps (diffusion; default {DEFAULT_STEPS})"),
-    sampler: Optional[str] = typer.Option(None, help=f"diffusion: {SAMPLERS_HELP}"),
-    corrector_steps: Optional[int] = typer.Option(None, help="pc: Langevin corrector steps per step "
+    steps: int | None = typer.Option(None, help=f"sampler steps (diffusion; default {DEFAULT_STEPS})"),
+    sampler: str | None = typer.Option(None, help=f"diffusion: {SAMPLERS_HELP}"),
+    corrector_steps: int | None = typer.Option(None, help="pc: Langevin corrector steps per step "
                                                   f"(default {PC_CORRECTOR_STEPS})"),
-    snr: Optional[float] = typer.Option(None, help="pc: signal-to-noise ratio of the Langevin step size "
+    snr: float | None = typer.Option(None, help="pc: signal-to-noise ratio of the Langevin step size "
                                         f"(default {PC_SNR})"),
     seed: int = typer.Option(DEFAULT_SEED, help="sample i depends only on (seed, i)"),
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, help="samples per network call"),
-    png: Optional[Path] = typer.Option(None, help="also write an image grid or 2-D scatter plot"),
-    backend: Optional[str] = typer.Option(None, help="tvm (default for artifacts), ort, or torch (checkpoints)"),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda[:N]; default: the artifact's target"),
+    png: Path | None = typer.Option(None, help="also write an image grid or 2-D scatter plot"),
+    backend: str | None = typer.Option(None, help="tvm (default for artifacts), ort, or torch (checkpoints)"),
+    device: str | None = typer.Option(None, help="cpu or cuda[:N]; default: the artifact's target"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run (OUT.partial.npy)"),
     force: bool = typer.Option(False, "--force", help="replace an existing --out (and --png)"),
     require_signature: bool = typer.Option(False, "--require-signature",
                                            help="refuse an artifact not signed by a --trusted-key"),
-    trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key",
+    trusted_key: list[Path] | None = typer.Option(None, "--trusted-key",
                                                      help="public key (PEM) to accept signatures from; repeatable"),
-    shard: Optional[str] = typer.Option(None, help="k/N: draw only shard k (0-based) of the n samples, into a "
+    shard: str | None = typer.Option(None, help="k/N: draw only shard k (0-based) of the n samples, into a "
                                         ".npz that `gencc merge` joins"),
     # Watching the reverse process (runtime/preview.py).
-    preview: Optional[Path] = typer.Option(None, "--preview", help="folder for denoised-estimate PNGs every "
+    preview: Path | None = typer.Option(None, "--preview", help="folder for denoised-estimate PNGs every "
                                            "--preview-every steps, final.png and reverse.gif"),
-    preview_every: Optional[int] = typer.Option(None, "--preview-every", help="steps between preview frames "
+    preview_every: int | None = typer.Option(None, "--preview-every", help="steps between preview frames "
                                                 "(default: steps/10)"),
-    label: Optional[int] = typer.Option(None, "--label", help="conditional models: the class to draw "
+    label: int | None = typer.Option(None, "--label", help="conditional models: the class to draw "
                                         "(default: diffusion unconditional, GAN sample i gets class i mod K)"),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="conditional diffusion: classifier-free "
+    guidance: float | None = typer.Option(None, "--guidance", help="conditional diffusion: classifier-free "
                                              "guidance w >= 0, eps = (1+w) eps(x,t,label) - w eps(x,t,null); "
                                              "default 0"),
 ):
@@ -167,27 +172,27 @@ def compile_(
                                  "folder, an .onnx file with inputs (x, time), or pkg.module:factory"),
     out: Path = typer.Option(..., "--out", help="artifact directory to write, e.g. moons.gencc"),
     target: str = typer.Option("llvm", help="llvm (alias cpu: this machine's CPU) or cuda"),
-    arch: Optional[str] = typer.Option(None, help="CUDA arch, e.g. sm_80; default sm_90 (H100/H200)"),
+    arch: str | None = typer.Option(None, help="CUDA arch, e.g. sm_80; default sm_90 (H100/H200)"),
     force: bool = typer.Option(False, "--force", help="replace an existing artifact"),
-    sign: Optional[Path] = typer.Option(None, "--sign", help="Ed25519 private key (PEM, from gencc keygen) "
+    sign: Path | None = typer.Option(None, "--sign", help="Ed25519 private key (PEM, from gencc keygen) "
                                         "to sign the manifest with"),
-    tune_trials: Optional[int] = typer.Option(None, help="MetaSchedule trials per tuned batch size (llvm); "
+    tune_trials: int | None = typer.Option(None, help="MetaSchedule trials per tuned batch size (llvm); "
                                               "0 applies an existing --tune-db without new trials"),
     tune_batch: str = typer.Option("1024", help="comma list of batch sizes to specialise and tune"),
-    tune_db: Optional[Path] = typer.Option(None, help="tuning database folder, kept and reused across compiles"),
+    tune_db: Path | None = typer.Option(None, help="tuning database folder, kept and reused across compiles"),
     # A user's own network (docs/YOUR_MODEL.md); a gencc checkpoint or export describes itself.
-    shape: Optional[str] = typer.Option(None, "--shape", help="one sample's shape, e.g. 1,8,8"),
-    kind: Optional[str] = typer.Option(None, help="diffusion (an eps-style network, default) or gan (a generator)"),
-    time_input: Optional[str] = typer.Option(None, help="t (default), timestep:N ((N-1) t) or sigma (VE)"),
-    prediction: Optional[str] = typer.Option(None, help="eps (default), x0 or v; or epsilon, sample, v_prediction"),
-    schedule: Optional[str] = typer.Option(None, help="vp, linear, scaled_linear or squaredcos_cap_v2 "
+    shape: str | None = typer.Option(None, "--shape", help="one sample's shape, e.g. 1,8,8"),
+    kind: str | None = typer.Option(None, help="diffusion (an eps-style network, default) or gan (a generator)"),
+    time_input: str | None = typer.Option(None, help="t (default), timestep:N ((N-1) t) or sigma (VE)"),
+    prediction: str | None = typer.Option(None, help="eps (default), x0 or v; or epsilon, sample, v_prediction"),
+    schedule: str | None = typer.Option(None, help="vp, linear, scaled_linear or squaredcos_cap_v2 "
                                            "(default: linear for timestep:N, else vp)"),
-    latent_shape: Optional[str] = typer.Option(None, help="gan: the shape of z, e.g. 64 or 100,1,1"),
-    num_classes: Optional[int] = typer.Option(None, help="K > 0: the network takes a class label as a third "
+    latent_shape: str | None = typer.Option(None, help="gan: the shape of z, e.g. 64 or 100,1,1"),
+    num_classes: int | None = typer.Option(None, help="K > 0: the network takes a class label as a third "
                                               "input (K + 1 classes, the last the null class of guidance)"),
-    label_input: Optional[str] = typer.Option(None, help="onehot (B, K+1) rows (default) or index (B,) ids"),
-    weights: Optional[Path] = typer.Option(None, help="module:factory sources: a .safetensors state dict"),
-    scheduler: Optional[Path] = typer.Option(None, help="diffusers sources: a scheduler_config.json"),
+    label_input: str | None = typer.Option(None, help="onehot (B, K+1) rows (default) or index (B,) ids"),
+    weights: Path | None = typer.Option(None, help="module:factory sources: a .safetensors state dict"),
+    scheduler: Path | None = typer.Option(None, help="diffusers sources: a scheduler_config.json"),
 ):
     """Compile with TVM into a self-contained artifact, checked against ONNX Runtime.
 
@@ -221,7 +226,7 @@ def compile_(
 @app.command()
 @_user_errors
 def verify(path: Path = typer.Argument(..., help="artifact directory"),
-           sign: Optional[Path] = typer.Option(None, "--sign", help="private key to re-sign a signed artifact "
+           sign: Path | None = typer.Option(None, "--sign", help="private key to re-sign a signed artifact "
                                                "with (marking it verified rewrites its manifest)")):
     """Check a compiled artifact against ONNX Runtime on this machine's device, and mark it verified.
 
@@ -262,7 +267,7 @@ def keygen(out: Path = typer.Option(..., "--out", help="folder for private.pem (
 @app.command()
 @_user_errors
 def info(path: Path = typer.Argument(..., help="checkpoint or artifact directory"),
-         json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP)):
+         json_out: Path | None = typer.Option(None, "--json", help=JSON_HELP)):
     """Describe a checkpoint or a compiled artifact.  Example: gencc info moons.gencc --json -"""
     import gencc
     from gencc.cli.commands import info_text
@@ -278,7 +283,7 @@ def info(path: Path = typer.Argument(..., help="checkpoint or artifact directory
 @_user_errors
 def data(
     name: str = typer.Argument(..., help="built-in dataset name"),
-    n: Optional[int] = typer.Option(None, "--n", help="number of points (2-D sets)"),
+    n: int | None = typer.Option(None, "--n", help="number of points (2-D sets)"),
     seed: int = typer.Option(DEFAULT_SEED),
     split: str = typer.Option("train", help="train or test"),
     out: Path = typer.Option(..., "--out", help="output .npz (keys 'data' and, if any, 'labels')"),
@@ -308,8 +313,8 @@ def eval_(
     samples: Path = typer.Argument(..., help=".npy, or .npz with a 'samples' array, as written by gencc sample"),
     data: str = typer.Option(..., "--data", help="built-in name (moons, swissroll, gaussians8, checkerboard, "
                              "digits, shapes) or the .npy/.npz file or image folder the model learned"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
-    n_ref: Optional[int] = typer.Option(None, "--n-ref", help="reference examples (default: as many as samples "
+    json_out: Path | None = typer.Option(None, "--json", help=JSON_HELP),
+    n_ref: int | None = typer.Option(None, "--n-ref", help="reference examples (default: as many as samples "
                                         "for built-in 2-D sets, all 297 digits test images, half a user's file)"),
     seed: int = typer.Option(DEFAULT_SEED, help="seed for the reference draw and the metrics' projections"),
 ):
@@ -336,11 +341,11 @@ def bench(
     batch: str = typer.Option(",".join(map(str, BENCH.batches)), help="comma list of batch sizes"),
     steps: int = typer.Option(BENCH.steps, help="steps of the end-to-end sampling run (0: per-step only)"),
     sampler: str = typer.Option(BENCH.sampler, help="sampler of the end-to-end run"),
-    artifact: Optional[Path] = typer.Option(None, help="use this artifact as 'tvm' (default: compile one)"),
-    tuned: Optional[Path] = typer.Option(None, help="artifact to measure as 'tvm-tuned'"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
-    md: Optional[Path] = typer.Option(None, help="write the table as Markdown"),
-    plot: Optional[Path] = typer.Option(None, help="write a latency-vs-batch plot (PNG, needs matplotlib)"),
+    artifact: Path | None = typer.Option(None, help="use this artifact as 'tvm' (default: compile one)"),
+    tuned: Path | None = typer.Option(None, help="artifact to measure as 'tvm-tuned'"),
+    json_out: Path | None = typer.Option(None, "--json", help=JSON_HELP),
+    md: Path | None = typer.Option(None, help="write the table as Markdown"),
+    plot: Path | None = typer.Option(None, help="write a latency-vs-batch plot (PNG, needs matplotlib)"),
 ):
     """Measure every backend on the same job, each in its own process; report ratios to torch eager.
 
@@ -366,7 +371,7 @@ def bench(
 
 @app.command()
 @_user_errors
-def doctor(json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP)):
+def doctor(json_out: Path | None = typer.Option(None, "--json", help=JSON_HELP)):
     """Report versions, CPU (ISA flags), GPU, nvcc, CUDA and whether TVM's runtime loads; exit 3 if the CPU path
     cannot run.
 

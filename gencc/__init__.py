@@ -23,8 +23,8 @@ def load(path, backend: str | None = None, device: str | None = None, trusted_ke
                  require_signature=require_signature)
 
 
-# Compiling users' own networks (issue 15).
-def compile(source, out, *, log=None, **options) -> dict:   # noqa: A001 - the library's verb
+# Compiling users' own networks (issue 15). `compile` shadows the builtin here on purpose: the library's verb.
+def compile(source, out, *, log=None, **options) -> dict:
     """Compile a network into the artifact folder `out`; returns its manifest.
 
     `source`: a torch.nn.Module (an eps-network net(x, time) or, with kind="gan", a generator G(z)), an

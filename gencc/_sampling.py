@@ -8,13 +8,19 @@ Ctrl-C raises runtime.stream.Interrupted, which says what was kept.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from gencc._outputs import as_paths, check_distinct, check_out_file, check_overwrite
-from gencc.runtime.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_SAMPLER, DEFAULT_SEED, DEFAULT_STEPS,
-                                    PC_CORRECTOR_STEPS, PC_SNR)
+from gencc.runtime.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SAMPLER,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    PC_CORRECTOR_STEPS,
+    PC_SNR,
+)
 from gencc.runtime.errors import GenccError
 
 
@@ -67,8 +73,7 @@ def sample_to_file(request: SampleRequest, on_written: Written | None = None) ->
     """Draw what `request` asks into its files; `on_written(what, outcome)` hears of each file as it is done."""
     import gencc
     from gencc.runtime import shard as sharding
-    from gencc.runtime.stream import SUFFIXES
-    from gencc.runtime.stream import sample_to_file as stream_to_file
+    from gencc.runtime.stream import SUFFIXES, sample_to_file as stream_to_file
 
     req, out, png = request, request.out, request.png
     check_out_file(out)

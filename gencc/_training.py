@@ -8,9 +8,10 @@ but rank 0) and then leaves its process (models/distributed.py says why it must)
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from gencc._outputs import as_paths, check_distinct
 from gencc.models.preview import DEFAULT_EVERY
@@ -84,8 +85,7 @@ def _train_one(req: TrainRequest, on_stage: StageHook | None, on_done: DoneHook 
 
     from gencc.models.data import load_dataset
     from gencc.models.distributed import check_parallel, leave_rank, torchrun_launch, train_parallel
-    from gencc.models.train import check_output, check_resume, default_config, resumed_config
-    from gencc.models.train import train as fit_one
+    from gencc.models.train import check_output, check_resume, default_config, resumed_config, train as fit_one
 
     launch = torchrun_launch()
     distributed = req.nproc is not None or launch is not None

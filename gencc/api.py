@@ -14,9 +14,10 @@ options (`--steps`), as the same checks serve both.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from gencc._describing import describe, describe_text
 from gencc._outputs import as_paths, check_out_file, check_out_folder, check_overwrite

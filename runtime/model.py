@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .conditioning import check_condition, chunk_labels, label_rows
-from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLER, DEFAULT_STEPS  # noqa: F401 (DEFAULT_*: public here too)
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from .errors import GenccError, size_text
 from .noise import SampleNoise
 from .normalize import Normalization
