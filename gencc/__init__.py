@@ -23,7 +23,8 @@ def load(path, backend: str | None = None, device: str | None = None, trusted_ke
                  require_signature=require_signature)
 
 
-def compile(source, out, *, log=None, **options) -> dict:   # noqa: A001 - the library's verb
+# Compiling users' own networks (issue 15). `compile` shadows the builtin here on purpose: the library's verb.
+def compile(source, out, *, log=None, **options) -> dict:
     """Compile a network into the artifact folder `out`; returns its manifest.
 
     `source`: a torch.nn.Module (an eps-network net(x, time) or, with kind="gan", a generator G(z)), an
@@ -53,4 +54,18 @@ def from_torch(net, **options):
     return _from_torch(net, CompileOptions.make(**options))
 
 
-__all__ = ["GenccError", "compile", "from_torch", "load", "__version__"]
+# The interface layer (gencc/api.py): what each `gencc` command does, callable without typer. Loaded on first
+# use, so that `import gencc` stays as light as sampling an artifact needs (tests/test_package.py).
+_API = ("BenchRequest", "SampleRequest", "TrainRequest", "bench", "describe", "evaluate", "export", "keygen",
+        "make_data", "merge", "sample_to_file", "train", "verify")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from gencc import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'gencc' has no attribute {name!r}")
+
+
+__all__ = ["GenccError", "compile", "from_torch", "load", "__version__", *_API]

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .conditioning import check_condition, chunk_labels, label_rows
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from .errors import GenccError, size_text
 from .noise import SampleNoise
 from .normalize import Normalization
@@ -23,9 +24,6 @@ from .samplers import (DEFAULT_SPACING, PLANS, STOCHASTIC, PlanStep, affine_step
                        time_grid)
 from .sde import VPSDE
 from .watch import LastEval, StepView
-
-DEFAULT_STEPS = 200
-DEFAULT_SAMPLER = "em"
 
 
 @dataclass
@@ -67,7 +65,7 @@ class Model:
                    latent_scale=m.latent_scale, activation_bytes=_manifest_activations(m), **callables)
 
     def sample(self, n: int, *, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: int = 0,
-               batch_size: int = 1024, callback: Callable[[int, Any], None] | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE, callback: Callable[[int, Any], None] | None = None,
                start: int = 0, spacing: str | None = None, options: dict | None = None,
                on_step: Callable[[StepView], None] | None = None, label=None,
                guidance: float | None = None) -> np.ndarray:

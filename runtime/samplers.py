@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .defaults import PC_CORRECTOR_STEPS, PC_SNR
 from .errors import GenccError
 from .sde import VPSDE
 
@@ -160,7 +161,7 @@ def sample_em(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn, callback: Callba
     return run_plan(_step_of(eps_fn, step_fn), x, em_plan(ts, sde), noise, callback)
 
 
-def pc_plan(ts, sde: VPSDE, corrector_steps: int = 1, snr: float = 0.16) -> list[PlanStep]:
+def pc_plan(ts, sde: VPSDE, corrector_steps: int = PC_CORRECTOR_STEPS, snr: float = PC_SNR) -> list[PlanStep]:
     if corrector_steps < 0 or snr <= 0:
         raise GenccError(f"pc needs corrector_steps >= 0 and snr > 0, got {corrector_steps} and {snr}")
     plan, draws = [], 1 + corrector_steps
@@ -176,7 +177,7 @@ def pc_plan(ts, sde: VPSDE, corrector_steps: int = 1, snr: float = 0.16) -> list
 
 
 def sample_pc(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn, callback: Callback | None = None,
-              step_fn: StepFn | None = None, corrector_steps: int = 1, snr: float = 0.16):
+              step_fn: StepFn | None = None, corrector_steps: int = PC_CORRECTOR_STEPS, snr: float = PC_SNR):
     """Predictor-corrector (Song et al. 2021): Langevin corrector steps at t, then an EM predictor step.
 
     Langevin: x <- x + e score + sqrt(2 e) z with e = 2 alpha (snr ||z|| / ||score||)^2, where alpha is

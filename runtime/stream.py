@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .atomic import atomic_path, write_bytes_atomic
+from .defaults import DEFAULT_BATCH_SIZE
 from .errors import GenccError, size_text
 from .jsonfile import one_line, read_json
 from .model import Model
@@ -110,9 +111,9 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
-def sample_to_file(model: Model, n: int, out: str | Path, *, batch_size: int = 1024, resume: bool = False,
-                   progress: Progress | None = None, start: int = 0, extra: dict[str, np.ndarray] | None = None,
-                   **sampling) -> np.ndarray:
+def sample_to_file(model: Model, n: int, out: str | Path, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                   resume: bool = False, progress: Progress | None = None, start: int = 0,
+                   extra: dict[str, np.ndarray] | None = None, **sampling) -> np.ndarray:
     """Write samples start..start+n-1 (`sampling`: Model.sample's steps, sampler, seed, ...) to `out`,
     a .npy or .npz (key "samples", plus the `extra` arrays); return the first PREVIEW_ROWS of them."""
     out = Path(out)
@@ -121,13 +122,15 @@ def sample_to_file(model: Model, n: int, out: str | Path, *, batch_size: int = 1
     if extra and out.suffix != ".npz":
         raise GenccError(f"output {str(out)!r} must be a .npz to hold {', '.join(extra)} beside the samples")
     with output_lock(out):
-        return _sample_locked(model, n, out, batch_size, resume, progress, start, extra, sampling)
+        job = _job(model, n, batch_size, sampling) | {"start": int(start)}
+        return _sample_locked(model, out, job, resume, progress, extra, sampling)
 
 
-def _sample_locked(model: Model, n: int, out: Path, batch_size: int, resume: bool, progress: Progress | None,
-                   start: int, extra: dict[str, np.ndarray] | None, sampling: dict) -> np.ndarray:
+def _sample_locked(model: Model, out: Path, job: dict, resume: bool, progress: Progress | None,
+                   extra: dict[str, np.ndarray] | None, sampling: dict) -> np.ndarray:
+    """The job (n, batch size and first sample in `job`) under the output's lock."""
+    n, batch_size = job["n"], job["batch_size"]
     partial, job_file = partial_paths(out)
-    job = _job(model, n, batch_size, sampling) | {"start": int(start)}
     done = _resume(partial, job_file, job, model.sample_shape) if resume else _no_leftover(partial, job_file)
     _check_disk(out, (n - done) * _row_bytes(model.sample_shape) * (2 if out.suffix == ".npz" else 1))
     try:

@@ -1,0 +1,42 @@
+"""Checks on output paths made before any work, so that a bad --out fails in a second, not after an hour."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from gencc.runtime.errors import GenccError
+
+
+def check_out_folder(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise GenccError(f"output folder {str(path.parent)!r} does not exist")
+
+
+def check_out_file(path: Path, suffix: str | None = None) -> None:
+    """`path` can be written as a file: its folder exists, it is not a folder, and it ends in `suffix`."""
+    check_out_folder(path)
+    if path.is_dir():
+        raise GenccError(f"output {str(path)!r} is a directory")
+    if suffix and path.suffix != suffix:
+        raise GenccError(f"output {str(path)!r} must end in {suffix}")
+
+
+def check_overwrite(paths, force: bool) -> None:
+    """Like compile: an existing output is replaced only with --force (and then only once the new one is whole)."""
+    for p in paths:
+        if p is not None and p.exists() and not force:
+            raise GenccError(f"{str(p)!r} already exists; pass --force to replace it")
+
+
+def check_distinct(folder: Path, others) -> None:
+    """A --preview folder is none of the command's other outputs."""
+    for other in others:
+        if other is not None and Path(folder).resolve() == Path(other).resolve():
+            raise GenccError(f"--preview {str(folder)!r} is also an output ({str(other)!r}); choose another folder")
+
+
+def as_paths(request, *names: str) -> None:
+    """Make the named fields of a frozen request Paths, so that a caller may pass strings."""
+    for name in names:
+        value = getattr(request, name)
+        if value is not None and not isinstance(value, Path):
+            object.__setattr__(request, name, Path(value))
