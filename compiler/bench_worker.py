@@ -81,16 +81,15 @@ def compiled_step(model):
 
 
 def main(args: dict) -> dict:
-    import gencc
-
     from gencc.models.latent import LATENT_DIR, is_latent_checkpoint
+    from gencc.runtime.loader import load
 
     backend, path = args["backend"], args["path"]
     if backend in ("torch", "torch-compile"):
         # latent diffusion: the step is its latent eps-network's, a plain diffusion checkpoint
         net_path = f"{path}/{LATENT_DIR}" if is_latent_checkpoint(path) else path
         make, net, config = torch_step(net_path, compiled=backend == "torch-compile")
-        model = gencc.load(path, backend="torch")
+        model = load(path, backend="torch")
         if backend == "torch-compile":
             import torch
 
@@ -99,7 +98,7 @@ def main(args: dict) -> dict:
                     return net(torch.from_numpy(x), torch.full((len(x),), t)).numpy()
             model.eps_fn = eps_fn
     else:
-        model = gencc.load(path, backend="tvm" if backend.startswith("tvm") else "ort")
+        model = load(path, backend="tvm" if backend.startswith("tvm") else "ort")
         make = compiled_step(model)
     first = make(1)
     first()

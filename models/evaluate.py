@@ -3,7 +3,7 @@ training data of the same size gets against the same reference, i.e. what a perf
 
 Every data set gets the sliced Wasserstein-1 distance and the RBF MMD^2 (flattened, for images); 8x8
 single-channel images also get the Fréchet distance in the shipped digits classifier's feature space and
-that classifier's class coverage (see gencc.runtime.metrics and gencc.models.classifier); `shapes`
+that classifier's class coverage (see gencc.models.metrics and gencc.models.classifier); `shapes`
 images get the shapes classifier's scores (gencc.models.evaluate_shapes).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import one_line
-from gencc.runtime.metrics import class_coverage, frechet_distance, median_distance, mmd_rbf, sliced_wasserstein
+from .metrics import class_coverage, frechet_distance, median_distance, mmd_rbf, sliced_wasserstein
 
 from .data import BUILTIN_2D, load_dataset, load_digits_split, validate_array
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gencc.runtime.metrics import frechet_distance
+from .metrics import frechet_distance
 
 from .shape_classifier import INVALID, VALID_PROB, features, load_classifier, probs, read_meta
 from .shapes import CLASSES

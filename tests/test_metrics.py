@@ -10,7 +10,7 @@ from gencc.models.classifier import features, held_out_accuracy, load_classifier
 from gencc.models.data import load_dataset, load_digits_split
 from gencc.models.evaluate import evaluate
 from gencc.runtime.errors import GenccError
-from gencc.runtime.metrics import class_coverage, frechet_distance, mmd_rbf, sliced_wasserstein
+from gencc.models.metrics import class_coverage, frechet_distance, mmd_rbf, sliced_wasserstein
 
 
 @pytest.fixture(scope="module")
