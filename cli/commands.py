@@ -115,7 +115,7 @@ def _resumed(out: Path, resume: bool) -> dict | None:
 
 
 def _train_preview(out: Path, folder, every: int, seed: int, resume: bool):
-    from gencc.models.preview import TrainPreview, check_train_preview, preview_dir_for
+    from gencc.models.train_preview import TrainPreview, check_train_preview, preview_dir_for
 
     folder = Path(folder) if folder is not None else preview_dir_for(out)
     _check_distinct(folder, (out,))   # a checkpoint directory is replaced whole at every save
@@ -329,9 +329,10 @@ def _check_preview_every(model, every, steps) -> int:
 
 def preview_command(model, folder: Path, every: int, n: int, **sampling) -> None:
     """The first samples again (identical to the output's: sample i depends on (seed, i)), watched."""
-    from gencc.runtime.preview import IMAGES, POINTS, write_preview
+    from gencc.runtime.preview import write_preview
+    from gencc.runtime.render import picture_count
 
-    n = min(n, POINTS if len(model.sample_shape) == 1 else IMAGES)
+    n = min(n, picture_count(model.sample_shape))
     reference = None
     if model.sample_shape == (2,):
         from gencc.models.data import BUILTIN_2D, load_dataset

@@ -56,7 +56,7 @@ def train(
                                         "processes; --batch-size is the global batch"),
     device: str = typer.Option("cpu", help="distributed training device: cpu (gloo) or cuda (NCCL, one GPU "
                                "per process)"),
-    # Watching training (models/preview.py).
+    # Watching training (models/train_preview.py).
     preview: Optional[Path] = typer.Option(None, "--preview", help="folder for loss.png and sample pictures "
                                            "(default: OUT.preview beside the checkpoint)"),
     preview_every: int = typer.Option(2000, "--preview-every", help="steps between previews, and one at the "

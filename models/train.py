@@ -27,10 +27,10 @@ from gencc.runtime.sde import VPSDE
 from gencc.runtime.threads import with_torch_threads
 
 from . import checkpoint as ckpt
-from .conditioning import drop_labels, one_hot
 from .data import BUILTIN_2D, BUILTIN_IMAGES, Dataset, data_digest
 from .factory import build_eps_net, build_gan, config_from_dict, eps_net_config, gan_config
 from .gan import discriminator_loss, generator_loss
+from .guidance import drop_labels, one_hot
 
 MODELS = ("diffusion", "gan")
 Progress = Callable[[int, int, dict], None]   # (step, total steps, latest losses)
@@ -85,7 +85,7 @@ def train(model: str, data: Dataset, out: str | Path, cfg: TrainConfig, *, width
     """Train a diffusion model or a GAN on `data`, writing a checkpoint to `out` as it goes.
 
     `watch` is called after every step with a `snapshot()` that builds a sampling Model from a copy of
-    the current weights (models/preview.py draws previews with it); it cannot change training.
+    the current weights (models/train_preview.py draws previews with it); it cannot change training.
     `conditional`: learn p(x | label) from data.labels (classes 0..K-1, K = the largest label + 1).
     `normalization`: the map to model space of a new run (default: fitted to the data); latent
     diffusion passes the identity, its latents being scaled already. A resumed run keeps its own.

@@ -61,7 +61,7 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
                      activation_bytes=activation_bytes(net, torch.zeros(2, latent_dim, device=device)))
 
     if num_classes:   # the callables also take one-hot labels (runtime/conditioning.py)
-        from gencc.models.conditioning import GuidedEps
+        from gencc.models.guidance import GuidedEps
 
         guided = GuidedEps(net, num_classes, shape, shared_t=False).to(device)
 

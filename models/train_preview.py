@@ -17,11 +17,10 @@ import numpy as np
 
 from gencc.runtime.atomic import write_bytes_atomic
 from gencc.runtime.errors import GenccError
-from gencc.runtime.render import picturable, save_png
+from gencc.runtime.render import POINTS, picturable, picture_count, save_png
 
 DEFAULT_EVERY = 2000
 QUICK_STEPS = 20               # DPM-Solver++(2M) on a log-SNR grid: 10 steps already land close (README)
-POINTS, IMAGES = 1000, 64      # samples per picture: a 2-D density, an 8x8 grid
 COLOURS = ((31, 90, 200), (200, 80, 30), (40, 150, 60))
 
 
@@ -81,7 +80,7 @@ class TrainPreview:
 
 def quick_samples(model, seed: int) -> np.ndarray:
     """A few samples with fixed noise: the same picture slot shows the same noise at every preview."""
-    n = POINTS if len(model.sample_shape) == 1 else IMAGES
+    n = picture_count(model.sample_shape)
     if model.kind == "gan":
         return model.sample(n, seed=seed, batch_size=n)
     return model.sample(n, steps=QUICK_STEPS, sampler="dpm2m", seed=seed, batch_size=n)
