@@ -139,7 +139,8 @@ class _Axes:
 
     def xy(self, s: float, v: float) -> tuple[float, float]:
         x = self.left + (s - self.s0) / (self.s1 - self.s0) * (self.w - self.left - self.right)
-        y = self.top + (self.hi - np.clip(v, self.lo, self.hi)) / (self.hi - self.lo) * (self.h - self.top - self.bottom)
+        y = (self.top + (self.hi - np.clip(v, self.lo, self.hi)) / (self.hi - self.lo)
+             * (self.h - self.top - self.bottom))
         return x, y
 
     def draw(self, draw) -> None:
