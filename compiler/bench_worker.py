@@ -39,13 +39,11 @@ def torch_step(path: str, compiled: bool):
     import torch
 
     from gencc.models import checkpoint as ckpt
-    from gencc.models.factory import build_eps_net, build_gan, config_from_dict
+    from gencc.models.factory import config_from_dict, load_net
 
     config = ckpt.load_config(path)
     cfg = config_from_dict(config["net"])
-    gan = config["model"] == "gan"
-    net = ckpt.load_network(path, config, lambda: build_gan(cfg)[0] if gan else build_eps_net(cfg))
-    net = net.eval().requires_grad_(False)
+    net = load_net(path, config)
     if compiled:
         net = torch.compile(net)
     shape = tuple(config["data"]["sample_shape"])

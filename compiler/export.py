@@ -185,13 +185,14 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path) -> dict:
     Diffusion checkpoints give "eps" (eps.onnx) and "step" (step.onnx), GAN checkpoints "generator".
     """
     from gencc.models import checkpoint as ckpt
+    from gencc.models.factory import load_net
 
     config = ckpt.load_config(ckpt_dir)
     if config["model"] not in ("diffusion", "gan"):
         raise GenccError(f"checkpoint {str(ckpt_dir)!r} has unknown model kind {config['model']!r}; "
                          f"expected 'diffusion' or 'gan'")
     out_dir = _prepare_out_dir(out_dir)
-    net = _load_net(ckpt_dir, config)
+    net = load_net(ckpt_dir, config)
     shape = tuple(config["data"]["sample_shape"])
     if net.cfg.num_classes:
         from .export_conditional import conditional_functions
@@ -219,13 +220,3 @@ def _prepare_out_dir(out_dir: str | Path) -> Path:
         raise GenccError(f"output path {str(out_dir)!r} exists and is not a directory")
     out_dir.mkdir(exist_ok=True)
     return out_dir
-
-
-def _load_net(ckpt_dir: str | Path, config: dict) -> nn.Module:
-    from gencc.models import checkpoint as ckpt
-    from gencc.models.factory import build_eps_net, build_gan, config_from_dict
-
-    cfg = config_from_dict(config["net"])
-    gan = config["model"] == "gan"
-    net = ckpt.load_network(ckpt_dir, config, lambda: build_gan(cfg)[0] if gan else build_eps_net(cfg))
-    return net.eval().requires_grad_(False)

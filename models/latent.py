@@ -28,6 +28,7 @@ from gencc.runtime.normalize import Normalization
 from . import checkpoint as ckpt
 from .autoencoder import AEConfig, Autoencoder, encode_means, latent_scale
 from .data import Dataset, data_digest
+from .factory import load_net
 from .train import TrainConfig, TrainResult, _Run, _seeded, check_output, check_resume, check_same_data, train
 
 MARKER, FORMAT, VERSION = "latent-diffusion.json", "gencc-latent-diffusion", 1
@@ -107,9 +108,7 @@ def load_autoencoder(path: str | Path) -> tuple[Autoencoder, dict]:
     """The trained autoencoder (eval mode, no grads) of an autoencoder checkpoint, and its config."""
     config, _, _ = autoencoder_info(path)
     path = readable_dir(path) / AE_DIR if is_latent_checkpoint(path) else Path(path)
-    cfg = AEConfig(**{k: v for k, v in config["net"].items() if k != "arch"})
-    model = ckpt.load_network(path, config, lambda: Autoencoder(cfg))
-    return model.eval().requires_grad_(False), config
+    return load_net(path, config), config
 
 
 def ae_config(sample_shape: tuple[int, ...], width: int | None = None) -> AEConfig:
