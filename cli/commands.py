@@ -9,17 +9,8 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from gencc.runtime.atomic import atomic_path
+from gencc.runtime.atomic import atomic_path, check_output_path
 from gencc.runtime.errors import GenccError
-
-
-def _check_out_file(path: Path, suffix: str | None = None) -> None:
-    if not path.parent.is_dir():
-        raise GenccError(f"output folder {str(path.parent)!r} does not exist")
-    if path.is_dir():
-        raise GenccError(f"output {str(path)!r} is a directory")
-    if suffix and path.suffix != suffix:
-        raise GenccError(f"output {str(path)!r} must end in {suffix}")
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -188,7 +179,7 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
     from gencc.runtime import shard as sharding
     from gencc.runtime.stream import SUFFIXES, Interrupted, sample_to_file
 
-    _check_out_file(out)
+    check_output_path(out)
     if out.suffix not in SUFFIXES:
         raise GenccError(f"output {str(out)!r} must end in .npz or .npy")
     part = sharding.parse_shard(shard) if shard is not None else None
@@ -196,7 +187,7 @@ def sample_command(path: Path, n: int, out: Path, *, steps, sampler, seed, batch
         raise GenccError(f"--shard writes a .npz (the shard's place in the job is stored beside the samples), "
                          f"got {str(out)!r}")
     if png is not None:
-        _check_out_file(png, ".png")
+        check_output_path(png, suffix=".png")
     if preview_dir is not None or preview_every is not None:
         _check_preview_folder(preview_dir, preview_every, others=(out, png))
     model = gencc.load(path, backend=backend, device=device, trusted_keys=trusted_keys)
@@ -285,8 +276,8 @@ def _check_picturable(model, option: str) -> None:
 def _check_overwrite(paths, force: bool) -> None:
     """Like compile: an existing output is replaced only with --force (and then only once the new one is whole)."""
     for p in paths:
-        if p is not None and p.exists() and not force:
-            raise GenccError(f"{str(p)!r} already exists; pass --force to replace it")
+        if p is not None and not force:
+            check_output_path(p, existing="pass --force to replace it")
 
 
 def _report_interrupt(e) -> None:
@@ -431,7 +422,7 @@ def data_command(name: str, n, seed: int, split: str, out: Path) -> None:
         raise GenccError(f"unknown dataset {name!r}; built-in sets are {', '.join(BUILTIN_2D + BUILTIN_IMAGES)}")
     if n is not None and n <= 0:
         raise GenccError(f"n must be a positive integer, got {n}")
-    _check_out_file(out, ".npz")
+    check_output_path(out, suffix=".npz")
     ds = load_dataset(name, n=n, seed=seed, split=split)
     arrays = {"data": ds.data} if ds.labels is None else {"data": ds.data, "labels": ds.labels}
     save_npz(out, **arrays)
@@ -488,7 +479,7 @@ def artifact_libraries(m) -> dict[str, str]:
 def merge_command(shards: list[Path], out: Path, force: bool = False) -> None:
     from gencc.runtime.shard import merge
 
-    _check_out_file(out)
+    check_output_path(out)
     _check_overwrite((out,), force)
     n, shape = merge(shards, out)
     typer.echo(f"wrote {out} ({n} samples, shape {shape}, from {len(shards)} shards)")

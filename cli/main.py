@@ -327,11 +327,12 @@ def bench(
     except ValueError:
         raise GenccError(f"--batch must be a comma list of integers, got {batch!r}") from None
     from gencc.cli.output import check_json_dest, emit_json, say
+    from gencc.runtime.atomic import check_output_path
 
     check_json_dest(json_out)
     for p in (md, plot):
-        if p is not None and not p.parent.is_dir():
-            raise GenccError(f"output folder {str(p.parent)!r} does not exist")
+        if p is not None:
+            check_output_path(p)
     arts = {k: v for k, v in (("tvm", artifact), ("tvm-tuned", tuned)) if v is not None}
     report = run_bench(checkpoint, cfg, arts, log=lambda s: typer.echo(s, err=True))
     say(markdown(report), json_out)

@@ -34,7 +34,7 @@ import onnx
 import torch
 from torch import nn
 
-from gencc.runtime.atomic import write_bytes_atomic
+from gencc.runtime.atomic import check_output_path, write_bytes_atomic
 from gencc.runtime.errors import GenccError
 
 OPSET = 17                      # has every op these nets need; TVM's frontend and ORT both read it
@@ -213,10 +213,6 @@ def _spec(name: str, shape: tuple[int, ...], batched: bool = True) -> dict:
 
 
 def _prepare_out_dir(out_dir: str | Path) -> Path:
-    out_dir = Path(out_dir)
-    if not out_dir.parent.is_dir():
-        raise GenccError(f"cannot write to {str(out_dir)!r}: its parent directory does not exist")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise GenccError(f"output path {str(out_dir)!r} exists and is not a directory")
+    out_dir = check_output_path(out_dir, what="export folder", directory=True)
     out_dir.mkdir(exist_ok=True)
     return out_dir

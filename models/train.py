@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gencc.runtime.atomic import recover_dir
+from gencc.runtime.atomic import check_output_path, recover_dir
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import one_line, short
 from gencc.runtime.normalize import Normalization
@@ -182,13 +182,9 @@ def _seeded(seed: int):
 
 def check_output(out: str | Path, resume: bool) -> Path:
     """Refuse an output that would overwrite a checkpoint, or that has no folder to go in."""
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise GenccError(f"output folder {str(out.parent)!r} does not exist")
     recover_dir(out)   # a checkpoint write killed between its two renames left only .NAME.old
-    if out.exists() and not resume:
-        raise GenccError(f"{str(out)!r} already exists; pass --resume to continue it or choose another --out")
-    return out
+    return check_output_path(out, what="checkpoint", directory=True,
+                             existing=None if resume else "pass --resume to continue it or choose another --out")
 
 
 def _labels(data: Dataset, num_classes: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gencc.runtime.atomic import write_bytes_atomic
+from gencc.runtime.atomic import check_output_path, write_bytes_atomic
 from gencc.runtime.errors import GenccError
 from gencc.runtime.render import POINTS, picturable, picture_count, save_png
 
@@ -32,10 +32,7 @@ def preview_dir_for(out: Path) -> Path:
 def check_train_preview(folder: Path, every: int) -> None:
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise GenccError(f"preview-every must be a non-negative integer (0: no previews), got {every!r}")
-    if not folder.parent.is_dir():
-        raise GenccError(f"preview folder's parent {str(folder.parent)!r} does not exist")
-    if folder.exists() and not folder.is_dir():
-        raise GenccError(f"preview folder {str(folder)!r} exists and is not a directory")
+    check_output_path(folder, what="preview folder", directory=True)
 
 
 class TrainPreview:

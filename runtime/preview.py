@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, check_output_path
 from .errors import GenccError
 from .jsonfile import read_json
 from .model import Model
@@ -27,11 +27,7 @@ GIF_MS, GIF_LAST_MS = 120, 1500
 
 def check_preview_dir(path: str | Path) -> Path:
     """Refuse a preview folder that would replace anything but an earlier preview."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise GenccError(f"preview folder's parent {str(path.parent)!r} does not exist")
-    if path.exists() and not path.is_dir():
-        raise GenccError(f"preview folder {str(path)!r} exists and is not a directory")
+    path = check_output_path(path, what="preview folder", directory=True)
     if path.is_dir() and any(path.iterdir()) and not _is_preview(path):
         raise GenccError(f"preview folder {str(path)!r} is not empty and was not written by gencc "
                          "(no preview.json); choose a new or empty folder")
