@@ -120,6 +120,7 @@ def ae_config(sample_shape: tuple[int, ...], width: int | None = None) -> AEConf
 class _AutoencoderRun(_Run):
     model = "autoencoder"
     sampled_net = Autoencoder
+    saved_net, saved_state = "ae", {"opt": "opt"}
 
     def __init__(self, data: Dataset, cfg: TrainConfig, norm: Normalization, net_cfg: AEConfig, step: int = 0):
         super().__init__(data, cfg, norm, net_cfg, step)
@@ -130,15 +131,6 @@ class _AutoencoderRun(_Run):
     @classmethod
     def new(cls, data: Dataset, cfg: TrainConfig, width: int | None):
         return cls(data, cfg, Normalization.fit(data.data, "image"), ae_config(tuple(data.data.shape[1:]), width))
-
-    @classmethod
-    def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
-        config, norm, net_cfg, state = cls._load(out, data, cfg)
-        r = cls(data, cfg, norm, net_cfg, step=int(state["step"]))
-        r.losses = config.get("losses", {})
-        r.ae.load_state_dict(ckpt.load_weights(out))
-        r.opt.load_state_dict(state["opt"])
-        return r
 
     def train_step(self, x: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> dict:
         losses = self.ae.loss(x, g)

@@ -199,6 +199,8 @@ class _Run:
     """Shared loop: per-step seeded draws, checkpoints every `ckpt_every` steps and at the end."""
 
     model: str
+    saved_net: str               # the attribute whose weights weights.safetensors holds
+    saved_state: dict[str, str]  # attribute -> its key in the training state
     # Distributed training (models/distributed.py) narrows these to this process's equal slice of every
     # global batch and its own device; one process trains on the whole batch on the CPU.
     part = slice(None)
@@ -259,6 +261,23 @@ class _Run:
         opt.step()
 
     @classmethod
+    def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
+        """The run checkpoint `out` saved: its sampled network from the weights file (`saved_net`), every
+        other network and optimiser from the training state (`saved_state`: attribute -> key)."""
+        config, norm, net_cfg, state = cls._load(out, data, cfg)
+        r = cls(data, cfg, norm, net_cfg, *cls._resume_args(config), step=int(state["step"]))
+        r.losses = config.get("losses", {})   # what a run with nothing left to do reports
+        getattr(r, cls.saved_net).load_state_dict(ckpt.load_weights(out))
+        for attr, key in cls.saved_state.items():
+            getattr(r, attr).load_state_dict(state[key])
+        return r
+
+    @staticmethod
+    def _resume_args(config: dict) -> tuple:
+        """What a run's constructor takes beyond the common arguments, from the saved config."""
+        return ()
+
+    @classmethod
     def _load(cls, out: Path, data: Dataset, cfg: TrainConfig):
         """Checkpoint `out`'s parts, once check_resume has accepted continuing it on `data`."""
         config = ckpt.load_config(out)
@@ -271,6 +290,7 @@ class _Run:
 class _DiffusionRun(_Run):
     model = "diffusion"
     sampled_net = staticmethod(build_eps_net)   # the network weights.safetensors holds
+    saved_net, saved_state = "ema", {"net": "net", "opt": "opt"}
 
     def __init__(self, data, cfg, norm, net_cfg, sde: VPSDE, step: int = 0):
         super().__init__(data, cfg, norm, net_cfg, step)
@@ -286,15 +306,9 @@ class _DiffusionRun(_Run):
         norm = norm or Normalization.fit(data.data, data.kind)
         return cls(data, cfg, norm, eps_net_config(data.data.shape[1:], width, num_classes), VPSDE())
 
-    @classmethod
-    def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
-        config, norm, net_cfg, state = cls._load(out, data, cfg)
-        r = cls(data, cfg, norm, net_cfg, VPSDE.from_dict(config["sde"]), step=int(state["step"]))
-        r.losses = config.get("losses", {})   # what a run with nothing left to do reports
-        r.net.load_state_dict(state["net"])
-        r.ema.load_state_dict(ckpt.load_weights(out))
-        r.opt.load_state_dict(state["opt"])
-        return r
+    @staticmethod
+    def _resume_args(config: dict) -> tuple:
+        return (VPSDE.from_dict(config["sde"]),)
 
     def train_step(self, x0: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> dict:
         # Denoising score matching with lambda_t = sigma_t^2: regress eps_theta(x_t, t) on eps.
@@ -334,6 +348,7 @@ class _DiffusionRun(_Run):
 
 class _GANRun(_Run):
     model = "gan"
+    saved_net, saved_state = "G", {"D": "D", "opt_g": "opt_g", "opt_d": "opt_d"}
 
     @staticmethod
     def sampled_net(net_cfg):
@@ -353,16 +368,6 @@ class _GANRun(_Run):
         norm = norm or Normalization.fit(data.data, data.kind)
         return cls(data, cfg, norm, gan_config(tuple(data.data.shape[1:]), width, num_classes))
 
-    @classmethod
-    def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
-        config, norm, net_cfg, state = cls._load(out, data, cfg)
-        r = cls(data, cfg, norm, net_cfg, step=int(state["step"]))
-        r.losses = config.get("losses", {})
-        r.G.load_state_dict(ckpt.load_weights(out))
-        r.D.load_state_dict(state["D"])
-        r.opt_g.load_state_dict(state["opt_g"])
-        r.opt_d.load_state_dict(state["opt_d"])
-        return r
 
     def train_step(self, x: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> dict:
         z = torch.randn(len(x), self.net_cfg.latent_dim, generator=g)
