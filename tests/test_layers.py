@@ -1,4 +1,4 @@
-"""The packages form layers, and no module imports upward (docs/ARCHITECTURE.md):
+"""The packages form layers, and no module imports upward (issue 14):
 
     runtime  <-  models  <-  compiler  <-  gencc (the interface: gencc/*.py)  <-  cli
 
