@@ -28,7 +28,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     from gencc.api import save_npz, write_png
     from gencc.compiler.compile import compile_artifact
     from gencc.models.data import load_dataset
-    from gencc.runtime.metrics import sliced_wasserstein
+    from gencc.models.metrics import sliced_wasserstein
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -10,7 +10,7 @@ import typer
 
 from gencc.cli.group import GenccGroup, plain_help
 from gencc.compiler.bench import BenchConfig
-from gencc.models.preview import DEFAULT_EVERY as TRAIN_PREVIEW_EVERY
+from gencc.models.train_preview import DEFAULT_EVERY as TRAIN_PREVIEW_EVERY
 from gencc.runtime.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SAMPLER,
@@ -68,7 +68,7 @@ def train(
                                         "processes; --batch-size is the global batch"),
     device: str = typer.Option("cpu", help="distributed training device: cpu (gloo) or cuda (NCCL, one GPU "
                                "per process)"),
-    # Watching training (models/preview.py).
+    # Watching training (models/train_preview.py).
     preview: Path | None = typer.Option(None, "--preview", help="folder for loss.png and sample pictures "
                                            "(default: OUT.preview beside the checkpoint)"),
     preview_every: int = typer.Option(TRAIN_PREVIEW_EVERY, "--preview-every",

@@ -39,13 +39,11 @@ def torch_step(path: str, compiled: bool):
     import torch
 
     from gencc.models import checkpoint as ckpt
-    from gencc.models.factory import build_eps_net, build_gan, config_from_dict
+    from gencc.models.factory import config_from_dict, load_net
 
     config = ckpt.load_config(path)
     cfg = config_from_dict(config["net"])
-    gan = config["model"] == "gan"
-    net = ckpt.load_network(path, config, lambda: build_gan(cfg)[0] if gan else build_eps_net(cfg))
-    net = net.eval().requires_grad_(False)
+    net = load_net(path, config)
     if compiled:
         net = torch.compile(net)
     shape = tuple(config["data"]["sample_shape"])
@@ -81,15 +79,15 @@ def compiled_step(model):
 
 
 def main(args: dict) -> dict:
-    import gencc
     from gencc.models.latent import LATENT_DIR, is_latent_checkpoint
+    from gencc.runtime.loader import load
 
     backend, path = args["backend"], args["path"]
     if backend in ("torch", "torch-compile"):
         # latent diffusion: the step is its latent eps-network's, a plain diffusion checkpoint
         net_path = f"{path}/{LATENT_DIR}" if is_latent_checkpoint(path) else path
         make, net, config = torch_step(net_path, compiled=backend == "torch-compile")
-        model = gencc.load(path, backend="torch")
+        model = load(path, backend="torch")
         if backend == "torch-compile":
             import torch
 
@@ -98,7 +96,7 @@ def main(args: dict) -> dict:
                     return net(torch.from_numpy(x), torch.full((len(x),), t)).numpy()
             model.eps_fn = eps_fn
     else:
-        model = gencc.load(path, backend="tvm" if backend.startswith("tvm") else "ort")
+        model = load(path, backend="tvm" if backend.startswith("tvm") else "ort")
         make = compiled_step(model)
     first = make(1)
     first()

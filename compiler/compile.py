@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from gencc.runtime import artifact, signing
-from gencc.runtime.atomic import atomic_dir
+from gencc.runtime.atomic import atomic_dir, check_output_path
 from gencc.runtime.errors import GenccError
 
 EXPORT_META = "export.json"
@@ -210,14 +210,8 @@ def _describe(config: dict, functions: dict) -> dict:
 
 
 def _check_new_output(out: str | Path, force: bool) -> Path:
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise GenccError(f"output folder {str(out.parent)!r} does not exist")
-    if out.exists() and not force:
-        raise GenccError(f"{str(out)!r} already exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise GenccError(f"{str(out)!r} exists and is not a directory")
-    return out
+    return check_output_path(out, what="artifact", directory=True,
+                             existing=None if force else "pass --force to replace it")
 
 
 def _require_full_tvm() -> None:

@@ -7,7 +7,7 @@ The contract (runtime/artifact.py, "affine5-cfg-v1") extends the unconditional o
   generator.onnx  z (B, latent), y (B, K)                                      -> x
 
 where eps is the classifier-free guided (1 + w) eps(x, t, y) - w eps(x, t, null) and y holds one-hot
-rows (models/conditioning.py). Guidance runs inside the compiled function: the batch is doubled,
+rows (models/guidance.py). Guidance runs inside the compiled function: the batch is doubled,
 cond and null halves go through one network call, and the halves are combined before the update.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gencc.models.conditioning import GuidedEps
+from gencc.models.guidance import GuidedEps
 
 from .export import FusedStep, _spec, eps_io, generator_io, step_io
 

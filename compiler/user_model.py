@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from gencc.models.adapters import EpsAdapter, LabelInput, output_tensor
-from gencc.models.conditioning import GuidedEps, one_hot
+from gencc.models.guidance import GuidedEps, one_hot
 from gencc.runtime import artifact
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import one_line

@@ -3,28 +3,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gencc.runtime.atomic import check_output_path
 from gencc.runtime.errors import GenccError
-
-
-def check_out_folder(path: Path) -> None:
-    if not path.parent.is_dir():
-        raise GenccError(f"output folder {str(path.parent)!r} does not exist")
 
 
 def check_out_file(path: Path, suffix: str | None = None) -> None:
     """`path` can be written as a file: its folder exists, it is not a folder, and it ends in `suffix`."""
-    check_out_folder(path)
-    if path.is_dir():
-        raise GenccError(f"output {str(path)!r} is a directory")
-    if suffix and path.suffix != suffix:
-        raise GenccError(f"output {str(path)!r} must end in {suffix}")
+    check_output_path(path, suffix=suffix)
 
 
 def check_overwrite(paths, force: bool) -> None:
     """Like compile: an existing output is replaced only with --force (and then only once the new one is whole)."""
     for p in paths:
-        if p is not None and p.exists() and not force:
-            raise GenccError(f"{str(p)!r} already exists; pass --force to replace it")
+        if p is not None and not force:
+            check_output_path(p, existing="pass --force to replace it")
 
 
 def check_distinct(folder: Path, others) -> None:

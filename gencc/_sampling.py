@@ -189,9 +189,10 @@ def _check_preview_every(model, every, steps) -> int:
 def _preview(model, folder: Path, every: int, n: int, sampling: dict) -> tuple[int, int]:
     """The first samples again (identical to the output's: sample i depends on (seed, i)), watched:
     (frames written, samples shown)."""
-    from gencc.runtime.preview import IMAGES, POINTS, write_preview
+    from gencc.runtime.preview import write_preview
+    from gencc.runtime.render import picture_count
 
-    n = min(n, POINTS if len(model.sample_shape) == 1 else IMAGES)
+    n = min(n, picture_count(model.sample_shape))
     reference = None
     if model.sample_shape == (2,):
         from gencc.models.data import BUILTIN_2D, load_dataset

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gencc._outputs import as_paths, check_distinct
-from gencc.models.preview import DEFAULT_EVERY
+from gencc.models.train_preview import DEFAULT_EVERY
 from gencc.runtime.errors import GenccError
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def _resumed(out: Path, resume: bool) -> dict | None:
 
 
 def _train_preview(req: TrainRequest, seed: int):
-    from gencc.models.preview import TrainPreview, check_train_preview, preview_dir_for
+    from gencc.models.train_preview import TrainPreview, check_train_preview, preview_dir_for
 
     folder = Path(req.preview_dir) if req.preview_dir is not None else preview_dir_for(req.out)
     check_distinct(folder, (req.out,))   # a checkpoint directory is replaced whole at every save

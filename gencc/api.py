@@ -3,7 +3,7 @@
 The command line (cli/) parses its arguments into a call here and renders what comes back; nothing here
 prints. A command with many options takes a frozen request (`TrainRequest`, `SampleRequest`,
 `BenchRequest`); the others take plain arguments. Defaults live in the library (runtime/defaults.py,
-models/preview.py, compiler/bench.py) and are read from there by both the requests and the CLI's options.
+models/train_preview.py, compiler/bench.py) and are read from there by both the requests and the CLI's options.
 Errors are `GenccError`s whose messages name the offending value. The messages name the command line's
 options (`--steps`), as the same checks serve both.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gencc._describing import describe, describe_text
-from gencc._outputs import as_paths, check_out_file, check_out_folder, check_overwrite
+from gencc._outputs import as_paths, check_out_file, check_overwrite
 from gencc._sampling import SampleOutcome, SampleRequest, sample_to_file
 from gencc._training import TrainOutcome, TrainRequest, train
 from gencc.runtime.defaults import DEFAULT_SEED
@@ -88,7 +88,7 @@ def bench(request: BenchRequest, log: Log = _quiet, on_report: Callable[[dict], 
 
     for p in (request.md, request.plot):
         if p is not None:
-            check_out_folder(p)
+            check_out_file(p)
     arts = {k: v for k, v in (("tvm", request.artifact), ("tvm-tuned", request.tuned)) if v is not None}
     report = run_bench(request.checkpoint, request.config or BenchConfig(), arts, log=log)
     if on_report is not None:

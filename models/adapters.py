@@ -90,7 +90,7 @@ class EpsAdapter(nn.Module):
 
 class LabelInput(nn.Module):
     """gencc's one-hot label rows y (B, K + 1), the last column the null class of classifier-free guidance
-    (models/conditioning.py), as the network takes them: those rows ("onehot") or int64 class ids
+    (models/guidance.py), as the network takes them: those rows ("onehot") or int64 class ids
     ("index", K meaning null). ArgMax, not Gather, so the graph stays free of TVM's unchecked take."""
 
     def __init__(self, net: nn.Module, label_input: str):

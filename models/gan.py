@@ -3,7 +3,7 @@
 The discriminator outputs a logit. D minimises -log D(x) - log(1 - D(G(z))); G minimises the
 non-saturating -log D(G(z)). Both are BCE-with-logits, which is the numerically stable form.
 
-Class-conditional variant (num_classes > 0; labels as one-hot rows, models/conditioning.py): G sees
+Class-conditional variant (num_classes > 0; labels as one-hot rows, models/guidance.py): G sees
 [z, E_g y], a label embedding concatenated with z (Mirza & Osindero 2014); D is a projection
 discriminator (Miyato & Koyama 2018), logit = psi(phi(x)) + <E_d y, phi(x)>.
 """

@@ -21,7 +21,7 @@ class UNetConfig:
     mults: tuple[int, ...] = (1, 2)       # channel multiplier per resolution; len - 1 downsamplings
     groups: int = 8                       # GroupNorm groups; must divide every channel count
     emb_dim: int = 128
-    num_classes: int = 0                  # > 0: class-conditional, plus a null class (models/conditioning.py)
+    num_classes: int = 0                  # > 0: class-conditional, plus a null class (models/guidance.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -18,7 +18,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     import torch
 
     from gencc.models import checkpoint as ckpt
-    from gencc.models.factory import build_eps_net, build_gan, config_from_dict
+    from gencc.models.factory import config_from_dict, load_net
 
     config = ckpt.load_config(path)
     if config["model"] == "autoencoder":
@@ -28,11 +28,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     net_cfg = config_from_dict(config["net"])
     norm = Normalization.from_dict(config["data"]["normalization"])
     shape = tuple(config["data"]["sample_shape"])
-
-    def build():
-        return build_eps_net(net_cfg) if config["model"] == "diffusion" else build_gan(net_cfg)[0]
-
-    net = ckpt.load_network(path, config, build)   # checked against the weights' header before it is built
+    net = load_net(path, config)   # checked against the weights' header before it is built
     sde = sde_from_dict(config["sde"]) if config["model"] == "diffusion" else None
     latent = getattr(net_cfg, "latent_dim", None)
     return model_from_net(config["model"], net, shape, norm, sde=sde, latent_dim=latent, info=config,
@@ -65,7 +61,7 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
                      activation_bytes=activation_bytes(net, torch.zeros(2, *latent, device=device)))
 
     if num_classes:   # the callables also take one-hot labels (runtime/conditioning.py)
-        from gencc.models.conditioning import GuidedEps
+        from gencc.models.guidance import GuidedEps
 
         guided = GuidedEps(net, num_classes, shape, shared_t=False).to(device)
 

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from .atomic import atomic_dir, write_bytes_atomic
+from .atomic import atomic_dir, check_output_path, write_bytes_atomic
 from .errors import GenccError
 from .jsonfile import one_line, read_json, short
 
@@ -43,14 +43,11 @@ def generate_keys(out_dir: str | Path) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives import serialization as ser
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    out_dir = Path(out_dir)
-    if not out_dir.parent.is_dir():
-        raise GenccError(f"output folder {str(out_dir.parent)!r} does not exist")
+    out_dir = check_output_path(out_dir, what="key folder", directory=True)
     out_dir.mkdir(exist_ok=True)
+    for p in (out_dir / PRIVATE, out_dir / PUBLIC):   # overwriting a private key would lose it for good
+        check_output_path(p, what="key", existing="choose another --out")
     private, public = out_dir / PRIVATE, out_dir / PUBLIC
-    for p in (private, public):
-        if p.exists():   # overwriting a private key would lose it for good
-            raise GenccError(f"{str(p)!r} already exists; choose another --out")
     key = Ed25519PrivateKey.generate()
     write_bytes_atomic(private, key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()),
                        mode=0o600)

@@ -28,7 +28,7 @@ def test_import_gencc_loads_the_interface_only_when_used(tmp_path):
 
 
 def test_requests_are_frozen_and_default_from_the_library(tmp_path):
-    from gencc.models.preview import DEFAULT_EVERY
+    from gencc.models.train_preview import DEFAULT_EVERY
 
     s = gencc.SampleRequest(tmp_path / "m.ckpt", n=4, out=tmp_path / "s.npz")
     assert (s.seed, s.batch_size, s.steps, s.sampler) == (defaults.DEFAULT_SEED, defaults.DEFAULT_BATCH_SIZE,
@@ -44,7 +44,7 @@ def test_requests_are_frozen_and_default_from_the_library(tmp_path):
 def test_the_cli_and_model_sample_read_the_same_defaults():
     from gencc.cli import demo, main
     from gencc.compiler.bench import BenchConfig
-    from gencc.models.preview import DEFAULT_EVERY
+    from gencc.models.train_preview import DEFAULT_EVERY
     from gencc.runtime.model import Model
 
     def option_defaults(command):
