@@ -1,11 +1,12 @@
-# Two entry points (see README.md): `make demo` and `make test`. Both create .venv on first use.
+# Entry points (see README.md): `make demo`, `make test` (everything), `make test-fast` (the edit loop) and
+# `make lint` (ruff + mypy). Each creates .venv on first use; CI (.ci/run) runs `make lint` then `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.gencc-installed
 OUT    ?= out/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast lint install clean
 
 install: $(STAMP)
 
@@ -23,6 +24,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The edit loop: every test not marked slow (slow ones train or compile with TVM). FAST_MARKERS overrides.
+FAST_MARKERS ?= not slow
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "$(FAST_MARKERS)"
+
+# Lint and import order over the whole tree, types over the runtime; both configured in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy runtime
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from gencc.runtime.defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
+
 # (name, model, dataset); each trains with its dataset's default budget.
 JOBS = (("moons-diffusion", "diffusion", "moons"),
         ("digits-diffusion", "diffusion", "digits"),
@@ -15,18 +17,18 @@ JOBS = (("moons-diffusion", "diffusion", "moons"),
 # Demo models whose tuning records ship with gencc (scripts/tune_demo.py): name -> the batch size tuned,
 # the one `gencc bench` measures end to end.
 TUNED = {"moons-diffusion": 1024, "digits-diffusion": 64}
-SAMPLE_STEPS = 200
-SAMPLER = "em"
+SAMPLE_STEPS = DEFAULT_STEPS
+SAMPLER = DEFAULT_SAMPLER
 SUMMARY = "summary.md"
 QUICK_STEPS = 30   # --quick: a smoke test of the whole pipeline, not a useful model
 
 
 def run_demo(out: Path, quick: bool = False) -> dict:
     import gencc
-    from gencc.cli.commands import save_npz, write_png
+    from gencc.api import save_npz, write_png
     from gencc.compiler.compile import compile_artifact
     from gencc.models.data import load_dataset
-    from gencc.runtime.metrics import sliced_wasserstein
+    from gencc.models.metrics import sliced_wasserstein
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -5,11 +5,20 @@ import functools
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from gencc.cli.group import GenccGroup, plain_help
+from gencc.compiler.bench import BenchConfig
+from gencc.models.train_preview import DEFAULT_EVERY as TRAIN_PREVIEW_EVERY
+from gencc.runtime.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SAMPLER,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    PC_CORRECTOR_STEPS,
+    PC_SNR,
+)
 from gencc.runtime.errors import GenccError
 
 app = typer.Typer(cls=GenccGroup, add_completion=False, no_args_is_help=True,
@@ -18,6 +27,9 @@ app = typer.Typer(cls=GenccGroup, add_completion=False, no_args_is_help=True,
                        "gencc sample moons.ckpt --n 1000 --out s.npz --png s.png\n\n"
                        "Exit status: 0 ok, 2 user error (one line on stderr), 130 interrupted, 1 a bug "
                        "(with a traceback); gencc doctor: 3 when this machine cannot run gencc's CPU path.")
+SAMPLERS_HELP = f"{DEFAULT_SAMPLER} (default), " + ", ".join(
+    s for s in ("em", "pc", "ancestral", "ode-euler", "ode-heun", "ddim") if s != DEFAULT_SAMPLER) + " or dpm2m"
+BENCH = BenchConfig()   # the defaults of `gencc bench`
 JSON_HELP = "write the result as JSON to this file, or - for stdout (the text then goes to stderr)"
 
 
@@ -40,32 +52,33 @@ def train(
     data: str = typer.Option(..., "--data", help="built-in name (moons, swissroll, gaussians8, checkerboard, "
                              "digits, shapes) or a .npy/.npz file or image folder"),
     out: Path = typer.Option(..., "--out", help="checkpoint directory to write"),
-    steps: Optional[int] = typer.Option(None, help="training steps (default: sized per dataset)"),
-    batch_size: Optional[int] = typer.Option(None, help="minibatch size"),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate"),
-    seed: Optional[int] = typer.Option(None, help="seed for init, minibatches, noise and builtin 2-D data "
-                                       "(default 0)"),
-    width: Optional[int] = typer.Option(None, help="network width (MLP units or UNet/DCGAN channels)"),
+    steps: int | None = typer.Option(None, help="training steps (default: sized per dataset)"),
+    batch_size: int | None = typer.Option(None, help="minibatch size"),
+    lr: float | None = typer.Option(None, help="Adam learning rate"),
+    seed: int | None = typer.Option(None, help="seed for init, minibatches, noise and builtin 2-D data "
+                                       f"(default {DEFAULT_SEED})"),
+    width: int | None = typer.Option(None, help="network width (MLP units or UNet/DCGAN channels)"),
     resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out with its own data, "
                                 "seed, network and settings; may change on resume: --steps, --batch-size, --lr, "
                                 "--ckpt-every, --preview, --preview-every, --nproc, --device"),
-    image_size: Optional[int] = typer.Option(None, help="resize images in a folder to this side"),
-    channels: Optional[int] = typer.Option(None, help="1 or 3 channels for an image folder"),
-    ckpt_every: Optional[int] = typer.Option(None, help="steps between checkpoints (default 1000)"),
-    nproc: Optional[int] = typer.Option(None, help="train with DistributedDataParallel over this many local "
+    image_size: int | None = typer.Option(None, help="resize images in a folder to this side"),
+    channels: int | None = typer.Option(None, help="1 or 3 channels for an image folder"),
+    ckpt_every: int | None = typer.Option(None, help="steps between checkpoints (default 1000)"),
+    nproc: int | None = typer.Option(None, help="train with DistributedDataParallel over this many local "
                                         "processes; --batch-size is the global batch"),
     device: str = typer.Option("cpu", help="distributed training device: cpu (gloo) or cuda (NCCL, one GPU "
                                "per process)"),
-    # Watching training (models/preview.py).
-    preview: Optional[Path] = typer.Option(None, "--preview", help="folder for loss.png and sample pictures "
+    # Watching training (models/train_preview.py).
+    preview: Path | None = typer.Option(None, "--preview", help="folder for loss.png and sample pictures "
                                            "(default: OUT.preview beside the checkpoint)"),
-    preview_every: int = typer.Option(2000, "--preview-every", help="steps between previews, and one at the "
-                                      "end; 0: none"),
+    preview_every: int = typer.Option(TRAIN_PREVIEW_EVERY, "--preview-every",
+                                      help="steps between previews, and one at the end; 0: none"),
     conditional: bool = typer.Option(False, "--conditional",
                                      help="class-conditional, on the data's labels (digits, or an .npz with 'labels')"),
-    autoencoder: Optional[Path] = typer.Option(None, "--autoencoder", help="latent-diffusion: reuse this "
-                                               "autoencoder (or a latent-diffusion checkpoint's) instead of training one"),
-    ae_steps: Optional[int] = typer.Option(None, "--ae-steps", help="latent-diffusion: autoencoder training steps"),
+    autoencoder: Path | None = typer.Option(None, "--autoencoder", help="latent-diffusion: reuse this "
+                                               "autoencoder (or a latent-diffusion checkpoint's) instead of training "
+                                               "one"),
+    ae_steps: int | None = typer.Option(None, "--ae-steps", help="latent-diffusion: autoencoder training steps"),
 ):
     """Train a diffusion model, a GAN, or latent diffusion (autoencoder, then diffusion on its latents).
 
@@ -74,20 +87,13 @@ def train(
     Example: gencc train diffusion --data moons --out moons.ckpt
              gencc train latent-diffusion --data shapes --out shapes-ld.ckpt
     """
-    from gencc.cli.commands import latent_train_command, train_command
+    from gencc.api import TrainRequest
+    from gencc.cli.commands import train_command
 
-    if model == "latent-diffusion":
-        if nproc is not None or conditional or preview is not None:
-            raise GenccError("--nproc, --conditional and --preview apply to diffusion and gan, not latent-diffusion")
-        return latent_train_command(data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
-                                    resume=resume, image_size=image_size, channels=channels,
-                                    ckpt_every=ckpt_every, autoencoder=autoencoder, ae_steps=ae_steps)
-    if autoencoder is not None or ae_steps is not None:
-        raise GenccError(f"--autoencoder and --ae-steps apply to latent-diffusion, not {model!r}")
-    train_command(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
-                  resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every,
-                  nproc=nproc, device=device, preview_dir=preview, preview_every=preview_every,
-                  conditional=conditional)
+    train_command(TrainRequest(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
+                               resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every,
+                               nproc=nproc, device=device, preview_dir=preview, preview_every=preview_every,
+                               conditional=conditional, autoencoder=autoencoder, ae_steps=ae_steps))
 
 
 @app.command()
@@ -96,31 +102,36 @@ def sample(
     path: Path = typer.Argument(..., help="checkpoint or compiled artifact directory"),
     n: int = typer.Option(..., "--n", help="number of samples"),
     out: Path = typer.Option(..., "--out", help="output .npz (key 'samples') or .npy, written as it goes"),
-    steps: int = typer.Option(200, help="sampler steps (diffusion)"),
-    sampler: str = typer.Option("em", help="em, pc, ancestral, ode-euler, ode-heun, ddim or dpm2m"),
-    corrector_steps: int = typer.Option(1, help="pc: Langevin corrector steps per step"),
-    snr: float = typer.Option(0.16, help="pc: signal-to-noise ratio of the Langevin step size"),
-    seed: int = typer.Option(0, help="sample i depends only on (seed, i)"),
-    batch_size: int = typer.Option(1024, help="samples per network call"),
-    png: Optional[Path] = typer.Option(None, help="also write an image grid or 2-D scatter plot"),
-    backend: Optional[str] = typer.Option(None, help="tvm (default for artifacts), ort, or torch (checkpoints)"),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda[:N]; default: the artifact's target"),
+    # None: not given (a GAN refuses --steps, --sampler and the pc options); diffusion takes the defaults.
+    steps: int | None = typer.Option(None, help=f"sampler steps (diffusion; default {DEFAULT_STEPS})"),
+    sampler: str | None = typer.Option(None, help=f"diffusion: {SAMPLERS_HELP}"),
+    corrector_steps: int | None = typer.Option(None, help="pc: Langevin corrector steps per step "
+                                                  f"(default {PC_CORRECTOR_STEPS})"),
+    snr: float | None = typer.Option(None, help="pc: signal-to-noise ratio of the Langevin step size "
+                                        f"(default {PC_SNR})"),
+    seed: int = typer.Option(DEFAULT_SEED, help="sample i depends only on (seed, i)"),
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, help="samples per network call"),
+    png: Path | None = typer.Option(None, help="also write an image grid or 2-D scatter plot"),
+    backend: str | None = typer.Option(None, help="tvm (default for artifacts), ort, or torch (checkpoints)"),
+    device: str | None = typer.Option(None, help="cpu or cuda[:N]; default: the artifact's target"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run (OUT.partial.npy)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --out (and --png)"),
     require_signature: bool = typer.Option(False, "--require-signature",
                                            help="refuse an artifact not signed by a --trusted-key"),
-    trusted_key: Optional[list[Path]] = typer.Option(None, "--trusted-key",
+    trusted_key: list[Path] | None = typer.Option(None, "--trusted-key",
                                                      help="public key (PEM) to accept signatures from; repeatable"),
-    shard: Optional[str] = typer.Option(None, help="k/N: draw only shard k (0-based) of the n samples, into a "
+    shard: str | None = typer.Option(None, help="k/N: draw only shard k (0-based) of the n samples, into a "
                                         ".npz that `gencc merge` joins"),
     # Watching the reverse process (runtime/preview.py).
-    preview: Optional[Path] = typer.Option(None, "--preview", help="folder for denoised-estimate PNGs every "
+    preview: Path | None = typer.Option(None, "--preview", help="folder for denoised-estimate PNGs every "
                                            "--preview-every steps, final.png and reverse.gif"),
-    preview_every: Optional[int] = typer.Option(None, "--preview-every", help="steps between preview frames "
+    preview_every: int | None = typer.Option(None, "--preview-every", help="steps between preview frames "
                                                 "(default: steps/10)"),
-    label: Optional[int] = typer.Option(None, "--label", help="conditional models: the class to draw "
+    label: int | None = typer.Option(None, "--label", help="conditional models: the class to draw "
                                         "(default: diffusion unconditional, GAN sample i gets class i mod K)"),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="conditional diffusion: classifier-free "
-                                             "guidance w >= 0, eps = (1+w) eps(x,t,label) - w eps(x,t,null); default 0"),
+    guidance: float | None = typer.Option(None, "--guidance", help="conditional diffusion: classifier-free "
+                                             "guidance w >= 0, eps = (1+w) eps(x,t,label) - w eps(x,t,null); "
+                                             "default 0"),
 ):
     """Draw samples from a checkpoint or artifact.
 
@@ -128,13 +139,14 @@ def sample(
              gencc sample moons.gencc --n 1000000 --shard 0/4 --out part0.npz   # on 4 machines, then gencc merge
              gencc sample moons.gencc --n 2000 --out s.npz --preview frames --preview-every 20   # watch it
     """
+    from gencc.api import SampleRequest
     from gencc.cli.commands import sample_command
 
-    sample_command(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
-                   png=png, backend=backend, device=device, resume=resume, label=label, guidance=guidance,
-                   trusted_keys=(trusted_key or []) if require_signature or trusted_key else None, shard=shard,
-                   options={"corrector_steps": corrector_steps, "snr": snr} if sampler == "pc" else None,
-                   preview_dir=preview, preview_every=preview_every)
+    keys = tuple(trusted_key or ()) if require_signature or trusted_key else None
+    sample_command(SampleRequest(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
+                                 png=png, backend=backend, device=device, resume=resume, force=force,
+                                 trusted_keys=keys, shard=shard, corrector_steps=corrector_steps, snr=snr,
+                                 preview_dir=preview, preview_every=preview_every, label=label, guidance=guidance))
 
 
 @app.command()
@@ -147,33 +159,49 @@ def export(
 
     Example: gencc export moons.ckpt --out moons-onnx
     """
-    from gencc.compiler.compile import export as export_
+    import gencc
 
-    export_(checkpoint, out, log=typer.echo)
+    gencc.export(checkpoint, out, log=typer.echo)
     typer.echo(f"wrote {out}")
 
 
 @app.command(name="compile")
 @_user_errors
 def compile_(
-    source: Path = typer.Argument(..., help="checkpoint directory or a folder written by gencc export"),
+    source: str = typer.Argument(..., help="gencc checkpoint or export folder, a diffusers UNet2DModel or pipeline "
+                                 "folder, an .onnx file with inputs (x, time), or pkg.module:factory"),
     out: Path = typer.Option(..., "--out", help="artifact directory to write, e.g. moons.gencc"),
     target: str = typer.Option("llvm", help="llvm (alias cpu: this machine's CPU) or cuda"),
-    arch: Optional[str] = typer.Option(None, help="CUDA arch, e.g. sm_80; default sm_90 (H100/H200)"),
+    arch: str | None = typer.Option(None, help="CUDA arch, e.g. sm_80; default sm_90 (H100/H200)"),
     force: bool = typer.Option(False, "--force", help="replace an existing artifact"),
-    sign: Optional[Path] = typer.Option(None, "--sign", help="Ed25519 private key (PEM, from gencc keygen) "
+    sign: Path | None = typer.Option(None, "--sign", help="Ed25519 private key (PEM, from gencc keygen) "
                                         "to sign the manifest with"),
-    tune_trials: Optional[int] = typer.Option(None, help="MetaSchedule trials per tuned batch size (llvm); "
+    tune_trials: int | None = typer.Option(None, help="MetaSchedule trials per tuned batch size (llvm); "
                                               "0 applies an existing --tune-db without new trials"),
     tune_batch: str = typer.Option("1024", help="comma list of batch sizes to specialise and tune"),
-    tune_db: Optional[Path] = typer.Option(None, help="tuning database folder, kept and reused across compiles"),
+    tune_db: Path | None = typer.Option(None, help="tuning database folder, kept and reused across compiles"),
+    # A user's own network (docs/YOUR_MODEL.md); a gencc checkpoint or export describes itself.
+    shape: str | None = typer.Option(None, "--shape", help="one sample's shape, e.g. 1,8,8"),
+    kind: str | None = typer.Option(None, help="diffusion (an eps-style network, default) or gan (a generator)"),
+    time_input: str | None = typer.Option(None, help="t (default), timestep:N ((N-1) t) or sigma (VE)"),
+    prediction: str | None = typer.Option(None, help="eps (default), x0 or v; or epsilon, sample, v_prediction"),
+    schedule: str | None = typer.Option(None, help="vp, linear, scaled_linear or squaredcos_cap_v2 "
+                                           "(default: linear for timestep:N, else vp)"),
+    latent_shape: str | None = typer.Option(None, help="gan: the shape of z, e.g. 64 or 100,1,1"),
+    num_classes: int | None = typer.Option(None, help="K > 0: the network takes a class label as a third "
+                                              "input (K + 1 classes, the last the null class of guidance)"),
+    label_input: str | None = typer.Option(None, help="onehot (B, K+1) rows (default) or index (B,) ids"),
+    weights: Path | None = typer.Option(None, help="module:factory sources: a .safetensors state dict"),
+    scheduler: Path | None = typer.Option(None, help="diffusers sources: a scheduler_config.json"),
 ):
     """Compile with TVM into a self-contained artifact, checked against ONNX Runtime.
 
     Example: gencc compile moons.ckpt --target llvm --out moons.gencc
              gencc compile moons.ckpt --out moons.gencc --tune-trials 64 --tune-batch 1,1024 --tune-db tuning/
+             gencc compile eps.onnx --shape 1,8,8 --time-input timestep:1000 --prediction eps --out x.gencc
     """
-    from gencc.compiler.compile import compile_artifact
+    from gencc.compiler.options import CompileOptions
+    from gencc.compiler.sources import compile_source
 
     tuning = None
     if tune_trials is not None or tune_db is not None:
@@ -184,9 +212,13 @@ def compile_(
         except ValueError:
             raise GenccError(f"--tune-batch must be a comma list of integers, got {tune_batch!r}") from None
         tuning = TuneOptions(trials=tune_trials or 0, batches=batches, db_dir=tune_db)
+    network = {"sample_shape": shape, "kind": kind, "time_input": time_input, "prediction": prediction,
+               "schedule": schedule, "latent_shape": latent_shape, "num_classes": num_classes,
+               "label_input": label_input, "weights": weights, "scheduler": scheduler}
+    options = CompileOptions.make(target=target, arch=arch, force=force, sign=sign, tuning=tuning,
+                                  **{k: v for k, v in network.items() if v is not None})
     start = time.perf_counter()
-    m = compile_artifact(source, out, target=target, arch=arch, force=force, log=typer.echo, sign=sign,
-                         tuning=tuning)
+    m = compile_source(source, out, options, log=typer.echo)
     state = "verified" if m["verified"] else "unverified: run `gencc verify` on a machine with that GPU"
     typer.echo(f"wrote {out} ({m['target']['kind']}, {state}) in {time.perf_counter() - start:.1f} s")
 
@@ -194,15 +226,15 @@ def compile_(
 @app.command()
 @_user_errors
 def verify(path: Path = typer.Argument(..., help="artifact directory"),
-           sign: Optional[Path] = typer.Option(None, "--sign", help="private key to re-sign a signed artifact "
+           sign: Path | None = typer.Option(None, "--sign", help="private key to re-sign a signed artifact "
                                                "with (marking it verified rewrites its manifest)")):
     """Check a compiled artifact against ONNX Runtime on this machine's device, and mark it verified.
 
     Example: gencc verify moons-cuda.gencc
     """
-    from gencc.compiler.compile import verify as verify_
+    import gencc
 
-    verify_(path, log=typer.echo, sign=sign)
+    gencc.verify(path, sign=sign, log=typer.echo)
     typer.echo(f"{path}: verified" + (", re-signed" if sign else ""))
 
 
@@ -211,6 +243,7 @@ def verify(path: Path = typer.Argument(..., help="artifact directory"),
 def merge(
     shards: list[Path] = typer.Argument(..., help="the shard files written by `gencc sample --shard k/N`"),
     out: Path = typer.Option(..., "--out", help="output .npz (key 'samples') or .npy"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --out"),
 ):
     """Join the shards of one sampling job into the file an unsharded run would write.
 
@@ -218,39 +251,40 @@ def merge(
     """
     from gencc.cli.commands import merge_command
 
-    merge_command(shards, out)
+    merge_command(shards, out, force=force)
 
 
 @app.command()
 @_user_errors
 def keygen(out: Path = typer.Option(..., "--out", help="folder for private.pem (mode 0600) and public.pem")):
     """Make an Ed25519 key pair for signing artifacts.  Example: gencc keygen --out keys"""
-    from gencc.runtime.signing import fingerprint, generate_keys, load_public_key
+    import gencc
 
-    private, public = generate_keys(out)
-    typer.echo(f"wrote {private} (keep it secret) and {public} (key {fingerprint(load_public_key(public))})")
+    keys = gencc.keygen(out)
+    typer.echo(f"wrote {keys.private} (keep it secret) and {keys.public} (key {keys.fingerprint})")
 
 
 @app.command()
 @_user_errors
 def info(path: Path = typer.Argument(..., help="checkpoint or artifact directory"),
-         json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP)):
+         json_out: Path | None = typer.Option(None, "--json", help=JSON_HELP)):
     """Describe a checkpoint or a compiled artifact.  Example: gencc info moons.gencc --json -"""
-    from gencc.cli.commands import info_record, info_text
+    import gencc
+    from gencc.cli.commands import info_text
     from gencc.cli.output import check_json_dest, emit_json, say
 
     check_json_dest(json_out)
     say(info_text(path), json_out)
     if json_out is not None:
-        emit_json(info_record(path), json_out)
+        emit_json(gencc.describe(path), json_out)
 
 
 @app.command()
 @_user_errors
 def data(
     name: str = typer.Argument(..., help="built-in dataset name"),
-    n: Optional[int] = typer.Option(None, "--n", help="number of points (2-D sets)"),
-    seed: int = typer.Option(0),
+    n: int | None = typer.Option(None, "--n", help="number of points (2-D sets)"),
+    seed: int = typer.Option(DEFAULT_SEED),
     split: str = typer.Option("train", help="train or test"),
     out: Path = typer.Option(..., "--out", help="output .npz (keys 'data' and, if any, 'labels')"),
 ):
@@ -276,23 +310,24 @@ def demo(out: Path = typer.Option(Path("out/demo"), "--out", help="folder for ch
 @app.command(name="eval")
 @_user_errors
 def eval_(
-    samples: Path = typer.Argument(..., help=".npz with a 'samples' array, as written by gencc sample"),
+    samples: Path = typer.Argument(..., help=".npy, or .npz with a 'samples' array, as written by gencc sample"),
     data: str = typer.Option(..., "--data", help="built-in name (moons, swissroll, gaussians8, checkerboard, "
                              "digits, shapes) or the .npy/.npz file or image folder the model learned"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
-    n_ref: Optional[int] = typer.Option(None, "--n-ref", help="reference examples (default: as many as samples "
+    json_out: Path | None = typer.Option(None, "--json", help=JSON_HELP),
+    n_ref: int | None = typer.Option(None, "--n-ref", help="reference examples (default: as many as samples "
                                         "for built-in 2-D sets, all 297 digits test images, half a user's file)"),
-    seed: int = typer.Option(0, help="seed for the reference draw and the metrics' projections"),
+    seed: int = typer.Option(DEFAULT_SEED, help="seed for the reference draw and the metrics' projections"),
 ):
     """Score samples against held-out data, beside the floor that real data reaches.
 
     Example: gencc eval s.npz --data moons --json s.json
     """
+    import gencc
     from gencc.cli.output import check_json_dest, emit_json, say
-    from gencc.models.evaluate import evaluate, format_table, load_samples
+    from gencc.models.evaluate import format_table
 
     check_json_dest(json_out)
-    result = evaluate(load_samples(samples), data, n_ref=n_ref, seed=seed)
+    result = gencc.evaluate(samples, data, n_ref=n_ref, seed=seed)
     say(format_table(result), json_out)
     emit_json(result, json_out)
 
@@ -301,21 +336,24 @@ def eval_(
 @_user_errors
 def bench(
     checkpoint: Path = typer.Argument(..., help="checkpoint directory (latent diffusion: step and decoder)"),
-    backends: str = typer.Option("torch,ort,tvm", help="comma list of torch, torch-compile, ort, tvm, tvm-tuned"),
-    batch: str = typer.Option("1,64,1024", help="comma list of batch sizes"),
-    steps: int = typer.Option(100, help="steps of the end-to-end sampling run (0: per-step only)"),
-    sampler: str = typer.Option("em", help="sampler of the end-to-end run"),
-    artifact: Optional[Path] = typer.Option(None, help="use this artifact as 'tvm' (default: compile one)"),
-    tuned: Optional[Path] = typer.Option(None, help="artifact to measure as 'tvm-tuned'"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
-    md: Optional[Path] = typer.Option(None, help="write the table as Markdown"),
-    plot: Optional[Path] = typer.Option(None, help="write a latency-vs-batch plot (PNG, needs matplotlib)"),
+    backends: str = typer.Option(",".join(BENCH.backends),
+                                 help="comma list of torch, torch-compile, ort, tvm, tvm-tuned"),
+    batch: str = typer.Option(",".join(map(str, BENCH.batches)), help="comma list of batch sizes"),
+    steps: int = typer.Option(BENCH.steps, help="steps of the end-to-end sampling run (0: per-step only)"),
+    sampler: str = typer.Option(BENCH.sampler, help="sampler of the end-to-end run"),
+    artifact: Path | None = typer.Option(None, help="use this artifact as 'tvm' (default: compile one)"),
+    tuned: Path | None = typer.Option(None, help="artifact to measure as 'tvm-tuned'"),
+    json_out: Path | None = typer.Option(None, "--json", help=JSON_HELP),
+    md: Path | None = typer.Option(None, help="write the table as Markdown"),
+    plot: Path | None = typer.Option(None, help="write a latency-vs-batch plot (PNG, needs matplotlib)"),
 ):
     """Measure every backend on the same job, each in its own process; report ratios to torch eager.
 
     Example: gencc bench moons.ckpt --backends torch,ort,tvm --batch 1,64,1024 --md bench.md
     """
-    from gencc.compiler.bench import BenchConfig, markdown, run_bench, save_outputs
+    import gencc
+    from gencc.api import BenchRequest
+    from gencc.compiler.bench import markdown
 
     try:
         cfg = BenchConfig(backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
@@ -325,20 +363,17 @@ def bench(
     from gencc.cli.output import check_json_dest, emit_json, say
 
     check_json_dest(json_out)
-    for p in (md, plot):
-        if p is not None and not p.parent.is_dir():
-            raise GenccError(f"output folder {str(p.parent)!r} does not exist")
-    arts = {k: v for k, v in (("tvm", artifact), ("tvm-tuned", tuned)) if v is not None}
-    report = run_bench(checkpoint, cfg, arts, log=lambda s: typer.echo(s, err=True))
-    say(markdown(report), json_out)
-    save_outputs(report, None, md, plot)
+    request = BenchRequest(checkpoint, cfg, artifact=artifact, tuned=tuned, md=md, plot=plot)
+    report = gencc.bench(request, log=lambda s: typer.echo(s, err=True),
+                         on_report=lambda r: say(markdown(r), json_out))
     emit_json(report, json_out)
 
 
 @app.command()
 @_user_errors
-def doctor(json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP)):
-    """Report versions, CPU (ISA flags), GPU, nvcc, CUDA and whether TVM's runtime loads; exit 3 if the CPU path cannot run.
+def doctor(json_out: Path | None = typer.Option(None, "--json", help=JSON_HELP)):
+    """Report versions, CPU (ISA flags), GPU, nvcc, CUDA and whether TVM's runtime loads; exit 3 if the CPU path
+    cannot run.
 
     Example: gencc doctor --json -
     """

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from gencc.runtime.atomic import check_output_path
 from gencc.runtime.errors import GenccError
 
 STDOUT = "-"
@@ -16,10 +17,7 @@ def check_json_dest(dest: Path | None) -> None:
     """Refuse an unwritable --json FILE before any work is done."""
     if dest is None or str(dest) == STDOUT:
         return
-    if not dest.parent.is_dir():
-        raise GenccError(f"output folder {str(dest.parent)!r} does not exist")
-    if dest.is_dir():
-        raise GenccError(f"output {str(dest)!r} is a directory")
+    check_output_path(dest)
     if dest.suffix != ".json":
         raise GenccError(f"--json output {str(dest)!r} must end in .json (or be - for stdout)")
 

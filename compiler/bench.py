@@ -13,9 +13,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from gencc.runtime.atomic import atomic_path
 from gencc.runtime.errors import GenccError
@@ -120,7 +120,8 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
         peak = _worker({"peak": True}, cfg.timeout_s)
         results = {}
         for backend in cfg.backends:
-            path = checkpoint if backend.startswith("torch") else artifacts["tvm-tuned" if backend == "tvm-tuned" else "tvm"]
+            artifact = artifacts["tvm-tuned" if backend == "tvm-tuned" else "tvm"]
+            path = checkpoint if backend.startswith("torch") else artifact
             log(f"measuring {backend} ...")
             results[backend] = _worker({"backend": backend, "path": str(path), "batches": list(cfg.batches),
                                         "steps": cfg.steps if config["model"] != "gan" else 0,
@@ -225,8 +226,9 @@ def markdown(report: dict) -> str:
                 "left out; rerun on a quiet machine.", ""] if busy else [])
     x = (lambda v: "busy") if busy else (lambda v: f"{v:.2f}")
     lines = warning + [f"**{report['data']} {report['model']} ({report['net']})**, {report['machine']['cpu']}, "
-             f"{report['machine']['cores']} cores, {report['date']}. Matmul peak {p.get('peak_gflops', 0):.0f} GFLOP/s "
-             f"({p.get('size')}^3 float32). End to end: {report['config']['steps']} `{report['config']['sampler']}` steps.",
+             f"{report['machine']['cores']} cores, {report['date']}. "
+             f"Matmul peak {p.get('peak_gflops', 0):.0f} GFLOP/s ({p.get('size')}^3 float32). "
+             f"End to end: {report['config']['steps']} `{report['config']['sampler']}` steps.",
              "",
              "| backend | batch | step (median) | p10-p90 | x torch (step) | GFLOP/s | % peak | step in a run "
              "| samples/s | x torch (e2e) | start-up | peak RSS |",
@@ -279,9 +281,10 @@ def _plot(report: dict, path: Path) -> None:
         raise GenccError("--plot needs matplotlib (pip install matplotlib)") from None
     fig, ax = plt.subplots(figsize=(6, 4))
     for backend in dict.fromkeys(r["backend"] for r in report["rows"]):
-        pts = [(r["batch"], r["step_median_s"] * 1e3) for r in report["rows"] if r["backend"] == backend and not r.get("error")]
+        pts = [(r["batch"], r["step_median_s"] * 1e3) for r in report["rows"]
+               if r["backend"] == backend and not r.get("error")]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=backend)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=backend)
     ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="step latency (ms)",
            title=f"{report['data']} {report['model']}: one sampler step")
     ax.legend()

@@ -39,13 +39,11 @@ def torch_step(path: str, compiled: bool):
     import torch
 
     from gencc.models import checkpoint as ckpt
-    from gencc.models.factory import build_eps_net, build_gan, config_from_dict
+    from gencc.models.factory import config_from_dict, load_net
 
     config = ckpt.load_config(path)
     cfg = config_from_dict(config["net"])
-    gan = config["model"] == "gan"
-    net = ckpt.load_network(path, config, lambda: build_gan(cfg)[0] if gan else build_eps_net(cfg))
-    net = net.eval().requires_grad_(False)
+    net = load_net(path, config)
     if compiled:
         net = torch.compile(net)
     shape = tuple(config["data"]["sample_shape"])
@@ -81,16 +79,15 @@ def compiled_step(model):
 
 
 def main(args: dict) -> dict:
-    import gencc
-
     from gencc.models.latent import LATENT_DIR, is_latent_checkpoint
+    from gencc.runtime.loader import load
 
     backend, path = args["backend"], args["path"]
     if backend in ("torch", "torch-compile"):
         # latent diffusion: the step is its latent eps-network's, a plain diffusion checkpoint
         net_path = f"{path}/{LATENT_DIR}" if is_latent_checkpoint(path) else path
         make, net, config = torch_step(net_path, compiled=backend == "torch-compile")
-        model = gencc.load(path, backend="torch")
+        model = load(path, backend="torch")
         if backend == "torch-compile":
             import torch
 
@@ -99,7 +96,7 @@ def main(args: dict) -> dict:
                     return net(torch.from_numpy(x), torch.full((len(x),), t)).numpy()
             model.eps_fn = eps_fn
     else:
-        model = gencc.load(path, backend="tvm" if backend.startswith("tvm") else "ort")
+        model = load(path, backend="tvm" if backend.startswith("tvm") else "ort")
         make = compiled_step(model)
     first = make(1)
     first()
@@ -108,11 +105,11 @@ def main(args: dict) -> dict:
         r = {"step": time_calls(make(batch), min_seconds=args.get("min_seconds", 0.2))}
         if model.kind == "latent-diffusion":   # the decoder runs once per sample, after the last step
             z = np.random.default_rng(2).standard_normal((batch,) + model.latent_shape).astype(np.float32)
-            r["decoder"] = time_calls(lambda: model.decode_fn(z), min_seconds=args.get("min_seconds", 0.2))
+            r["decoder"] = time_calls(lambda z=z: model.decode_fn(z), min_seconds=args.get("min_seconds", 0.2))
         if args["steps"] > 0:
             n = max(batch, args.get("min_samples", 1))
 
-            def run(seed: int = 0):
+            def run(seed: int = 0, n: int = n, batch: int = batch):   # bound now: B023
                 model.sample(n, steps=args["steps"], sampler=args["sampler"], seed=seed, batch_size=batch)
             run()   # warm-up, as for the step: first calls allocate the VM's workspace, plans get cached
             # The median of several whole runs (at least 3, and at least min_seconds of them): a single
@@ -134,7 +131,9 @@ def peak_rss_mb() -> float:
     """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec,
     so a worker started by a large parent would report the parent's peak."""
     try:
-        for line in open("/proc/self/status"):
+        with open("/proc/self/status") as status:
+            lines = status.readlines()
+        for line in lines:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except OSError:
@@ -159,7 +158,8 @@ def peak_matmul(n: int = 2048, repeats: int = 5) -> dict:
         import torch
 
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        out["torch_gflops"] = 2 * n ** 3 / time_calls(lambda: ta @ tb, min_seconds=1.0, repeats=repeats)["median_s"] / 1e9
+        seconds = time_calls(lambda: ta @ tb, min_seconds=1.0, repeats=repeats)["median_s"]
+        out["torch_gflops"] = 2 * n ** 3 / seconds / 1e9
         out["threads"] = torch.get_num_threads()
         torch.set_num_threads(1)
         one = time_calls(lambda: ta @ tb, min_seconds=0.5, repeats=3)["median_s"]
@@ -186,5 +186,6 @@ if __name__ == "__main__":
     try:
         answer = peak_matmul() if request.get("peak") else _measure(request)
     except Exception as e:   # reported in the table as this backend's error, not a crash of the whole bench
-        answer = {"backend": request.get("backend"), "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        answer = {"backend": request.get("backend"), "error": f"{type(e).__name__}: {first_line}"}
     print(json.dumps(answer))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -23,7 +23,7 @@ from tvm.relax.frontend.onnx import from_onnx
 from tvm.s_tir import dlight as dl
 
 from gencc.compiler import cpu_schedules
-from gencc.runtime.atomic import atomic_path
+from gencc.runtime.atomic import atomic_path, check_output_path
 from gencc.runtime.errors import GenccError
 
 TARGETS = ("llvm", "cpu", "cuda")          # "cpu" is an alias of "llvm": the host CPU
@@ -181,8 +181,7 @@ def build(onnx_path: str | Path, target: str, arch: str | None, out_so: str | Pa
     onnx_path, out_so = Path(onnx_path), Path(out_so)
     tvm_target, desc = resolve_target(target, arch)
     model = _load_onnx(onnx_path)
-    if not out_so.parent.is_dir():
-        raise GenccError(f"cannot write {str(out_so)!r}: its directory does not exist")
+    check_output_path(out_so, what="library")
     start = time.perf_counter()
     with _tvm_errors(f"importing {onnx_path.name} into TVM"):
         mod = import_onnx(model, desc["kind"])

@@ -14,7 +14,7 @@ from typing import Callable
 
 from gencc.runtime import artifact, signing
 from gencc.runtime.artifact import FunctionSpec, IOSpec, Manifest, StaticLibrary
-from gencc.runtime.atomic import atomic_dir
+from gencc.runtime.atomic import atomic_dir, check_output_path
 from gencc.runtime.errors import GenccError
 
 Log = Callable[[str], None]
@@ -33,10 +33,10 @@ def export(checkpoint: str | Path, out: str | Path, log: Log = lambda s: None) -
     return meta
 
 
-def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", arch: str | None = None,
+def compile_artifact(source, out: str | Path, target: str = "llvm", arch: str | None = None,
                      force: bool = False, log: Log = lambda s: None, sign: str | Path | None = None,
                      tuning=None) -> dict:
-    """Compile a checkpoint, or a folder written by `export`, into the artifact directory `out`.
+    """Compile a checkpoint, a folder written by `export` or a compiler.user_model.UserModel into `out`.
 
     `tuning`: a compiler.tune.TuneOptions; adds MetaSchedule-tuned static-batch libraries of the step
     (or generator) beside the dynamic-batch one, and stores the tuning database in the artifact.
@@ -50,7 +50,8 @@ def compile_artifact(source: str | Path, out: str | Path, target: str = "llvm", 
     from .flops import activation_bytes_per_sample, count_flops_or_none
     from .tune import TUNED_FUNCTIONS, tune_into
 
-    source, out = Path(source), _check_new_output(out, force)
+    source = source if hasattr(source, "export_into") else Path(source)   # a compiler.user_model.UserModel
+    out = _check_new_output(out, force)
     tvm_target, target_desc = resolve_target(target, arch)   # a bad target fails before any work
     key = signing.load_private_key(sign) if sign is not None else None
     start = time.perf_counter()
@@ -126,7 +127,8 @@ def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None 
     dev = device_for(import_tvm_runtime(), m.target, None)
     errors = {}
     for name, f in m.functions.items():
-        make_inputs = lambda b, specs=[s.to_json() for s in f.inputs]: random_inputs(specs, seed=b)(b)   # noqa: E731
+        specs = [s.to_json() for s in f.inputs]
+        make_inputs = lambda b, specs=specs: random_inputs(specs, seed=b)(b)   # noqa: E731
         err = run_parity(m.path(name, "library"), m.path(name, "onnx"), make_inputs, batches=(1, 5, 64), device=dev)
         errors[name] = err
         log(f"verified {f.library} on {dev}: max abs err vs ONNX Runtime {err:.2g}")
@@ -140,12 +142,14 @@ def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None 
     return marked.to_json()
 
 
-def _onnx_into(source: Path, tmp: Path, log: Log) -> tuple[Manifest, dict]:
-    """Put the ONNX functions into `tmp` (exporting a checkpoint, or copying an export folder); returns the
-    model's description and {name: {"file", "inputs", "outputs", ...}} of the functions."""
+def _onnx_into(source, tmp: Path, log: Log) -> tuple[Manifest, dict]:
+    """Put the ONNX functions into `tmp` (exporting a checkpoint or a user's network, or copying an export
+    folder); returns the model's description and {name: {"file", "inputs", "outputs", ...}} of the functions."""
     from gencc.models.checkpoint import is_checkpoint
     from gencc.models.latent import is_latent_checkpoint
 
+    if hasattr(source, "export_into"):
+        return source.export_into(tmp, log)
     if is_checkpoint(source) or is_latent_checkpoint(source):
         return _export_into(source, tmp, log)
     if not (source / artifact.EXPORT).is_file():
@@ -198,14 +202,8 @@ def _describe(config: dict) -> Manifest:
 
 
 def _check_new_output(out: str | Path, force: bool) -> Path:
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise GenccError(f"output folder {str(out.parent)!r} does not exist")
-    if out.exists() and not force:
-        raise GenccError(f"{str(out)!r} already exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise GenccError(f"{str(out)!r} exists and is not a directory")
-    return out
+    return check_output_path(out, what="artifact", directory=True,
+                             existing=None if force else "pass --force to replace it")
 
 
 def _require_full_tvm() -> None:

@@ -18,7 +18,6 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule, try_inline_contiguous_spatial
 from tvm.target.codegen import llvm_get_vector_width
 
-
 MIN_PARALLEL_WORK = 1 << 16   # element operations: a few microseconds on one core
 
 
@@ -169,7 +168,7 @@ class RowReduction(ScheduleRule):
             _parallel(sch, row, work)
             if len(sch.get_loops(infos[-1].block_rv)) > 1:   # else its only loop is the row loop itself
                 _vectorize_inner(sch, infos[-1].block_rv, lanes)
-            for info, partial in reversed(list(zip(infos[:-1], partials))):   # consumers first
+            for info, partial in reversed(list(zip(infos[:-1], partials, strict=True))):   # consumers first
                 sch.compute_at(info.block_rv, row, preserve_unit_loops=True)
                 if partial is not None:
                     sch.compute_at(partial, row)

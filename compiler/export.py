@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from gencc.runtime.artifact import BATCH, Dims, function_io
-from gencc.runtime.atomic import write_bytes_atomic
+from gencc.runtime.atomic import check_output_path, write_bytes_atomic
 from gencc.runtime.errors import GenccError
 
 OPSET = 17                      # has every op these nets need; TVM's frontend and ORT both read it
@@ -165,13 +165,19 @@ def _ints(shape) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)   # config values may be numpy integers, which JSON cannot write
 
 
-def export_function(module: nn.Module, path: str | Path, inputs: list[dict], outputs: list[dict]) -> dict:
-    """Export `module` with the described inputs and outputs, check it against torch, describe it."""
+def export_function(module: nn.Module, path: str | Path, inputs: list[dict], outputs: list[dict],
+                    rewrite: Callable[[Path], None] | None = None) -> dict:
+    """Export `module` with the described inputs and outputs, check it against torch, describe it.
+
+    `rewrite(path)` edits the written graph before the check (compiler/onnx_source.py splices a user's
+    graph in there)."""
     path = Path(path)
     make_inputs = random_inputs(inputs)
     example = {k: torch.from_numpy(v) for k, v in make_inputs(2).items()}   # 2: a batch of 1 could be specialised
     batched = [s["name"] for s in inputs if s["shape"][:1] == [BATCH]]
     export_onnx(module, example, path, batched, [s["name"] for s in outputs])
+    if rewrite is not None:
+        rewrite(path)
     err = check_onnx_against_torch(module, path, make_inputs)
     return {"file": path.name, "inputs": inputs, "outputs": outputs, "max_abs_err_vs_torch": err}
 
@@ -182,13 +188,14 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path) -> dict:
     Diffusion checkpoints give "eps" (eps.onnx) and "step" (step.onnx), GAN checkpoints "generator".
     """
     from gencc.models import checkpoint as ckpt
+    from gencc.models.factory import load_net
 
     config = ckpt.load_config(ckpt_dir)
     if config["model"] not in ("diffusion", "gan"):
         raise GenccError(f"checkpoint {str(ckpt_dir)!r} has unknown model kind {config['model']!r}; "
                          f"expected 'diffusion' or 'gan'")
     out_dir = _prepare_out_dir(out_dir)
-    net = _load_net(ckpt_dir, config)
+    net = load_net(ckpt_dir, config)
     shape = tuple(config["data"]["sample_shape"])
     if net.cfg.num_classes:
         from .export_conditional import conditional_functions
@@ -205,20 +212,6 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path) -> dict:
 
 
 def _prepare_out_dir(out_dir: str | Path) -> Path:
-    out_dir = Path(out_dir)
-    if not out_dir.parent.is_dir():
-        raise GenccError(f"cannot write to {str(out_dir)!r}: its parent directory does not exist")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise GenccError(f"output path {str(out_dir)!r} exists and is not a directory")
+    out_dir = check_output_path(out_dir, what="export folder", directory=True)
     out_dir.mkdir(exist_ok=True)
     return out_dir
-
-
-def _load_net(ckpt_dir: str | Path, config: dict) -> nn.Module:
-    from gencc.models import checkpoint as ckpt
-    from gencc.models.factory import build_eps_net, build_gan, config_from_dict
-
-    cfg = config_from_dict(config["net"])
-    gan = config["model"] == "gan"
-    net = ckpt.load_network(ckpt_dir, config, lambda: build_gan(cfg)[0] if gan else build_eps_net(cfg))
-    return net.eval().requires_grad_(False)

@@ -4,14 +4,14 @@ Their contract is "affine5-cfg-v1" (docs/ARTIFACT.md §4; inputs and outputs: ru
 `signature`): step and eps take labels y (B, K+1, the last column the null class) and the guidance scale
 w (1,), and the generator y (B, K), after the unconditional inputs. Guidance runs inside the compiled
 function: the batch is doubled, cond and null halves go through one network call, and the halves are
-combined into the classifier-free guided eps before the update (models/conditioning.py).
+combined into the classifier-free guided eps before the update (models/guidance.py).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from gencc.models.conditioning import GuidedEps
+from gencc.models.guidance import GuidedEps
 from gencc.runtime.artifact import Dims
 
 from .export import FusedStep, _ints, io_json

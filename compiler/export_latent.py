@@ -14,7 +14,7 @@ from gencc.runtime.artifact import Dims, Manifest
 from gencc.runtime.errors import GenccError
 from gencc.runtime.sde import sde_from_dict
 
-from .export import FusedStep, _ints, _load_net, _prepare_out_dir, eps_io, export_function, io_json, step_io
+from .export import FusedStep, _ints, _prepare_out_dir, eps_io, export_function, io_json, step_io
 
 
 def decoder_io(latent_shape: tuple[int, ...], shape: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
@@ -24,11 +24,12 @@ def decoder_io(latent_shape: tuple[int, ...], shape: tuple[int, ...]) -> tuple[l
 
 def export_latent_checkpoint(root: str | Path, out_dir: str | Path) -> dict:
     """Export into out_dir; returns {name: description} for "eps", "step" and "decoder"."""
+    from gencc.models.factory import load_net
     from gencc.models.latent import load_autoencoder, load_latent_checkpoint
 
     lc = load_latent_checkpoint(root)
     out_dir = _prepare_out_dir(out_dir)
-    net = _load_net(lc.latent_dir, lc.diffusion)
+    net = load_net(lc.latent_dir, lc.diffusion)
     decoder = load_autoencoder(lc.ae_dir)[0].decoder
     functions = {"eps": (net, eps_io(lc.latent_shape)), "step": (FusedStep(net), step_io(lc.latent_shape)),
                  "decoder": (decoder, decoder_io(lc.latent_shape, lc.sample_shape))}

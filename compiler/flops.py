@@ -6,8 +6,8 @@ contractions, and leaving them out is the usual convention for "achieved GFLOP/s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import onnx
 from onnx import shape_inference
@@ -102,8 +102,8 @@ def _einsum(node, shapes) -> int:
     eq = next(att.s.decode() for att in node.attribute if att.name == "equation").replace(" ", "")
     lhs = eq.split("->")[0].split(",")
     sizes = {}
-    for term, name in zip(lhs, node.input):
-        for letter, dim in zip(term, _shape(shapes, name, node)):
+    for term, name in zip(lhs, node.input, strict=False):
+        for letter, dim in zip(term, _shape(shapes, name, node), strict=False):   # "..." terms are shorter
             sizes[letter] = dim
     return 2 * math.prod(sizes.values())
 

@@ -120,7 +120,8 @@ def check_noise(so: str | Path, device=None) -> int:
         noise = SampleNoise(seed, idx, (n,))
         want = np.stack([noise.step(k - 1) if k else noise.prior() for k in streams])   # (S, B, n)
         out = tvm.runtime.tensor(np.full(want.size, np.nan, np.float32), device=dev)
-        fn(tvm.runtime.tensor(key_words(seed), device=dev), tvm.runtime.tensor(np.array(streams, np.uint32), device=dev),
+        fn(tvm.runtime.tensor(key_words(seed), device=dev),
+           tvm.runtime.tensor(np.array(streams, np.uint32), device=dev),
            tvm.runtime.tensor(index_words(noise.indices), device=dev), out, n, len(idx) * n, n)
         got = out.numpy().reshape(want.shape)
         if not np.array_equal(got, want):

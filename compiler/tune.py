@@ -19,15 +19,15 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import tvm
 from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 
-from gencc.runtime import threads   # before tune_build sets TVM_NUM_THREADS: it must see only the user's
+from gencc.runtime import threads  # before tune_build sets TVM_NUM_THREADS: it must see only the user's
 from gencc.runtime.atomic import atomic_path
 from gencc.runtime.errors import GenccError
 
@@ -76,11 +76,11 @@ def seed_defaults(tasks: list, target: tvm.target.Target, db) -> int:
     if not picks:
         return 0
     built = _builder().build([ms.builder.BuilderInput(sch.mod, target) for _, sch in picks])
-    ok = [(mod, sch, b) for (mod, sch), b in zip(picks, built) if b.error_msg is None]
+    ok = [(mod, sch, b) for (mod, sch), b in zip(picks, built, strict=True) if b.error_msg is None]
     futures = ms.runner.LocalRunner().run([
         ms.runner.RunnerInput(b.artifact_path, "cpu", ArgInfo.from_prim_func(mod["main"])) for mod, _, b in ok])
     seeded = 0
-    for (mod, sch, _), future in zip(ok, futures):
+    for (mod, sch, _), future in zip(ok, futures, strict=True):
         result = future.result()
         if result.error_msg is None and result.run_secs:
             db.commit_tuning_record(ms.database.TuningRecord(
@@ -132,7 +132,8 @@ def tune_build(onnx_path: str | Path, inputs: list, batch: int, trials: int, db_
                 ms.relax_integration.tune_relax(
                     kernels, {}, tvm_target, str(db_dir), run_trials, max_trials_per_task=per_task, database=db,
                     builder=_builder(),
-                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _progress(log, run_trials)])
+                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                       _progress(log, run_trials)])
         else:
             log(f"tuning {onnx_path.stem} at batch {batch}: the database covers all {len(tasks)} kernels; "
                 "no new trials")
@@ -146,7 +147,7 @@ def tune_build(onnx_path: str | Path, inputs: list, batch: int, trials: int, db_
     # their accumulators through memory), with it the MLP's matmuls at batch 1024 ran 10% faster.
     # Build both and keep the faster, timed side by side.
     builds = [out_so.with_name(f".{out_so.stem}.{tag}.so") for tag in ("cse", "nocse")]
-    for path, cse in zip(builds, (True, False)):
+    for path, cse in zip(builds, (True, False), strict=True):
         with _tvm_errors(f"building {out_so.name}"), tvm_target, \
                 tvm.transform.PassContext(config={"tirx.disable_cse_tir": not cse}):
             ex = tvm.compile(mod, target=tvm_target, relax_pipeline=None)
@@ -310,6 +311,6 @@ def _side_by_side(libs: list[Path], feeds: dict, rounds: int = 5) -> list[float]
     args = [tvm.runtime.tensor(np.ascontiguousarray(v)) for v in feeds.values()]
     times = [[] for _ in libs]
     for _ in range(rounds):
-        for main, t in zip(mains, times):
-            t.append(time_calls(lambda: main(*args), min_seconds=0.05)["median_s"])
+        for main, t in zip(mains, times, strict=True):
+            t.append(time_calls(lambda main=main: main(*args), min_seconds=0.05)["median_s"])
     return [float(np.median(t)) for t in times]

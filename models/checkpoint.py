@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from gencc.runtime.atomic import atomic_dir, readable_dir
-from gencc.runtime.errors import GenccError
+from gencc.runtime.errors import GenccError, size_text
 from gencc.runtime.jsonfile import one_line, parse_json, read_json, short
 from gencc.runtime.normalize import Normalization
 from gencc.runtime.sde import sde_from_dict
@@ -140,13 +141,23 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(file, weights_only=True, map_location="cpu")
     except Exception as e:  # torch raises many types for corrupt or hostile files; all mean the same here
-        raise GenccError(f"training state {str(file)!r} is corrupt or unsafe: "
-                         f"{type(e).__name__}: {one_line(e)}") from None
+        raise GenccError(f"training state {str(file)!r} is corrupt or unsafe: {_load_failure(e)}") from None
     step = state.get("step") if isinstance(state, dict) else None
     if type(step) is not int or step < 0:
         raise GenccError(f"training state {str(file)!r} is corrupt: expected a dict with a non-negative 'step', "
                          f"got {short(type(state).__name__ if step is None else step)}")
     return state
+
+
+def _load_failure(e: Exception) -> str:
+    """Why torch.load refused the file, without torch's advice to retry with weights_only=False: that
+    would run whatever code the file carries, which is what the refusal protects against."""
+    text = str(e)
+    if "Weights only load failed" not in text:
+        return f"{type(e).__name__}: {one_line(e)}"
+    found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL [\w.]*\w|Unsupported operand \S+", text)
+    why = f" ({found.group(0).split('GLOBAL ')[-1]})" if found else ""
+    return f"it holds pickled Python objects, which gencc never loads{why}"
 
 
 def check_network(path: str | Path, config: dict, build: Callable[[], torch.nn.Module]) -> None:
@@ -194,9 +205,9 @@ _UNPINNED = ("arch", "size", "sample_shape", "kl_divisor")   # no weight's dimen
 def _check_memory(file: Path, header: WeightsHeader) -> None:
     need, total = 2 * header.nbytes, _physical_memory()   # the network's tensors and the file's, while copying
     if total and need > total:
-        raise GenccError(f"weights {str(file)!r} declare {header.nbytes / 2 ** 30:.3g} GiB of tensors; loading "
-                         f"them needs about {need / 2 ** 30:.3g} GiB of memory, more than this machine's "
-                         f"{total / 2 ** 30:.3g} GiB")
+        raise GenccError(f"weights {str(file)!r} declare {size_text(header.nbytes)} of tensors; loading "
+                         f"them needs about {size_text(need)} of memory, more than this machine's "
+                         f"{size_text(total)}")
 
 
 def _physical_memory() -> int | None:

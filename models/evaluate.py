@@ -3,8 +3,9 @@ training data of the same size gets against the same reference, i.e. what a perf
 
 Every data set gets the sliced Wasserstein-1 distance and the RBF MMD^2 (flattened, for images); 8x8
 single-channel images also get the Fréchet distance in the shipped digits classifier's feature space and
-that classifier's class coverage (see gencc.runtime.metrics and gencc.models.classifier); `shapes`
-images get the shapes classifier's scores (gencc.models.evaluate_shapes).
+that classifier's class coverage (see gencc.models.metrics and gencc.models.digits_classifier); `shapes`
+images get the shapes classifier's (gencc.models.shapes_classifier): the share of samples that hold a valid
+shape, the coverage of the three shape types and the Fréchet distance in its features.
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import numpy as np
 
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import one_line
-from gencc.runtime.metrics import class_coverage, frechet_distance, median_distance, mmd_rbf, sliced_wasserstein
 
 from .data import BUILTIN_2D, load_dataset, load_digits_split, validate_array
+from .metrics import class_coverage, frechet_distance, median_distance, mmd_rbf, sliced_wasserstein
 
 SW_PROJECTIONS = 256
 DIGITS_SHAPE = (1, 8, 8)
@@ -48,8 +49,7 @@ def evaluate(samples: np.ndarray, data: str, n_ref: int | None = None, seed: int
     if samples.shape[1:] == DIGITS_SHAPE:
         result["metrics"].update(classifier_metrics(samples, refs, result))
     elif data == "shapes":
-        from .evaluate_shapes import shapes_metrics
-        result["metrics"].update(shapes_metrics(samples, refs.held_out, refs.train, result))
+        result["metrics"].update(shapes_metrics(samples, refs, result))
     elif samples.ndim == 4:
         result["notes"].append(f"images of shape {samples.shape[1:]} get only sliced Wasserstein and MMD on "
                                "flattened pixels; the Fréchet distance and class coverage need (1, 8, 8) digits")
@@ -57,12 +57,15 @@ def evaluate(samples: np.ndarray, data: str, n_ref: int | None = None, seed: int
 
 
 def load_samples(path: str | Path) -> np.ndarray:
-    """The 'samples' array of a .npz written by `gencc sample`, never unpickling anything."""
+    """The samples `gencc sample` wrote: a .npy, or a .npz's 'samples' array; never unpickling anything."""
     path = Path(path)
     if not path.is_file():
         raise GenccError(f"samples file {str(path)!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):   # a .npy is the array itself
+            return loaded
+        with loaded as npz:
             if "samples" not in npz.files:
                 raise GenccError(f"{str(path)!r} holds arrays {list(npz.files)}; expected a 'samples' array "
                                  "(as written by gencc sample)")
@@ -71,7 +74,7 @@ def load_samples(path: str | Path) -> np.ndarray:
         raise
     # A .npy, a damaged zip or a pickled array each fail differently; all mean the same to the user.
     except Exception as e:
-        raise GenccError(f"cannot read samples from {str(path)!r}: expected a .npz with a 'samples' array "
+        raise GenccError(f"cannot read samples from {str(path)!r}: expected a .npy, or a .npz with a 'samples' array "
                          f"({type(e).__name__}: {one_line(e)})") from None
 
 
@@ -79,12 +82,24 @@ def format_table(result: dict) -> str:
     """A plain-text table of metric, value, floor and value/floor, then the histogram and the notes."""
     lines = [f"{result['n_samples']} samples vs {result['n_reference']} reference examples of {result['data']!r}",
              f"{'metric':<20} {'value':>11} {'floor':>11} {'value/floor':>11}  better"]
+    notes = list(result["notes"])
     for name, m in result["metrics"].items():
-        ratio = f"{m['value'] / m['floor']:.3g}" if m["floor"] > 0 else "-"   # MMD^2 can be <= 0
-        lines.append(f"{name:<20} {m['value']:>11.4g} {m['floor']:>11.4g} {ratio:>11}  {m['better']}")
+        value, floor = m["value"], m["floor"]
+        if name.startswith("mmd") and min(value, floor) <= 0:
+            notes.append(_noise_note(name, value, floor))
+            value, floor = max(value, 0.0), max(floor, 0.0)
+        ratio = f"{value / floor:.3g}" if floor > 0 else "n/a"
+        lines.append(f"{name:<20} {value:>11.4g} {floor:>11.4g} {ratio:>11}  {m['better']}")
     for who, counts in result.get("label_histogram", {}).items():
         lines.append(f"labels ({who}): {counts}")
-    return "\n".join(lines + [f"note: {n}" for n in result["notes"]])
+    return "\n".join(lines + [f"note: {n}" for n in notes])
+
+
+def _noise_note(name: str, value: float, floor: float) -> str:
+    """The unbiased MMD^2 estimate is negative when two sets differ by less than its sampling noise."""
+    which = " and ".join(w for w, v in (("value", value), ("floor", floor)) if v <= 0)
+    return (f"{name}: the unbiased estimate of the {which} is {min(value, floor):.3g}, below sampling noise (the "
+            "sets differ by less than the estimate's own noise); shown as 0, and the JSON keeps the estimate")
 
 
 def reference_sets(data: str, n: int, n_ref: int | None, seed: int) -> References:
@@ -154,23 +169,47 @@ def distribution_metrics(samples: np.ndarray, refs: References, seed: int) -> di
 
 def classifier_metrics(samples: np.ndarray, refs: References, result: dict) -> dict:
     """Fréchet distance in classifier features and class coverage; adds the label histogram and a note."""
-    from .classifier import features, load_classifier, probs, read_meta
+    from .digits_classifier import SCORER
 
-    model = load_classifier()
-    ref_features = features(refs.held_out, model)
-    p_samples, p_ref = probs(samples, model), probs(refs.held_out, model)
+    model = SCORER.load()
+    p_samples, p_ref = SCORER.probs(samples, model), SCORER.probs(refs.held_out, model)
     cov_samples, cov_ref = class_coverage(p_samples), class_coverage(p_ref)
     k = p_samples.shape[1]
     result["label_histogram"] = {"samples": np.bincount(p_samples.argmax(1), minlength=k).tolist(),
                                  "reference": np.bincount(p_ref.argmax(1), minlength=k).tolist()}
     result["notes"].append(
         f"frechet_distance and coverage use the shipped digits classifier (test accuracy "
-        f"{read_meta()['test_accuracy']:.3f}); the coverage floor is the reference images' own coverage, "
+        f"{SCORER.read_meta()['test_accuracy']:.3f}); the coverage floor is the reference images' own coverage, "
         "so values near it are good; both are meaningful only for digit-like images")
-    return {"frechet_distance": _entry(frechet_distance(features(samples, model), ref_features),
-                                       frechet_distance(features(refs.train, model), ref_features), "lower"),
+    return {"frechet_distance": _frechet_entry(SCORER, model, samples, refs),
             "coverage_entropy": _entry(cov_samples["entropy"], cov_ref["entropy"], "higher"),
             "confident_fraction": _entry(cov_samples["confident"], cov_ref["confident"], "higher")}
+
+
+def shapes_metrics(samples: np.ndarray, refs: References, result: dict) -> dict:
+    """Valid-shape share, shape coverage and Fréchet distance; adds a label histogram and a note."""
+    from .shapes_classifier import CLASS_NAMES, SCORER, shape_coverage, valid_shapes
+
+    model = SCORER.load()
+    p_samples, p_train = SCORER.probs(samples, model), SCORER.probs(refs.train, model)
+    result["label_histogram"] = {
+        who: dict(zip(CLASS_NAMES, np.bincount(p.argmax(1), minlength=len(CLASS_NAMES)).tolist()))
+        for who, p in (("samples", p_samples), ("reference", SCORER.probs(refs.held_out, model)))}
+    acc = SCORER.read_meta()["test_accuracy"]
+    result["notes"].append(
+        f"valid_shape_fraction, shape_coverage and frechet_distance use the shipped shapes classifier "
+        f"({acc['shapes_test']:.3f} test accuracy on shapes, {acc['negatives_test']:.3f} on invalid images); "
+        "a valid shape is a shape class on top at probability >= 0.5")
+    return {"frechet_distance": _frechet_entry(SCORER, model, samples, refs),
+            "valid_shape_fraction": _entry(valid_shapes(p_samples).mean(), valid_shapes(p_train).mean(), "higher"),
+            "shape_coverage": _entry(shape_coverage(p_samples), shape_coverage(p_train), "higher")}
+
+
+def _frechet_entry(scorer, model, samples: np.ndarray, refs: References) -> dict:
+    """The Fréchet distance in `scorer`'s features to the reference; floor: the real training data's."""
+    ref_features = scorer.features(refs.held_out, model)
+    return _entry(frechet_distance(scorer.features(samples, model), ref_features),
+                  frechet_distance(scorer.features(refs.train, model), ref_features), "lower")
 
 
 def _entry(value: float, floor: float, better: str) -> dict:

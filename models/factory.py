@@ -1,6 +1,9 @@
 """Build networks from the config dicts stored in checkpoints, and pick defaults per dataset."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable
+
 from torch import nn
 
 from gencc.runtime.errors import GenccError
@@ -51,3 +54,24 @@ def build_eps_net(cfg: MLPConfig | UNetConfig) -> nn.Module:
 
 def build_gan(cfg: GANConfig) -> tuple[Generator, Discriminator]:
     return Generator(cfg), Discriminator(cfg)
+
+
+def weights_builder(config: dict) -> Callable[[], nn.Module]:
+    """Builds the network a checkpoint's weights file holds, from its config: the generator of a GAN, the
+    autoencoder of an autoencoder checkpoint, else the (EMA) eps-network."""
+    cfg = config_from_dict(config["net"])
+    if config["model"] == "gan":
+        return lambda: build_gan(cfg)[0]
+    if config["model"] == "autoencoder":
+        from .autoencoder import Autoencoder
+        return lambda: Autoencoder(cfg)
+    return lambda: build_eps_net(cfg)
+
+
+def load_net(path: str | Path, config: dict) -> nn.Module:
+    """The network of checkpoint `path`, whose `config` is checked against its weights file before anything
+    is built (checkpoint.load_network), holding those weights, in eval mode without gradients: to sample
+    with or export, not to train on."""
+    from . import checkpoint as ckpt
+
+    return ckpt.load_network(path, config, weights_builder(config)).eval().requires_grad_(False)

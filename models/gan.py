@@ -3,7 +3,7 @@
 The discriminator outputs a logit. D minimises -log D(x) - log(1 - D(G(z))); G minimises the
 non-saturating -log D(G(z)). Both are BCE-with-logits, which is the numerically stable form.
 
-Class-conditional variant (num_classes > 0; labels as one-hot rows, models/conditioning.py): G sees
+Class-conditional variant (num_classes > 0; labels as one-hot rows, models/guidance.py): G sees
 [z, E_g y], a label embedding concatenated with z (Mirza & Osindero 2014); D is a projection
 discriminator (Miyato & Koyama 2018), logit = psi(phi(x)) + <E_d y, phi(x)>.
 """
@@ -63,7 +63,8 @@ class Generator(nn.Module):
         layers: list[nn.Module] = [nn.Linear(cfg.g_inputs, ch[0] * 16), nn.Unflatten(1, (ch[0], 4, 4)),
                                    nn.BatchNorm2d(ch[0]), nn.ReLU()]
         for i in range(n_up):   # each transposed conv doubles the resolution: 4 -> 8 -> 16 ...
-            layers += [nn.ConvTranspose2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.BatchNorm2d(ch[i + 1]), nn.ReLU()]
+            layers += [nn.ConvTranspose2d(ch[i], ch[i + 1], 4, stride=2, padding=1), nn.BatchNorm2d(ch[i + 1]),
+                       nn.ReLU()]
         layers += [nn.Conv2d(ch[-1], c, 3, padding=1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 

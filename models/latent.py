@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from gencc.runtime.normalize import Normalization
 from . import checkpoint as ckpt
 from .autoencoder import AEConfig, Autoencoder, encode_means, latent_scale
 from .data import Dataset, data_digest
+from .factory import load_net
 from .train import TrainConfig, TrainResult, _Run, _seeded, check_output, check_resume, check_same_data, train
 
 MARKER, FORMAT, VERSION = "latent-diffusion.json", "gencc-latent-diffusion", 1
@@ -107,9 +108,7 @@ def load_autoencoder(path: str | Path) -> tuple[Autoencoder, dict]:
     """The trained autoencoder (eval mode, no grads) of an autoencoder checkpoint, and its config."""
     config, _, _ = autoencoder_info(path)
     path = readable_dir(path) / AE_DIR if is_latent_checkpoint(path) else Path(path)
-    cfg = AEConfig(**{k: v for k, v in config["net"].items() if k != "arch"})
-    model = ckpt.load_network(path, config, lambda: Autoencoder(cfg))
-    return model.eval().requires_grad_(False), config
+    return load_net(path, config), config
 
 
 def ae_config(sample_shape: tuple[int, ...], width: int | None = None) -> AEConfig:
@@ -121,6 +120,7 @@ def ae_config(sample_shape: tuple[int, ...], width: int | None = None) -> AEConf
 class _AutoencoderRun(_Run):
     model = "autoencoder"
     sampled_net = Autoencoder
+    saved_net, saved_state = "ae", {"opt": "opt"}
 
     def __init__(self, data: Dataset, cfg: TrainConfig, norm: Normalization, net_cfg: AEConfig, step: int = 0):
         super().__init__(data, cfg, norm, net_cfg, step)
@@ -131,15 +131,6 @@ class _AutoencoderRun(_Run):
     @classmethod
     def new(cls, data: Dataset, cfg: TrainConfig, width: int | None):
         return cls(data, cfg, Normalization.fit(data.data, "image"), ae_config(tuple(data.data.shape[1:]), width))
-
-    @classmethod
-    def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
-        config, norm, net_cfg, state = cls._load(out, data, cfg)
-        r = cls(data, cfg, norm, net_cfg, step=int(state["step"]))
-        r.losses = config.get("losses", {})
-        r.ae.load_state_dict(ckpt.load_weights(out))
-        r.opt.load_state_dict(state["opt"])
-        return r
 
     def train_step(self, x: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> dict:
         losses = self.ae.loss(x, g)

@@ -22,7 +22,7 @@ class MLPConfig:
     width: int = 256        # hidden units; 256 fits the vector units and learns 2-D sets in a minute
     depth: int = 3          # hidden layers after the input projection
     emb_dim: int = 32       # sinusoidal features of t
-    num_classes: int = 0    # > 0: class-conditional, with one more (null) class for guidance (models/conditioning.py)
+    num_classes: int = 0    # > 0: class-conditional, with one more (null) class for guidance (models/guidance.py)
 
     def to_dict(self) -> dict:
         return conditional_dict({"arch": "mlp", **asdict(self)})

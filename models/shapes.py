@@ -45,7 +45,7 @@ def _draw(rng: np.random.Generator) -> tuple:
 
 
 def _render(params: list[tuple]) -> np.ndarray:
-    label, r, cx, cy, colour, grey = (np.array(v) for v in zip(*params))
+    label, r, cx, cy, colour, grey = (np.array(v) for v in zip(*params, strict=True))
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] + 0.5     # pixel centres
     dx = xx[None] - cx[:, None, None]
     dy = yy[None] - cy[:, None, None]

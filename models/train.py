@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gencc.runtime.atomic import recover_dir
+from gencc.runtime.atomic import check_output_path, recover_dir
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import one_line, short
 from gencc.runtime.normalize import Normalization
@@ -27,10 +27,10 @@ from gencc.runtime.sde import VPSDE
 from gencc.runtime.threads import with_torch_threads
 
 from . import checkpoint as ckpt
-from .conditioning import drop_labels, one_hot
 from .data import BUILTIN_2D, BUILTIN_IMAGES, Dataset, data_digest
 from .factory import build_eps_net, build_gan, config_from_dict, eps_net_config, gan_config
 from .gan import discriminator_loss, generator_loss
+from .guidance import drop_labels, one_hot
 
 MODELS = ("diffusion", "gan")
 Progress = Callable[[int, int, dict], None]   # (step, total steps, latest losses)
@@ -85,7 +85,7 @@ def train(model: str, data: Dataset, out: str | Path, cfg: TrainConfig, *, width
     """Train a diffusion model or a GAN on `data`, writing a checkpoint to `out` as it goes.
 
     `watch` is called after every step with a `snapshot()` that builds a sampling Model from a copy of
-    the current weights (models/preview.py draws previews with it); it cannot change training.
+    the current weights (models/train_preview.py draws previews with it); it cannot change training.
     `conditional`: learn p(x | label) from data.labels (classes 0..K-1, K = the largest label + 1).
     `normalization`: the map to model space of a new run (default: fitted to the data); latent
     diffusion passes the identity, its latents being scaled already. A resumed run keeps its own.
@@ -182,13 +182,9 @@ def _seeded(seed: int):
 
 def check_output(out: str | Path, resume: bool) -> Path:
     """Refuse an output that would overwrite a checkpoint, or that has no folder to go in."""
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise GenccError(f"output folder {str(out.parent)!r} does not exist")
     recover_dir(out)   # a checkpoint write killed between its two renames left only .NAME.old
-    if out.exists() and not resume:
-        raise GenccError(f"{str(out)!r} already exists; pass --resume to continue it or choose another --out")
-    return out
+    return check_output_path(out, what="checkpoint", directory=True,
+                             existing=None if resume else "pass --resume to continue it or choose another --out")
 
 
 def _labels(data: Dataset, num_classes: int) -> torch.Tensor:
@@ -203,6 +199,8 @@ class _Run:
     """Shared loop: per-step seeded draws, checkpoints every `ckpt_every` steps and at the end."""
 
     model: str
+    saved_net: str               # the attribute whose weights weights.safetensors holds
+    saved_state: dict[str, str]  # attribute -> its key in the training state
     # Distributed training (models/distributed.py) narrows these to this process's equal slice of every
     # global batch and its own device; one process trains on the whole batch on the CPU.
     part = slice(None)
@@ -263,6 +261,23 @@ class _Run:
         opt.step()
 
     @classmethod
+    def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
+        """The run checkpoint `out` saved: its sampled network from the weights file (`saved_net`), every
+        other network and optimiser from the training state (`saved_state`: attribute -> key)."""
+        config, norm, net_cfg, state = cls._load(out, data, cfg)
+        r = cls(data, cfg, norm, net_cfg, *cls._resume_args(config), step=int(state["step"]))
+        r.losses = config.get("losses", {})   # what a run with nothing left to do reports
+        getattr(r, cls.saved_net).load_state_dict(ckpt.load_weights(out))
+        for attr, key in cls.saved_state.items():
+            getattr(r, attr).load_state_dict(state[key])
+        return r
+
+    @staticmethod
+    def _resume_args(config: dict) -> tuple:
+        """What a run's constructor takes beyond the common arguments, from the saved config."""
+        return ()
+
+    @classmethod
     def _load(cls, out: Path, data: Dataset, cfg: TrainConfig):
         """Checkpoint `out`'s parts, once check_resume has accepted continuing it on `data`."""
         config = ckpt.load_config(out)
@@ -275,6 +290,7 @@ class _Run:
 class _DiffusionRun(_Run):
     model = "diffusion"
     sampled_net = staticmethod(build_eps_net)   # the network weights.safetensors holds
+    saved_net, saved_state = "ema", {"net": "net", "opt": "opt"}
 
     def __init__(self, data, cfg, norm, net_cfg, sde: VPSDE, step: int = 0):
         super().__init__(data, cfg, norm, net_cfg, step)
@@ -290,15 +306,9 @@ class _DiffusionRun(_Run):
         norm = norm or Normalization.fit(data.data, data.kind)
         return cls(data, cfg, norm, eps_net_config(data.data.shape[1:], width, num_classes), VPSDE())
 
-    @classmethod
-    def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
-        config, norm, net_cfg, state = cls._load(out, data, cfg)
-        r = cls(data, cfg, norm, net_cfg, VPSDE.from_dict(config["sde"]), step=int(state["step"]))
-        r.losses = config.get("losses", {})   # what a run with nothing left to do reports
-        r.net.load_state_dict(state["net"])
-        r.ema.load_state_dict(ckpt.load_weights(out))
-        r.opt.load_state_dict(state["opt"])
-        return r
+    @staticmethod
+    def _resume_args(config: dict) -> tuple:
+        return (VPSDE.from_dict(config["sde"]),)
 
     def train_step(self, x0: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> dict:
         # Denoising score matching with lambda_t = sigma_t^2: regress eps_theta(x_t, t) on eps.
@@ -338,6 +348,7 @@ class _DiffusionRun(_Run):
 
 class _GANRun(_Run):
     model = "gan"
+    saved_net, saved_state = "G", {"D": "D", "opt_g": "opt_g", "opt_d": "opt_d"}
 
     @staticmethod
     def sampled_net(net_cfg):
@@ -357,16 +368,6 @@ class _GANRun(_Run):
         norm = norm or Normalization.fit(data.data, data.kind)
         return cls(data, cfg, norm, gan_config(tuple(data.data.shape[1:]), width, num_classes))
 
-    @classmethod
-    def resume(cls, out: Path, data: Dataset, cfg: TrainConfig):
-        config, norm, net_cfg, state = cls._load(out, data, cfg)
-        r = cls(data, cfg, norm, net_cfg, step=int(state["step"]))
-        r.losses = config.get("losses", {})
-        r.G.load_state_dict(ckpt.load_weights(out))
-        r.D.load_state_dict(state["D"])
-        r.opt_g.load_state_dict(state["opt_g"])
-        r.opt_d.load_state_dict(state["opt_d"])
-        return r
 
     def train_step(self, x: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> dict:
         z = torch.randn(len(x), self.net_cfg.latent_dim, generator=g)

@@ -21,7 +21,7 @@ class UNetConfig:
     mults: tuple[int, ...] = (1, 2)       # channel multiplier per resolution; len - 1 downsamplings
     groups: int = 8                       # GroupNorm groups; must divide every channel count
     emb_dim: int = 128
-    num_classes: int = 0                  # > 0: class-conditional, plus a null class (models/conditioning.py)
+    num_classes: int = 0                  # > 0: class-conditional, plus a null class (models/guidance.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -90,7 +90,8 @@ class UNetEps(nn.Module):
             self.up.append(ResBlock(c_in, chans[i], cfg.emb_dim, cfg.groups))
             if i > 0:
                 self.upsample.append(nn.ConvTranspose2d(chans[i], chans[i - 1], 4, stride=2, padding=1))
-        self.head = nn.Sequential(nn.GroupNorm(cfg.groups, chans[0]), nn.SiLU(), nn.Conv2d(chans[0], cfg.channels, 3, padding=1))
+        self.head = nn.Sequential(nn.GroupNorm(cfg.groups, chans[0]), nn.SiLU(),
+                                  nn.Conv2d(chans[0], cfg.channels, 3, padding=1))
         if cfg.num_classes:   # a label embedding added to the time features, then mixed by the time MLP
             self.label = nn.Linear(cfg.num_classes + 1, cfg.emb_dim, bias=False)
 

@@ -27,10 +27,10 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from .atomic import write_bytes_atomic
 from .errors import GenccError
@@ -208,7 +208,8 @@ class Manifest:
     sample_shape: tuple[int, ...]
     normalization: Normalization
     functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
-    target: dict | None = None          # {"kind": "llvm", "mcpu": ...} or {"kind": "cuda", "arch": ...}
+    # {"kind": "llvm", "mcpu": ...} or {"kind": "cuda", "arch": ...}; {} before compilation (export.json)
+    target: dict = field(default_factory=dict)
     latent_shape: tuple[int, ...] = ()  # GAN: z's shape; latent-diffusion: the diffusion state's; else ()
     sde: VPSDE | None = None            # the diffusion kinds only
     num_classes: int = 0                # > 0: class-conditional (inputs y, and w for diffusion)
@@ -218,8 +219,8 @@ class Manifest:
     # the informational and unknown fields (data, source, tvm_version, parity_max_abs_err, ...), as written
     info: Mapping[str, Any] = field(default_factory=dict)
     other_functions: Mapping[str, Any] = field(default_factory=dict)   # unknown function names: kept, never run
-    files: Mapping[str, str] | None = None   # file name -> sha256; None: `write` hashes the directory
-    root: Path | None = None                 # where it was read from or written to
+    files: Mapping[str, str] = field(default_factory=dict)   # file name -> sha256; {}: `write` hashes the folder
+    root: Path = field(default_factory=Path)   # where it was read from or written to (unset: ".")
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)   # the JSON as read
 
     def __post_init__(self):
@@ -235,7 +236,6 @@ class Manifest:
 
     def path(self, function: str, kind: str) -> Path:
         """The library ("library") or ONNX ("onnx") file of a compiled function."""
-        assert self.root is not None, "a manifest that was neither read nor written has no files"
         return self.root / getattr(self.functions[function], kind)
 
     def model_json(self) -> dict:
@@ -260,19 +260,19 @@ class Manifest:
         out.update(target=self.target, verified=self.verified,
                    functions={**{n: f.to_json() for n, f in self.functions.items()}, **self.other_functions},
                    **self.info)
-        if self.files is not None:
+        if self.files:
             out["files"] = dict(self.files)
         return out
 
     def write(self, root: str | Path, key=None) -> Manifest:
         """Write root/manifest.json atomically, after the reader's own checks; returns what was written.
 
-        Without `files`, every regular file in `root` (but the manifest and a signature) is hashed and listed.
+        With `files` empty, every regular file in `root` (but the manifest and a signature) is hashed and listed.
         `key` (an Ed25519 private key): the manifest is swapped in together with its new signature.
         """
         root = Path(root)
         _expect(root.is_dir(), f"artifact {str(root)!r} does not exist or is not a directory")
-        data = {**self.to_json(), "files": dict(self.files) if self.files is not None else hash_files(root)}
+        data = {**self.to_json(), "files": dict(self.files) if self.files else hash_files(root)}
         written = _parse(root, data)   # gencc never writes what it would refuse to read
         blob = (json.dumps(data, indent=2) + "\n").encode()
         _expect(len(blob) <= MAX_MANIFEST_BYTES, f"{root}: the manifest would be {len(blob)} bytes, over the "
@@ -318,7 +318,6 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> Manifest:
 
 
 def verify_files(m: Manifest) -> None:
-    assert m.root is not None and m.files is not None
     for name, digest in m.files.items():
         p = m.root / name
         _expect(p.is_file() and not p.is_symlink(), f"{m.root}: listed file {name!r} is missing or not a regular file")
@@ -344,7 +343,7 @@ def read_export(root: Path) -> tuple[Manifest, dict]:
             f"{str(path)!r} is corrupt: it must hold an object with 'functions'")
     for name, f in raw["functions"].items():
         file = f.get("file") if isinstance(f, dict) else None
-        _expect(is_safe_file_name(file) and (root / file).is_file(),
+        _expect(isinstance(file, str) and is_safe_file_name(file) and (root / file).is_file(),
                 f"{str(path)!r} names ONNX file {short(file)}, which is not in {str(root)!r}")
         for io in ("inputs", "outputs"):
             _expect(isinstance(f.get(io), list) and all(IOSpec.from_json(s) for s in f[io]),
@@ -377,7 +376,7 @@ def _parse(root: Path, raw: dict) -> Manifest:
     _check_labels(m)
     if model == "latent-diffusion":
         _check_latent(m)
-    from .contract import check_functions   # contract.py imports this module
+    from .contract import check_functions  # contract.py imports this module
 
     check_functions(m)   # the declared inputs and outputs are the ones the backends will pass
     return m
@@ -401,7 +400,8 @@ def _description(root: Path, raw: dict, **compiled) -> Manifest:
 
 def _model(root: Path, raw: dict) -> str:
     model = raw.get("model")
-    _expect(isinstance(model, str) and model in FUNCTIONS, f"{root}: unknown model kind {short(model)}")
+    if not (isinstance(model, str) and model in FUNCTIONS):
+        raise GenccError(f"{root}: unknown model kind {short(model)}")
     return model
 
 
@@ -446,7 +446,8 @@ def _function(root: Path, name: str, f, model: str, files: dict) -> FunctionSpec
             f"{root}: function {name!r} has a malformed activation_bytes_per_sample {short(activations)}")
     typed = ("library", "onnx", "inputs", "outputs", "static", "flops_per_sample", "activation_bytes_per_sample")
     return FunctionSpec(
-        library=f["library"], onnx=f["onnx"], inputs=tuple(specs["inputs"]), outputs=tuple(specs["outputs"]),
+        library=f["library"], onnx=f["onnx"], inputs=tuple(s for s in specs["inputs"] if s),
+        outputs=tuple(s for s in specs["outputs"] if s),
         static={int(b): StaticLibrary.from_json(v) for b, v in static.items()},
         flops_per_sample=f.get("flops_per_sample"), activation_bytes_per_sample=f.get("activation_bytes_per_sample"),
         extra={k: v for k, v in f.items() if k not in typed})
@@ -492,8 +493,8 @@ def _check_labels(m: Manifest) -> None:
 
 def _latent_scale(root: Path, raw: dict) -> float:
     scale = raw.get("latent_scale")
-    _expect(type(scale) in (int, float) and math.isfinite(scale) and scale > 0,
-            f"{root}: latent_scale must be a positive finite number, got {short(scale)}")
+    if not (isinstance(scale, (int, float)) and type(scale) is not bool and math.isfinite(scale) and scale > 0):
+        raise GenccError(f"{root}: latent_scale must be a positive finite number, got {short(scale)}")
     return float(scale)
 
 
@@ -517,7 +518,7 @@ def _target(root: Path, target) -> dict:
 
 
 def _shape(v, what: str, allow_empty: bool = False) -> tuple[int, ...]:
-    ok = isinstance(v, list) and (allow_empty or 0 < len(v)) and len(v) <= 4 and all(
+    ok = isinstance(v, list) and (allow_empty or len(v) > 0) and len(v) <= 4 and all(
         type(d) is int and 0 < d <= MAX_DIM for d in v) and math.prod(v) <= MAX_ELEMENTS
     _expect(ok, f"manifest {what} must be a list of 1-4 positive integers <= {MAX_DIM} "
                 f"with at most {MAX_ELEMENTS} elements in all, got {short(v)}")

@@ -13,8 +13,33 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+
+from .errors import GenccError
+
+
+def check_output_path(path: str | os.PathLike, *, what: str = "output", directory: bool = False,
+                      existing: str | None = None, suffix: str | None = None) -> Path:
+    """Refuse, before any work is done, an output that cannot be written where it is asked for.
+
+    Its folder must exist; a directory output must not be a file, and a file output not a directory.
+    `existing`: refuse a path that exists, saying what to do instead ("pass --force to replace it");
+    None lets the write replace it. `suffix`: the name must end in it. `what` names the output in the
+    messages, which are the same for every command.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise GenccError(f"cannot write {what} {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    if existing is not None and path.exists():
+        raise GenccError(f"{str(path)!r} already exists; {existing}")
+    if directory and path.exists() and not path.is_dir():
+        raise GenccError(f"{what} {str(path)!r} exists and is not a directory")
+    if not directory and path.is_dir():
+        raise GenccError(f"{what} {str(path)!r} is a directory")
+    if suffix is not None and path.suffix != suffix:
+        raise GenccError(f"{what} {str(path)!r} must end in {suffix}")
+    return path
 
 
 @contextlib.contextmanager
@@ -26,9 +51,9 @@ def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Pa
     """
     path = Path(path)
     remove_stale(path)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)   # mkstemp makes 0600
     try:
         yield tmp

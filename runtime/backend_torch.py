@@ -18,7 +18,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     import torch
 
     from gencc.models import checkpoint as ckpt
-    from gencc.models.factory import build_eps_net, build_gan, config_from_dict
+    from gencc.models.factory import config_from_dict, load_net
 
     config = ckpt.load_config(path)
     if config["model"] == "autoencoder":
@@ -28,11 +28,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     net_cfg = config_from_dict(config["net"])
     norm = Normalization.from_dict(config["data"]["normalization"])
     shape = tuple(config["data"]["sample_shape"])
-
-    def build():
-        return build_eps_net(net_cfg) if config["model"] == "diffusion" else build_gan(net_cfg)[0]
-
-    net = ckpt.load_network(path, config, build)   # checked against the weights' header before it is built
+    net = load_net(path, config)   # checked against the weights' header before it is built
     sde = sde_from_dict(config["sde"]) if config["model"] == "diffusion" else None
     latent = getattr(net_cfg, "latent_dim", None)
     return model_from_net(config["model"], net, shape, norm, sde=sde, latent_dim=latent, info=config,
@@ -43,7 +39,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
 def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, *, sde: VPSDE | None = None,
                    latent_dim: int | None = None, info: dict | None = None, data_name: str = "",
                    device: str = "cpu", num_classes: int = 0) -> Model:
-    """A Model over an in-memory eps-network or generator (which this puts in eval mode)."""
+    """A Model over an in-memory eps-network or generator (which this puts in eval mode).
+
+    `latent_dim`: a GAN's z, an int (gencc's flat latents) or a shape tuple (a user's, e.g. (100, 1, 1))."""
     import torch
 
     net = net.to(device).eval().requires_grad_(False)
@@ -52,16 +50,18 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
     if kind == "gan":
+        latent = tuple(latent_dim) if isinstance(latent_dim, (tuple, list)) else (latent_dim,)
+
         @torch.inference_mode()
         def generate_fn(z: np.ndarray, *y: np.ndarray) -> np.ndarray:
             return net(to_torch(z), *map(to_torch, y)).cpu().numpy()
-        return Model("gan", shape, norm, "torch", generate_fn=generate_fn, latent_shape=(latent_dim,),
+        return Model("gan", shape, norm, "torch", generate_fn=generate_fn, latent_shape=latent,
                      info=info or {}, data_name=data_name, num_classes=num_classes,
                      around_sample=torch_threads,
-                     activation_bytes=activation_bytes(net, torch.zeros(2, latent_dim, device=device)))
+                     activation_bytes=activation_bytes(net, torch.zeros(2, *latent, device=device)))
 
     if num_classes:   # the callables also take one-hot labels (runtime/conditioning.py)
-        from gencc.models.conditioning import GuidedEps
+        from gencc.models.guidance import GuidedEps
 
         guided = GuidedEps(net, num_classes, shape, shared_t=False).to(device)
 

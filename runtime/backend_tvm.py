@@ -16,8 +16,7 @@ import numpy as np
 from . import threads
 from .artifact import read_manifest
 from .conditioning import null_labels
-from .contract import BATCH, check_loaded
-from .contract import chain_length as manifest_chain_length
+from .contract import BATCH, chain_length as manifest_chain_length, check_loaded
 from .device_noise import DeviceNoise, host_chain_block, host_steps
 from .errors import GenccError
 from .model import Model

@@ -45,7 +45,7 @@ def _check_specs(m: Manifest, name: str, kind: str, want: tuple[Arg, ...], got: 
     if names != [a.spec.name for a in want]:
         raise GenccError(f"{m.root}: function {name!r} declares {kind}s {short(names)}; "
                          f"its contract is {[a.spec.name for a in want]}, in that order")
-    for (expected, source), spec in zip(want, got):
+    for (expected, source), spec in zip(want, got, strict=True):
         if spec.shape != expected.shape:
             raise GenccError(f"{m.root}: function {name!r} {kind} {expected.name!r} has shape "
                              f"{short(list(spec.shape))}; {source} says {list(expected.shape)}")
@@ -76,7 +76,7 @@ def check_loaded(m: Manifest, name: str, what: str, kind: str, got: list, batch:
     if len(got) != len(declared):
         raise GenccError(f"{m.root}: {what} (function {name!r}) has {len(got)} {kind}s; "
                          f"the manifest declares {len(declared)}: {[s.name for s in declared]}")
-    for spec, (actual_name, shape) in zip(declared, got):
+    for spec, (actual_name, shape) in zip(declared, got, strict=True):
         if actual_name is not None and actual_name != spec.name:
             raise GenccError(f"{m.root}: {what} (function {name!r}) {kind} {short(actual_name)} is declared "
                              f"as {spec.name!r} in the manifest; it was compiled for other arguments")
@@ -88,4 +88,4 @@ def check_loaded(m: Manifest, name: str, what: str, kind: str, got: list, batch:
 def _fits(declared: list, actual: list, batch: int | None) -> bool:
     # a symbolic dim in the graph takes any size; a fixed one must be the declared size (or the probe's batch)
     return len(declared) == len(actual) and all(
-        not isinstance(a, int) or a == (batch if d == BATCH else d) for d, a in zip(declared, actual))
+        not isinstance(a, int) or a == (batch if d == BATCH else d) for d, a in zip(declared, actual, strict=True))

@@ -11,6 +11,7 @@ from one model cannot overwrite each other's noise.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,8 @@ class DeviceNoise:
 
     def __init__(self, tvm, normals):
         self.tvm, self.normals = tvm, normals
-        self._words = (None, None, None)   # (noise, key, index) of the last chunk: computed once per chunk
+        # (noise, key, index) of the last chunk: computed once per chunk
+        self._words: tuple[SampleNoise | None, Any, Any] = (None, None, None)
 
     def _inputs(self, noise: SampleNoise):
         cached = self._words   # one tuple, replaced whole, so a reader in another thread sees a consistent one
@@ -84,7 +86,7 @@ def host_chain_block(tvm, noise: SampleNoise, draws: list) -> object:
     taken = [d for d in draws if d is not None]
     zs = noise.steps(min(taken), max(taken) + 1) if taken else None
     for k, d in enumerate(draws):
-        block[:, k] = 0.0 if d is None else zs[d - min(taken)]
+        block[:, k] = 0.0 if d is None or zs is None else zs[d - min(taken)]
     return tvm.runtime.from_dlpack(block)
 
 

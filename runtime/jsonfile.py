@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import GenccError
+from .errors import GenccError, size_text
 
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 32   # gencc's own files nest at most 6 deep; deeper is hostile, and repr() recurses on it
@@ -23,7 +23,7 @@ def read_json(path: str | Path, what: str, max_bytes: int = MAX_BYTES) -> Any:
     except OSError as e:
         raise GenccError(f"cannot read {what} {str(path)!r}: {e.strerror}") from None
     if len(data) > max_bytes:
-        raise GenccError(f"{what} {str(path)!r} is over the size limit of {max_bytes} bytes")
+        raise GenccError(f"{what} {str(path)!r} is over the size limit of {size_text(max_bytes)}")
     return parse_json(data, f"{what} {str(path)!r}")
 
 

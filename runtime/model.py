@@ -16,16 +16,14 @@ from typing import Any, Callable
 import numpy as np
 
 from .conditioning import check_condition, chunk_labels, label_rows
-from .errors import GenccError
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLER, DEFAULT_STEPS
+from .errors import GenccError, size_text
 from .noise import SampleNoise
 from .normalize import Normalization
 from .samplers import (DEFAULT_SPACING, PLANS, STOCHASTIC, PlanStep, affine_step, get_sampler, run_plan_chained,
                        time_grid)
 from .sde import VPSDE
 from .watch import LastEval, StepView
-
-DEFAULT_STEPS = 200
-DEFAULT_SAMPLER = "em"
 
 
 @dataclass
@@ -67,7 +65,7 @@ class Model:
                    latent_scale=m.latent_scale, activation_bytes=_manifest_activations(m), **callables)
 
     def sample(self, n: int, *, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: int = 0,
-               batch_size: int = 1024, callback: Callable[[int, Any], None] | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE, callback: Callable[[int, Any], None] | None = None,
                start: int = 0, spacing: str | None = None, options: dict | None = None,
                on_step: Callable[[StepView], None] | None = None, label=None,
                guidance: float | None = None) -> np.ndarray:
@@ -248,9 +246,9 @@ def _check_memory(n: int, batch_size: int, shape: tuple[int, ...], activation_by
     total = _physical_memory()
     if total and need > total:
         raise GenccError(f"sampling n={n} with batch size {batch_size} and sample shape {shape} needs about "
-                         f"{need / 2 ** 30:.3g} GiB of memory (the network's activations "
-                         f"{activations * min(n, batch_size) / 2 ** 30:.3g} GiB of it), more than this machine's "
-                         f"{total / 2 ** 30:.3g} GiB; use a smaller batch size (or n), or stream to a file "
+                         f"{size_text(need)} of memory (the network's activations "
+                         f"{size_text(activations * min(n, batch_size))} of it), more than this machine's "
+                         f"{size_text(total)}; use a smaller batch size (or n), or stream to a file "
                          "(gencc sample, runtime/stream.py)")
 
 

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from gencc.runtime.errors import GenccError
+from .errors import GenccError
 
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)  # Philox round multipliers
 _W0, _W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)  # Weyl key increments (golden ratio, sqrt 3)
@@ -14,7 +14,7 @@ _MASK32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
 
 
-def _philox_words(c0, c1, c2, c3, k0, k1, rounds: int) -> list[np.ndarray]:
+def _philox_words(c0, c1, c2, c3, k0, k1, rounds: int) -> tuple[np.ndarray, ...]:
     """Philox on four broadcastable uint64 word arrays holding 32-bit values; returns four uint64 arrays."""
     for r in range(rounds):
         if r:

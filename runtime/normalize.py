@@ -19,7 +19,7 @@ class Normalization:
     sample_shape: tuple[int, ...]
 
     @classmethod
-    def fit(cls, data: np.ndarray, kind: str) -> "Normalization":
+    def fit(cls, data: np.ndarray, kind: str) -> Normalization:
         """Vectors: per-dimension mean/std. Images: one affine map of the value range onto [-1, 1]."""
         shape = tuple(int(s) for s in data.shape[1:])
         if kind == "vector":
@@ -52,7 +52,7 @@ class Normalization:
         return {"shift": list(self.shift), "scale": list(self.scale), "sample_shape": list(self.sample_shape)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Normalization":
+    def from_dict(cls, d: dict) -> Normalization:
         try:
             norm = cls(tuple(float(v) for v in d["shift"]), tuple(float(v) for v in d["scale"]),
                        tuple(int(v) for v in d["sample_shape"]))

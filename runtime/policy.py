@@ -10,7 +10,7 @@ without `--trusted-key`, and `gencc verify` before it runs an artifact's librari
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from .errors import GenccError
 

@@ -13,26 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, check_output_path
 from .errors import GenccError
 from .jsonfile import read_json
 from .model import Model
-from .render import picturable, picture
+from .render import picturable, picture, picture_count
 from .watch import StepView
 
 FORMAT = "gencc-preview"
-POINTS, IMAGES = 1000, 64    # samples drawn per frame: enough to see a 2-D density / an 8x8 grid
 MAX_GIF_FRAMES = 100         # more frames are thinned evenly (the PNGs keep every one): GIFs stay small
 GIF_MS, GIF_LAST_MS = 120, 1500
 
 
 def check_preview_dir(path: str | Path) -> Path:
     """Refuse a preview folder that would replace anything but an earlier preview."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise GenccError(f"preview folder's parent {str(path.parent)!r} does not exist")
-    if path.exists() and not path.is_dir():
-        raise GenccError(f"preview folder {str(path)!r} exists and is not a directory")
+    path = check_output_path(path, what="preview folder", directory=True)
     if path.is_dir() and any(path.iterdir()) and not _is_preview(path):
         raise GenccError(f"preview folder {str(path)!r} is not empty and was not written by gencc "
                          "(no preview.json); choose a new or empty folder")
@@ -53,7 +48,7 @@ def check_every(every: int) -> int:
 
 def write_preview(model: Model, out_dir: str | Path, *, every: int, n: int | None = None,
                   reference: np.ndarray | None = None, **sampling) -> dict:
-    """Sample the first `n` samples (default POINTS or IMAGES; `sampling`: Model.sample's steps,
+    """Sample the first `n` samples (default render.picture_count; `sampling`: Model.sample's steps,
     sampler, seed, ...), recording x0_hat every `every` steps; write the folder, return its record.
 
     Sample i depends only on (seed, i), so the final frame shows exactly the first n samples a
@@ -61,7 +56,7 @@ def write_preview(model: Model, out_dir: str | Path, *, every: int, n: int | Non
     out_dir = check_preview_dir(out_dir)
     every = check_every(every)
     check_picturable(model)
-    n = n or (POINTS if len(model.sample_shape) == 1 else IMAGES)
+    n = n or picture_count(model.sample_shape)
     frames = _Frames(every)
     final = model.sample(n, batch_size=n, on_step=frames, **sampling)
     frames.add("final", None, None, final)

@@ -8,11 +8,16 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import GenccError
 
-
 SAMPLE_COLOUR, REFERENCE_COLOUR = (31, 90, 200), (170, 170, 170)
 # Value ranges images are stored in; a grid maps the first that holds the samples to black..white.
 IMAGE_RANGES = ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0))
 OVERSHOOT = 0.25   # samples stray outside their data's range by a little; by more, they are in another range
+POINTS, IMAGES = 1000, 64    # samples one picture shows: enough to see a 2-D density / an 8x8 grid
+
+
+def picture_count(sample_shape: tuple[int, ...]) -> int:
+    """How many samples make one picture: POINTS for a density of vectors, IMAGES for an image grid."""
+    return POINTS if len(sample_shape) == 1 else IMAGES
 
 
 def save_png(path: str | Path, samples: np.ndarray, reference: np.ndarray | None = None,

@@ -16,10 +16,12 @@ evaluation, Tweedie's x0 = (x - sigma_t eps) / gamma_t at t_eps.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from .defaults import PC_CORRECTOR_STEPS, PC_SNR
 from .errors import GenccError
 from .sde import VPSDE
 
@@ -27,7 +29,8 @@ EpsFn = Callable[[Any, float], Any]            # eps_theta(x, t), t shared by th
 StepFn = Callable[..., tuple[Any, Any]]        # (x, t, coef, z=None, x_prev=None, e_prev=None) -> (x_next, eps)
 NoiseFn = Callable[[int], Any]                 # j -> the j-th N(0, I) draw, shaped like x
 Callback = Callable[[int, Any], None]          # (step index, state)
-ChainFn = Callable[..., Any]                   # (x, ts (L,), coefs (L, 3), zs: the chain_noise of L draws) -> x after L steps
+# (x, ts (L,), coefs (L, 3), zs: the chain_noise of L draws) -> x after L steps
+ChainFn = Callable[..., Any]
 
 
 class Coef(NamedTuple):
@@ -58,7 +61,7 @@ def affine_step(eps_fn: EpsFn) -> StepFn:
     def step(x, t, coef, z=None, x_prev=None, e_prev=None):
         eps = eps_fn(x, t)
         out = coef[0] * x + coef[1] * eps
-        for c, v in zip(coef[2:], (z, x_prev, e_prev)):
+        for c, v in zip(coef[2:], (z, x_prev, e_prev), strict=False):   # a shorter coef: no such terms
             if c != 0.0:
                 out = out + c * v
         return out, eps
@@ -97,7 +100,11 @@ def _denoise_step(ts, sde: VPSDE) -> PlanStep:
 def run_plan(step: StepFn, x, plan: list[PlanStep], noise: NoiseFn | None, callback: Callback | None = None):
     """Carry out a plan one step call at a time."""
     for p in plan:
-        x, _ = step(x, p.t, p.coef, None if p.draw is None else noise(p.draw))
+        z = None
+        if p.draw is not None:
+            assert noise is not None, "a plan that draws noise needs a noise source"
+            z = noise(p.draw)
+        x, _ = step(x, p.t, p.coef, z)
         if p.report is not None:
             _report(callback, p.report, x)
     return x
@@ -153,7 +160,7 @@ def sample_em(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn, callback: Callba
     return run_plan(_step_of(eps_fn, step_fn), x, em_plan(ts, sde), noise, callback)
 
 
-def pc_plan(ts, sde: VPSDE, corrector_steps: int = 1, snr: float = 0.16) -> list[PlanStep]:
+def pc_plan(ts, sde: VPSDE, corrector_steps: int = PC_CORRECTOR_STEPS, snr: float = PC_SNR) -> list[PlanStep]:
     if corrector_steps < 0 or snr <= 0:
         raise GenccError(f"pc needs corrector_steps >= 0 and snr > 0, got {corrector_steps} and {snr}")
     plan, draws = [], 1 + corrector_steps
@@ -169,7 +176,7 @@ def pc_plan(ts, sde: VPSDE, corrector_steps: int = 1, snr: float = 0.16) -> list
 
 
 def sample_pc(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn, callback: Callback | None = None,
-              step_fn: StepFn | None = None, corrector_steps: int = 1, snr: float = 0.16):
+              step_fn: StepFn | None = None, corrector_steps: int = PC_CORRECTOR_STEPS, snr: float = PC_SNR):
     """Predictor-corrector (Song et al. 2021): Langevin corrector steps at t, then an EM predictor step.
 
     Langevin: x <- x + e score + sqrt(2 e) z with e = 2 alpha (snr ||z|| / ||score||)^2, where alpha is

@@ -119,7 +119,7 @@ class VPSDE:
         return {"kind": "vp", "beta_min": self.beta_min, "beta_max": self.beta_max, "t_eps": self.t_eps}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "VPSDE":
+    def from_dict(cls, d: dict) -> VPSDE:
         if not isinstance(d, dict) or d.get("kind", "vp") != "vp":
             raise GenccError(f"unknown SDE {short(d)}; only kind 'vp' is supported")
         try:
@@ -176,7 +176,7 @@ class DiscreteVPSDE(VPSDE):
     t_eps: float = 0.0                  # timestep 0 is trained and has sigma > 0, so sampling may end there
     beta_min: float = field(default=math.nan, init=False, repr=False, compare=False)   # the linear schedule's:
     beta_max: float = field(default=math.nan, init=False, repr=False, compare=False)   # NaN, so misuse shows
-    _big_b: np.ndarray = field(default=None, init=False, repr=False, compare=False)    # B_i, float64, (N,)
+    _big_b: np.ndarray = field(init=False, repr=False, compare=False)    # B_i, float64, (N,); set by __post_init__
 
     def __post_init__(self) -> None:
         if not isinstance(self.schedule, str) or self.schedule not in BETA_TABLES:
@@ -231,14 +231,14 @@ class DiscreteVPSDE(VPSDE):
                 "beta_start": self.beta_start, "beta_end": self.beta_end, "t_eps": self.t_eps}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DiscreteVPSDE":
+    def from_dict(cls, d: dict) -> DiscreteVPSDE:
         keys = ("kind", "schedule", "num_train_timesteps", "beta_start", "beta_end", "t_eps")
         if not isinstance(d, dict) or d.get("kind") != "vp-discrete" or sorted(d) != sorted(keys):
             raise GenccError(f"malformed SDE record {short(d)}: a discrete VP schedule has exactly the keys "
                              f"{', '.join(keys)}, with kind 'vp-discrete'")
         if d["schedule"] not in BETA_TABLES:   # "vp" included: that is the other record kind
             return cls(schedule=d["schedule"])     # refuses it, naming the known
-        return make_sde(d["schedule"], **{k: v for k, v in d.items() if k not in ("kind", "schedule")})
+        return _make_discrete(d["schedule"], **{k: v for k, v in d.items() if k not in ("kind", "schedule")})
 
 
 def make_sde(schedule: str, **params) -> VPSDE:
@@ -255,6 +255,13 @@ def make_sde(schedule: str, **params) -> VPSDE:
         return DiscreteVPSDE(schedule=schedule, **params)
     except TypeError as e:   # a parameter this schedule does not have
         raise GenccError(f"bad parameters for noise schedule {schedule!r}: {one_line(e)}") from None
+
+
+def _make_discrete(schedule: str, **params) -> DiscreteVPSDE:
+    """make_sde for a schedule already checked to be a BETA_TABLES key, typed as what it returns then."""
+    sde = make_sde(schedule, **params)
+    assert isinstance(sde, DiscreteVPSDE), f"{schedule!r} is not a discrete schedule"
+    return sde
 
 
 def sde_from_dict(d: dict) -> VPSDE:
@@ -281,6 +288,6 @@ def sde_from_scheduler_config(config: dict, t_eps: float = 0.0) -> DiscreteVPSDE
     if not isinstance(schedule, str) or schedule not in BETA_TABLES:
         raise GenccError(f"unknown noise schedule {short(schedule)} in the scheduler config; "
                          f"expected one of {', '.join(BETA_TABLES)}")
-    return make_sde(schedule, t_eps=t_eps,
-                    **{k: config.get(k, v) for k, v in (("num_train_timesteps", 1000), ("beta_start", 1e-4),
-                                                         ("beta_end", 0.02))})
+    return _make_discrete(schedule, t_eps=t_eps,
+                          **{k: config.get(k, v) for k, v in (("num_train_timesteps", 1000), ("beta_start", 1e-4),
+                                                               ("beta_end", 0.02))})

@@ -63,6 +63,26 @@ def shard_arrays(shard: Shard, n: int, batch_size: int, identity: bytes) -> dict
             "job": np.frombuffer(identity, np.uint8).copy()}
 
 
+@dataclass(frozen=True)
+class ShardJob:
+    """What one sampling run draws: samples start..start+count-1, and the arrays stored beside them."""
+    start: int
+    count: int
+    extra: dict[str, np.ndarray] | None
+
+
+def shard_job(part: Shard | None, n: int, batch_size: int, model_info: dict, sampling: dict) -> ShardJob:
+    """Shard `part` of a job of n samples (model `model_info`, Model.sample's `sampling` settings), or the
+    whole job when `part` is None. A shard takes whole batches, so it may be empty: that is refused."""
+    if part is None:
+        return ShardJob(0, n, None)
+    start, hi = part.range(n, batch_size)
+    if hi == start:
+        raise GenccError(f"shard {part.index}/{part.count} is empty: {n} samples at --batch-size {batch_size} make "
+                         f"only {-(-n // batch_size)} batches, and a shard takes whole batches")
+    return ShardJob(start, hi - start, shard_arrays(part, n, batch_size, job_identity(model_info, sampling)))
+
+
 @dataclass
 class _Piece:
     path: Path

@@ -14,10 +14,10 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from .atomic import atomic_dir, write_bytes_atomic
+from .atomic import atomic_dir, check_output_path, write_bytes_atomic
 from .errors import GenccError
 from .jsonfile import one_line, read_json, short
 
@@ -28,19 +28,26 @@ PRIVATE, PUBLIC = "private.pem", "public.pem"
 MAX_KEY_BYTES = 1 << 14
 
 
+def _require_crypto() -> None:
+    """Signatures need the `cryptography` package (a gencc dependency): say so, rather than fail deep inside."""
+    try:
+        import cryptography.hazmat.primitives.asymmetric.ed25519  # noqa: F401
+    except ImportError:
+        raise GenccError("signing and checking signatures need the Python package 'cryptography', which is not "
+                         "installed: pip install 'cryptography>=42' (or reinstall gencc)") from None
+
+
 def generate_keys(out_dir: str | Path) -> tuple[Path, Path]:
     """Write a new Ed25519 key pair to out_dir/private.pem (mode 0600) and out_dir/public.pem."""
+    _require_crypto()
     from cryptography.hazmat.primitives import serialization as ser
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    out_dir = Path(out_dir)
-    if not out_dir.parent.is_dir():
-        raise GenccError(f"output folder {str(out_dir.parent)!r} does not exist")
+    out_dir = check_output_path(out_dir, what="key folder", directory=True)
     out_dir.mkdir(exist_ok=True)
+    for p in (out_dir / PRIVATE, out_dir / PUBLIC):   # overwriting a private key would lose it for good
+        check_output_path(p, what="key", existing="choose another --out")
     private, public = out_dir / PRIVATE, out_dir / PUBLIC
-    for p in (private, public):
-        if p.exists():   # overwriting a private key would lose it for good
-            raise GenccError(f"{str(p)!r} already exists; choose another --out")
     key = Ed25519PrivateKey.generate()
     write_bytes_atomic(private, key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()),
                        mode=0o600)
@@ -50,6 +57,7 @@ def generate_keys(out_dir: str | Path) -> tuple[Path, Path]:
 
 def load_private_key(path: str | Path):
     """An unencrypted Ed25519 private key from a PEM file, as written by `generate_keys`."""
+    _require_crypto()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -65,6 +73,7 @@ def load_private_key(path: str | Path):
 
 def load_public_key(key):
     """An Ed25519 public key: a PEM file path, or a key object (public or private) as is."""
+    _require_crypto()
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -84,6 +93,7 @@ def load_public_key(key):
 
 
 def fingerprint(public_key) -> str:
+    _require_crypto()
     from cryptography.hazmat.primitives import serialization as ser
 
     raw = public_key.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
@@ -138,6 +148,7 @@ def signer(root: str | Path) -> str | None:
 
 def verify_signature(root: str | Path, trusted_keys: Iterable) -> str:
     """Check that one of `trusted_keys` signed root/manifest.json as it is now; return its fingerprint."""
+    _require_crypto()
     from cryptography.exceptions import InvalidSignature
 
     from .artifact import MANIFEST, MAX_MANIFEST_BYTES

@@ -6,7 +6,9 @@ OUT.partial.json describes the job (model, sampler settings, n). A killed job le
 `resume=True` the same job continues from the count in the header. Sample i depends only on
 (seed, i) and batches start at the same indices, so the result is identical to an uninterrupted run.
 At the end the partial file becomes OUT (.npy: renamed; .npz: copied into the zip entry
-`samples.npy`, as np.savez writes it) and both partial files are removed.
+`samples.npy`, as np.savez writes it) and both partial files are removed. For the whole job, an
+exclusive flock on OUT.partial.lock (holding the writer's PID) keeps a second process off these files;
+the kernel drops the lock when its process dies, so a killed job's leftover lock file never blocks.
 """
 from __future__ import annotations
 
@@ -18,13 +20,15 @@ import shutil
 import struct
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from .atomic import atomic_path, write_bytes_atomic
-from .errors import GenccError
+from .defaults import DEFAULT_BATCH_SIZE
+from .errors import GenccError, size_text
 from .jsonfile import one_line, read_json
 from .model import Model
 
@@ -43,9 +47,73 @@ def partial_paths(out: str | Path) -> tuple[Path, Path]:
     return out.with_name(out.name + ".partial.npy"), out.with_name(out.name + ".partial.json")
 
 
-def sample_to_file(model: Model, n: int, out: str | Path, *, batch_size: int = 1024, resume: bool = False,
-                   progress: Progress | None = None, start: int = 0, extra: dict[str, np.ndarray] | None = None,
-                   **sampling) -> np.ndarray:
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during sample_to_file: `kept` of `n` samples are safe in `partial`, ready for resume=True."""
+
+    def __init__(self, kept: int, n: int, partial: Path):
+        super().__init__(f"kept {kept} of {n} samples in {partial}")
+        self.kept, self.n, self.partial = kept, n, partial
+
+
+def lock_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".partial.lock")
+
+
+@contextmanager
+def output_lock(out: str | Path) -> Iterator[None]:
+    """Hold OUT.partial.lock exclusively, or refuse: "OUT is being written by process PID"."""
+    path = lock_path(out)
+    fd = _acquire(path, out)
+    try:
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        if fd is not None:
+            path.unlink(missing_ok=True)   # while still held: nobody else can be relying on this file
+            os.close(fd)
+
+
+def _acquire(path: Path, out: str | Path) -> int | None:
+    """The locked descriptor of `path`; None where the platform has no flock (no lock to take)."""
+    try:
+        import fcntl
+    except ImportError:   # Windows: one job per output is then the user's to ensure
+        return None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise GenccError(f"cannot write samples to {str(out)!r}: cannot create {path.name} "
+                             f"({e.strerror or one_line(e)})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            owner = os.read(fd, 32).decode(errors="replace").strip() if isinstance(e, BlockingIOError) else ""
+            os.close(fd)
+            if isinstance(e, BlockingIOError):
+                raise GenccError(f"{out} is being written by process {owner or '(starting)'}") from None
+            raise GenccError(f"cannot lock {str(path)!r} ({e.strerror or one_line(e)}); is the folder on a "
+                             "file system without locks?") from None
+        if _same_file(fd, path):   # not a lock file that its last holder unlinked while we opened it
+            return fd
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def sample_to_file(model: Model, n: int, out: str | Path, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                   resume: bool = False, progress: Progress | None = None, start: int = 0,
+                   extra: dict[str, np.ndarray] | None = None, **sampling) -> np.ndarray:
     """Write samples start..start+n-1 (`sampling`: Model.sample's steps, sampler, seed, ...) to `out`,
     a .npy or .npz (key "samples", plus the `extra` arrays); return the first PREVIEW_ROWS of them."""
     out = Path(out)
@@ -53,12 +121,24 @@ def sample_to_file(model: Model, n: int, out: str | Path, *, batch_size: int = 1
         raise GenccError(f"output {str(out)!r} must end in .npy or .npz")
     if extra and out.suffix != ".npz":
         raise GenccError(f"output {str(out)!r} must be a .npz to hold {', '.join(extra)} beside the samples")
+    with output_lock(out):
+        job = _job(model, n, batch_size, sampling) | {"start": int(start)}
+        return _sample_locked(model, out, job, resume, progress, extra, sampling)
+
+
+def _sample_locked(model: Model, out: Path, job: dict, resume: bool, progress: Progress | None,
+                   extra: dict[str, np.ndarray] | None, sampling: dict) -> np.ndarray:
+    """The job (n, batch size and first sample in `job`) under the output's lock."""
+    n, batch_size = job["n"], job["batch_size"]
     partial, job_file = partial_paths(out)
-    job = _job(model, n, batch_size, sampling) | {"start": int(start)}
     done = _resume(partial, job_file, job, model.sample_shape) if resume else _no_leftover(partial, job_file)
     _check_disk(out, (n - done) * _row_bytes(model.sample_shape) * (2 if out.suffix == ".npz" else 1))
     try:
-        _write_batches(model, n, done, batch_size, partial, job_file, job, sampling, progress)
+        try:
+            _write_batches(model, n, done, batch_size, partial, job_file, job, sampling, progress)
+        except KeyboardInterrupt:
+            kept = _read_count(partial, model.sample_shape) if partial.exists() else 0
+            raise Interrupted(kept, n, partial) from None
         preview = np.array(np.load(partial, mmap_mode="r")[:PREVIEW_ROWS])
         publish(partial, out, extra)
     except OSError as e:   # a full disk, most likely: what is already written stays resumable
@@ -201,13 +281,9 @@ def publish(partial: Path, out: Path, extra: dict[str, np.ndarray] | None = None
 def _check_disk(out: Path, need: int) -> None:
     free = shutil.disk_usage(out.parent).free
     if need > free:
-        raise GenccError(f"writing the samples to {str(out)!r} needs about {_gib(need)} of disk, "
-                         f"and {str(out.parent)!r} has {_gib(free)} free")
+        raise GenccError(f"writing the samples to {str(out)!r} needs about {size_text(need)} of disk, "
+                         f"and {str(out.parent)!r} has {size_text(free)} free")
 
 
 def _row_bytes(shape: tuple[int, ...]) -> int:
     return 4 * math.prod(shape)
-
-
-def _gib(b: int) -> str:
-    return f"{b / 2 ** 30:.3g} GiB"

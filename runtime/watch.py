@@ -8,8 +8,9 @@ t_{k+1}; for pc the predictor's, after the corrector moves.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -41,9 +42,11 @@ class StepView:
         if self.t is None:
             x0 = self.state()
         else:
+            assert self.sde is not None, "a diffusion step's view carries its SDE"
             x_in = np.asarray(self.to_numpy(self.x_in), dtype=np.float64)
             eps = np.asarray(self.to_numpy(self.eps), dtype=np.float64)
             x0 = self.sde.x0_from_eps(x_in, eps, self.t)
+        assert self.normalization is not None, "Model.sample passes its normalization to every view"
         return self.normalization.decode(x0.astype(np.float32))
 
 
@@ -52,7 +55,9 @@ class LastEval:
 
     def __init__(self, step_fn: Callable):
         self.step_fn = step_fn
-        self.x_in = self.t = self.eps = None
+        self.x_in: Any = None
+        self.t: float | None = None
+        self.eps: Any = None
 
     def __call__(self, x, t, coef, z=None, x_prev=None, e_prev=None):
         x_next, eps = self.step_fn(x, t, coef, z, x_prev, e_prev)

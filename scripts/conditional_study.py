@@ -2,7 +2,7 @@
 
 For each guidance scale w (diffusion) and for the conditional GAN, draws n_per_class samples of every
 label 0..9 through a compiled artifact and reports how often the shipped digits classifier
-(models/classifier.py) agrees with the requested label, how confident it is, and the Fréchet distance
+(models/digits_classifier.py) agrees with the requested label, how confident it is, and the Fréchet distance
 of the whole set to held-out digits (models/evaluate.py) as a check on diversity.
 
     python scripts/conditional_study.py --diffusion digits-cond.gencc --gan digits-cond-gan.gencc \
@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 import gencc
-from gencc.models.classifier import probs
+from gencc.models.digits_classifier import probs
 from gencc.models.evaluate import evaluate
 
 LABELS = np.arange(10)

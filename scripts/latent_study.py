@@ -97,7 +97,8 @@ def markdown(a: argparse.Namespace, r: dict) -> str:
     k = nfe(a.sampler, a.sample_steps)
     lines = [f"Shapes, {a.steps} training steps at batch {a.batch} for each diffusion UNet (width {a.width}), "
              f"{a.sampler} with {a.sample_steps} steps (NFE {k}), {a.n} samples each, sampled in one batch through "
-             f"the TVM artifacts (untuned) on this 2-core CPU. Autoencoder: {a.ae_steps} steps; reconstruction PSNR on the 1000 test images "
+             f"the TVM artifacts (untuned) on this 2-core CPU. Autoencoder: {a.ae_steps} steps; "
+             "reconstruction PSNR on the 1000 test images "
              f"{r['psnr']['psnr_mean_db']:.1f} dB (mean over images).", "",
              "| | latent (4x8x8) | pixel (3x32x32) | real data (floor) |", "| --- | --- | --- | --- |"]
     lat, pix = r["latent"], r["pixel"]
@@ -109,7 +110,8 @@ def markdown(a: argparse.Namespace, r: dict) -> str:
     t = r["train_seconds"]
     ae_t = f" + {t['autoencoder']:.0f} s autoencoder" if t.get("autoencoder") else ""
     lines += [f"| sampling time per image | {lat['ms_per_image']:.2f} ms | {pix['ms_per_image']:.2f} ms | |",
-              f"| network FLOPs per step (one image) | {lat['step_mflops']:.1f} M (+ decoder {lat['decoder_mflops']:.1f} M "
+              f"| network FLOPs per step (one image) | {lat['step_mflops']:.1f} M "
+              f"(+ decoder {lat['decoder_mflops']:.1f} M "
               f"once) | {pix['step_mflops']:.1f} M | |",
               f"| training time | {t['latent']:.0f} s{ae_t} | {t['pixel']:.0f} s | |"]
     return "\n".join(lines) + "\n"

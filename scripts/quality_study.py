@@ -371,7 +371,8 @@ def rerender(out: Path) -> Path:
 
 def pictures_markdown(pics: dict) -> str:
     """Links to the picture cells, one line per data set (the NFE in the names is the budget)."""
-    lines = ["### Samples", "", "First 100 samples of a few cells; moons points in blue over held-out data in grey.", ""]
+    lines = ["### Samples", "",
+             "First 100 samples of a few cells; moons points in blue over held-out data in grey.", ""]
     for name, cells in ((k, v) for k, v in pics.items() if v):
         lines += [f"**{name}**: " + " ".join(f"{s}@{t} ![{name} {s} NFE {t}](quality/{name}-{s}-nfe{t}.png)"
                                             for s, t in cells), ""]

@@ -12,7 +12,7 @@ def gencc(*args):
 
 def assert_user_error(result, *words):
     assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
+    lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("gencc: error: "), result.output
     for w in words:
         assert w in lines[0], lines[0]

@@ -53,7 +53,7 @@ def test_single_fused_step_parity(arts, net):
     for k in ("ort", "tvm"):
         m = ms[k]
         got = m.step_fn(m.to_device(x), t, coef, *map(m.to_device, (z, xp, ep)))
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert np.abs(m.to_numpy(g) - w).max() <= 1e-4, k
 
 
@@ -201,7 +201,8 @@ def test_cli_export_compile_verify_sample_info(arts, tmp_path):
     assert r.exit_code == 0 and "verified" in r.output, r.output
     assert cli("verify", tmp_path / "m.gencc").exit_code == 0
     for backend in ("tvm", "ort"):
-        r = cli("sample", tmp_path / "m.gencc", "--n", 6, "--steps", 5, "--backend", backend, "--out", tmp_path / "s.npz")
+        r = cli("sample", tmp_path / "m.gencc", "--n", 6, "--steps", 5, "--backend", backend, "--out",
+                tmp_path / f"s-{backend}.npz")
         assert r.exit_code == 0 and f"backend {backend}" in r.output, r.output
     r = cli("info", tmp_path / "m.gencc")
     assert r.exit_code == 0 and "files intact" in r.output and "step.so" in r.output

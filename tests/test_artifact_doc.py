@@ -60,7 +60,7 @@ def test_worked_example_samples_like_the_compiled_artifact(tmp_path, tiny_moons_
     manifest = _example()
     manifest["normalization"] = json.loads((full / MANIFEST).read_text())["normalization"]
     _write(minimal, manifest)
-    kw = dict(steps=10, sampler="dpm2m", seed=1)   # dpm2m: step.so in both, with x_prev and e_prev
+    kw = {"steps": 10, "sampler": "dpm2m", "seed": 1}   # dpm2m: step.so in both, with x_prev and e_prev
     np.testing.assert_array_equal(gencc.load(minimal).sample(5, **kw), gencc.load(full).sample(5, **kw))
     # em: numpy noise one step per call, against noise.so and chain.so: the same numbers to rounding
     np.testing.assert_allclose(gencc.load(minimal).sample(5, steps=10, seed=1),

@@ -13,7 +13,8 @@ from gencc.runtime.errors import GenccError
 
 
 def _graph(nodes, inputs, output, inits):
-    g = helper.make_graph(nodes, "g", inputs, [output], initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    initializer = [numpy_helper.from_array(v, k) for k, v in inits.items()]
+    g = helper.make_graph(nodes, "g", inputs, [output], initializer=initializer)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 

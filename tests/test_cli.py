@@ -44,8 +44,9 @@ def test_train_sample_info_round_trip(tmp_path):
 
 
 def test_image_and_gan_paths(tmp_path, tiny_digits_diffusion, tiny_digits_gan):
-    for ckpt in (tiny_digits_diffusion, tiny_digits_gan):
-        r = gencc("sample", ckpt, "--n", 6, "--steps", 3, "--out", tmp_path / "x.npz", "--png", tmp_path / "x.png")
+    for ckpt, steps in ((tiny_digits_diffusion, ("--steps", 3)), (tiny_digits_gan, ())):
+        r = gencc("sample", ckpt, "--n", 6, *steps, "--out", tmp_path / "x.npz", "--png", tmp_path / "x.png",
+                  "--force")
         assert r.exit_code == 0, r.output
         with np.load(tmp_path / "x.npz", allow_pickle=False) as f:
             assert f["samples"].shape == (6, 1, 8, 8)

@@ -11,7 +11,7 @@ import torch
 from cli_helpers import assert_user_error, gencc
 from gencc.compiler.export import export_function, random_inputs
 from gencc.compiler.export_conditional import GuidedFusedStep, guided_step_io
-from gencc.models.conditioning import GuidedEps, drop_labels, null_row, one_hot
+from gencc.models.guidance import GuidedEps, drop_labels, null_row, one_hot
 from gencc.models.data import load_dataset
 from gencc.models.gan import Discriminator, GANConfig, Generator
 from gencc.models.nets import MLPConfig, MLPEps
@@ -41,7 +41,8 @@ def tiny_net(arch: str):
 def _train_conditional(tmp_path_factory, model: str, steps: int, **kw):
     ds = load_dataset("digits")
     out = tmp_path_factory.mktemp(f"cond-{model}") / "ckpt"
-    train(model, ds, out, replace(default_config(model, ds.kind), steps=steps, ckpt_every=steps, **kw), conditional=True)
+    cfg = replace(default_config(model, ds.kind), steps=steps, ckpt_every=steps, **kw)
+    train(model, ds, out, cfg, conditional=True)
     return out
 
 

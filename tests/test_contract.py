@@ -6,15 +6,13 @@ import json
 import shutil
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 import gencc
-from gencc.compiler.compile import compile_artifact
-from gencc.runtime.errors import GenccError
-
 from cli_helpers import assert_user_error, gencc as run_cli
 from fake_artifact import edit_manifest
+from gencc.compiler.compile import compile_artifact
+from gencc.runtime.errors import GenccError
 from manifest_edits import edited, edits
 from test_fuzz import FUZZ, clean_failure
 
@@ -109,7 +107,7 @@ def test_consistently_edited_real_artifact_samples_or_fails_in_one_line(art):
     def check(changes):
         (root / "manifest.json").write_text(json.dumps(edited(good, changes)))
         for backend in ("tvm", "ort"):
-            clean_failure(lambda: gencc.load(root, backend=backend).sample(2, steps=3, batch_size=2))
+            clean_failure(lambda backend=backend: gencc.load(root, backend=backend).sample(2, steps=3, batch_size=2))
 
     try:
         check()

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gencc.models.data import (BUILTIN_2D, Dataset, load_dataset, load_digits_split, make_2d,
-                               validate_array)
+from gencc.models.data import BUILTIN_2D, Dataset, load_dataset, load_digits_split, make_2d, validate_array
 from gencc.runtime.errors import GenccError
-
 
 # --- builtin 2-D distributions ----------------------------------------------------------------
 
@@ -42,7 +40,7 @@ def test_builtin_2d_supports() -> None:
     radius = np.linalg.norm(make_2d("gaussians8", 4000), axis=1)
     assert abs(radius.mean() - 2.0) < 0.05
     moons = make_2d("moons", 4000)
-    assert -1.6 < moons[:, 0].min() and moons[:, 0].max() < 2.6
+    assert moons[:, 0].min() > -1.6 and moons[:, 0].max() < 2.6
 
 
 # --- digits -------------------------------------------------------------------------------------
@@ -116,7 +114,7 @@ def test_image_folder(tmp_path: Path) -> None:
     _write_images(folder)
     ds = load_dataset(str(folder))
     assert ds.data.shape == (3, 3, 8, 8) and ds.data.dtype == np.float32 and ds.kind == "image"
-    assert 0.0 <= ds.data.min() and ds.data.max() <= 1.0
+    assert ds.data.min() >= 0.0 and ds.data.max() <= 1.0
     # A grayscale image decoded as RGB has three equal channels.
     np.testing.assert_array_equal(ds.data[0, 0], ds.data[0, 2])
     gray = load_dataset(str(folder), channels=1, image_size=4)

@@ -44,7 +44,7 @@ def test_summary_is_written_atomically_as_markdown(tmp_path, capsys):
     demo._report(tmp_path, SUMMARY, None, 12.3)
     text = (tmp_path / "summary.md").read_text()
     assert "in 12 s" in text and "summary.md" in capsys.readouterr().out
-    rows = [line for line in text.splitlines() if line.startswith("| moons") or line.startswith("| digits")]
+    rows = [line for line in text.splitlines() if line.startswith(("| moons", "| digits"))]
     assert len(rows) == 2 and all(r.count("|") == 11 for r in rows), rows
     assert "| em | 31 |" in rows[0] and "sliced W 0.0421 (floor 0.0102)" in rows[0]
     assert "| generator | 1 |" in rows[1] and "d 1.1000, g 0.7000" in rows[1]

@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from cli_helpers import assert_user_error, gencc
 
+from cli_helpers import assert_user_error, gencc
 from gencc.models import checkpoint as ckpt
 from gencc.models.data import load_dataset
 from gencc.models.distributed import train_parallel

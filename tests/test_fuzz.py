@@ -4,27 +4,28 @@ Never another exception, never a hang, and for artifacts never a native load: a 
 handed to TVM only when the manifest passed every check and every file matched its hash.
 """
 import io
-import os
 import json
+import os
 import shutil
 import zipfile
 from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+
+# The full TVM library before gencc: once gencc.load has imported only TVM's runtime, compiling later in the
+# same process fails (tests of the compiler may follow these in one session). Third-party sorts first.
+import tvm
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-import tvm  # noqa: F401  the full library first: once gencc.load has imported only TVM's runtime, compiling
-#                       later in the same process fails (tests of the compiler may follow these in one session)
 import gencc
 from fake_artifact import fake_artifact
-from manifest_edits import edited, edits
 from gencc.models import checkpoint as ckpt
 from gencc.models.data import load_dataset
 from gencc.runtime.artifact import read_manifest
 from gencc.runtime.errors import GenccError
+from manifest_edits import edited, edits
 
 # GENCC_FUZZ_EXAMPLES=3000 searches deeper than CI does; the deadline fails any case that takes seconds.
 FUZZ = settings(max_examples=int(os.environ.get("GENCC_FUZZ_EXAMPLES", 150)), deadline=5000,

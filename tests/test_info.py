@@ -11,16 +11,16 @@ from gencc.runtime.artifact import NOISE_CONTRACT, read_manifest
 # Heavy imports made to fail: info on an artifact must not need them (torch alone took 1.6 s).
 BLOCKED = ("torch", "onnx", "onnxruntime", "tvm", "tvm_ffi")
 RUN_INFO = ("import sys\n"
-            "for name in {blocked!r}: sys.modules[name] = None   # `import name` now raises ImportError\n"
+            f"for name in {BLOCKED!r}: sys.modules[name] = None   # `import name` now raises ImportError\n"
             "sys.argv = ['gencc', 'info', *sys.argv[1:]]\n"
             "from gencc.cli.main import main\n"
-            "main()\n").format(blocked=BLOCKED)
+            "main()\n")
 
 
 def artifact_with_noise_kernel(root):
     fake_artifact(root)
     (root / "noise.so").write_bytes(b"not a library: noise")
-    replace(read_manifest(root), noise_library="noise.so", files=None).write(root)   # files=None: hash them anew
+    replace(read_manifest(root), noise_library="noise.so", files={}).write(root)   # files={}: hash them anew
     return root
 
 

@@ -9,16 +9,14 @@ import numpy as np
 import pytest
 
 import gencc
+from cli_helpers import assert_user_error, gencc as run_cli
 from gencc.models import checkpoint as ckpt
 from gencc.models.autoencoder import decode, encode_means
 from gencc.models.data import load_dataset
-from gencc.models.latent import (load_autoencoder, load_latent_checkpoint, train_autoencoder,
-                                 train_latent_diffusion)
+from gencc.models.latent import load_autoencoder, load_latent_checkpoint, train_autoencoder, train_latent_diffusion
 from gencc.models.train import TrainConfig
 from gencc.runtime.errors import GenccError
 from gencc.runtime.normalize import Normalization
-
-from cli_helpers import assert_user_error, gencc as run_cli
 
 pytestmark = pytest.mark.slow   # every test here trains a (tiny) network
 
@@ -29,7 +27,7 @@ def test_autoencoder_round_trips_and_its_loss_goes_down(tmp_path):
     ds = load_dataset("shapes", n=64)
     losses = []
     cfg = TrainConfig(steps=40, batch_size=16, lr=3e-3, ckpt_every=40)
-    train_autoencoder(ds, tmp_path / "ae", cfg, width=8, progress=lambda s, n, l: losses.append(l["recon"]))
+    train_autoencoder(ds, tmp_path / "ae", cfg, width=8, progress=lambda s, n, logs: losses.append(logs["recon"]))
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
     model, config = load_autoencoder(tmp_path / "ae")
     norm = Normalization.from_dict(config["data"]["normalization"])

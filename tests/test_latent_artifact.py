@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 
 import gencc
+from cli_helpers import assert_user_error, gencc as run_cli
+from fake_artifact import edit_manifest
 from gencc.compiler.compile import compile_artifact
 from gencc.models.latent import load_latent_checkpoint
 from gencc.runtime.artifact import read_manifest
 from gencc.runtime.errors import GenccError
-
-from cli_helpers import assert_user_error, gencc as run_cli
-from fake_artifact import edit_manifest
 
 pytestmark = pytest.mark.slow   # the module fixture compiles with TVM
 

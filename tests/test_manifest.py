@@ -7,8 +7,18 @@ from dataclasses import replace
 import pytest
 
 from fake_artifact import fake_artifact, fake_manifest
-from gencc.runtime.artifact import (EXPORT, MANIFEST, Dims, IOSpec, Manifest, function_io, read_export,
-                                    read_manifest, sha256_file, signature, write_export)
+from gencc.runtime.artifact import (
+    EXPORT,
+    MANIFEST,
+    Dims,
+    IOSpec,
+    function_io,
+    read_export,
+    read_manifest,
+    sha256_file,
+    signature,
+    write_export,
+)
 from gencc.runtime.errors import GenccError
 
 FILES = ("step.so", "step_b4.so", "step.onnx", "eps.so", "eps.onnx")
@@ -94,7 +104,7 @@ def test_a_conditional_manifest_takes_the_labels_from_the_signature(tmp_path):
     root = fake_artifact(tmp_path / "a.gencc")
     m = read_manifest(root)
     dims = Dims(state=(2,), num_classes=3)
-    cond = replace(m, num_classes=3, files=None, functions={
+    cond = replace(m, num_classes=3, files={}, functions={
         n: replace(f, inputs=function_io(n, dims)[0], static={}) for n, f in m.functions.items()})
     written = cond.write(root)
     assert written.step_contract == "affine5-cfg-v1" and json.loads((root / MANIFEST).read_text())["num_classes"] == 3

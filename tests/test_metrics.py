@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from cli_helpers import assert_user_error, gencc
-from gencc.models.classifier import features, held_out_accuracy, load_classifier, probs, read_meta
+from gencc.models.digits_classifier import features, held_out_accuracy, load_classifier, probs, read_meta
 from gencc.models.data import load_dataset, load_digits_split
 from gencc.models.evaluate import evaluate
 from gencc.runtime.errors import GenccError
-from gencc.runtime.metrics import class_coverage, frechet_distance, mmd_rbf, sliced_wasserstein
+from gencc.models.metrics import class_coverage, frechet_distance, mmd_rbf, sliced_wasserstein
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_shipped_classifier_is_accurate_and_described(classifier):
     meta = read_meta()
     assert acc >= 0.97
     assert meta["test_accuracy"] == pytest.approx(acc)   # the shipped weights are the ones measured
-    assert meta["command"] == "python -m gencc.models.classifier" and meta["seed"] == 0
+    assert meta["command"] == "python -m gencc.models.digits_classifier" and meta["seed"] == 0
     x = load_digits_split("test").data[:7]
     assert features(x, classifier).shape == (7, meta["feature_dim"])
     assert np.allclose(probs(x, classifier).sum(1), 1.0)

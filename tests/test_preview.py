@@ -119,7 +119,7 @@ def test_denoised_estimates_agree_across_tvm_ort_and_torch(tiny_moons_diffusion,
                           ("torch", tiny_moons_diffusion)):
         seen = []
         load(path, backend=backend).sample(20, steps=6, sampler="ode-heun",
-                                           on_step=lambda v: seen.append(v.denoised()))
+                                           on_step=lambda v, seen=seen: seen.append(v.denoised()))
         frames[backend] = np.stack(seen)
     np.testing.assert_allclose(frames["tvm"], frames["torch"], atol=1e-4)
     np.testing.assert_allclose(frames["ort"], frames["torch"], atol=1e-4)
@@ -129,7 +129,7 @@ def test_denoised_estimates_agree_across_tvm_ort_and_torch(tiny_moons_diffusion,
     assert len(list((tmp_path / "p").glob("step_*.png"))) == 4
 
 
-# Training previews (models/preview.py).
+# Training previews (models/train_preview.py).
 
 def _train_weights(tmp_path, name, model, data, steps, watch=None, **kw):
     from dataclasses import replace
@@ -153,7 +153,7 @@ def _assert_same_tensors(a, b):
             _assert_same_tensors(a[k], b[k])
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             _assert_same_tensors(x, y)
     elif isinstance(a, torch.Tensor):
         assert torch.equal(a, b)
@@ -165,7 +165,7 @@ def _assert_same_tensors(a, b):
 @pytest.mark.parametrize("model,data,kw", [("diffusion", "moons", {}), ("gan", "digits", {"batch_size": 8})])
 def test_training_previews_leave_the_weights_bit_identical(tmp_path, model, data, kw):
     # The GAN's generator has BatchNorm: sampling it in training mode would move its running statistics.
-    from gencc.models.preview import TrainPreview
+    from gencc.models.train_preview import TrainPreview
 
     watch = TrainPreview(tmp_path / "p", every=2, seed=0)
     plain = _train_weights(tmp_path, "plain", model, data, 5, **kw)
@@ -179,7 +179,7 @@ def test_training_previews_leave_the_weights_bit_identical(tmp_path, model, data
 
 
 def test_loss_chart_draws_each_loss():
-    from gencc.models.preview import COLOURS, loss_chart
+    from gencc.models.train_preview import COLOURS, loss_chart
 
     rows = [[s, 1.0 / s, 0.5] for s in range(1, 200)]
     img = np.asarray(loss_chart(rows, ["d_loss", "g_loss"]))
@@ -222,7 +222,7 @@ def test_previews_of_data_that_cannot_be_pictured(tmp_path):
     with pytest.raises(GenccError, match=r"images or 2-D points.*\(3,\)"):
         write_preview(m, tmp_path / "p", every=1, steps=2)
     assert not (tmp_path / "p").exists()
-    from gencc.models.preview import TrainPreview
+    from gencc.models.train_preview import TrainPreview
 
     watch = TrainPreview(tmp_path / "t", every=1)
     watch(1, 1, {"loss": 0.5}, lambda: m)

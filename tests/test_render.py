@@ -2,8 +2,7 @@
 import numpy as np
 from PIL import Image
 
-from gencc.runtime.render import (REFERENCE_COLOUR, SAMPLE_COLOUR, image_grid, image_range, picture, save_png,
-                                  titled)
+from gencc.runtime.render import REFERENCE_COLOUR, SAMPLE_COLOUR, image_grid, image_range, picture, save_png, titled
 
 
 def gradient_images(n=4, c=1, h=6, w=6):

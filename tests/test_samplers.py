@@ -10,8 +10,16 @@ from gencc.runtime.errors import GenccError
 from gencc.runtime.model import Model
 from gencc.runtime.noise import SampleNoise
 from gencc.runtime.normalize import Normalization
-from gencc.runtime.samplers import (PLANS, SAMPLERS, affine_step, get_sampler, host_draws, nfe, run_plan_chained,
-                                    time_grid)
+from gencc.runtime.samplers import (
+    PLANS,
+    SAMPLERS,
+    affine_step,
+    get_sampler,
+    host_draws,
+    nfe,
+    run_plan_chained,
+    time_grid,
+)
 from gencc.runtime.sde import VPSDE
 
 MU = np.array([1.0, -2.0])
@@ -136,7 +144,7 @@ def numpy_chain(eps_fn):
 
     def chain(x, ts, coefs, zs):
         calls.append(len(ts))
-        for t, (a, b, c), z in zip(ts, coefs, zs):
+        for t, (a, b, c), z in zip(ts, coefs, zs, strict=True):
             x = a * x + b * eps_fn(x, float(t)) + (0.0 if z is None else c * z)
         return x
     return chain, calls

@@ -11,8 +11,7 @@ import torch
 from gencc.runtime.errors import GenccError
 from gencc.runtime.noise import SampleNoise
 from gencc.runtime.samplers import SAMPLERS, get_sampler, time_grid
-from gencc.runtime.sde import (SCHEDULES, DiscreteVPSDE, VPSDE, make_sde, sde_from_dict,
-                                sde_from_scheduler_config)
+from gencc.runtime.sde import SCHEDULES, VPSDE, DiscreteVPSDE, make_sde, sde_from_dict, sde_from_scheduler_config
 from test_samplers import MU, S, matches_gaussian
 
 DISCRETE = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -23,7 +22,7 @@ TABLES = [("linear", 1e-4, 0.02), ("scaled_linear", 1e-4, 0.02), ("scaled_linear
 
 @pytest.mark.parametrize("schedule,start,end", TABLES)
 def test_alpha_bar_matches_diffusers_at_every_timestep(schedule, start, end):
-    from diffusers import DDPMScheduler   # the extra `.[diffusers]`, which `make install` installs
+    from diffusers import DDPMScheduler  # the extra `.[diffusers]`, which `make install` installs
     ref = DDPMScheduler(beta_schedule=schedule, beta_start=start, beta_end=end).alphas_cumprod.double()
     sde = make_sde(schedule, beta_start=start, beta_end=end)
     t = np.arange(1000) / 999

@@ -54,7 +54,7 @@ def test_step_coefficients_round_exactly_as_the_samplers_always_did():
     # rounding would change every sample of every fixed seed.
     for sde in (SDE, VPSDE(0.05, 12.0, 1e-4)):
         ts = time_grid(sde, 97, "logsnr")
-        for t, h in zip(ts[:-1].tolist(), (ts[:-1] - ts[1:]).tolist()):
+        for t, h in zip(ts[:-1].tolist(), (ts[:-1] - ts[1:]).tolist(), strict=True):
             beta, sigma = sde.beta(t), sde.sigma(t)
             a, b = sde.reverse_drift(t, h)
             assert (1.0 + a, b, sde.reverse_diffusion(t, h)) == (1.0 + 0.5 * h * beta, -h * beta / sigma,

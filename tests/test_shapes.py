@@ -24,7 +24,7 @@ def test_deterministic_and_prefix_stable() -> None:
 
 def test_values_labels_and_background() -> None:
     x, y = make_shapes(300, seed=0)
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     assert set(np.unique(y)) == set(range(len(CLASSES)))
     assert min(np.bincount(y)) > 60   # roughly uniform over the three classes
     # The shape lies inside the frame, so the border rows are plain background: one grey level.
@@ -36,7 +36,7 @@ def test_area_matches_the_shape() -> None:
     # Anti-aliased coverage sums to the shape's area: pi r^2, (2r)^2, and 3 sqrt(3)/4 r^2 for the
     # triangle of circumradius r. The covered fraction is read from the colour's distance to the background.
     x, y = make_shapes(60, seed=1)
-    for img, label in zip(x, y):
+    for img, label in zip(x, y, strict=True):
         bg = img[:, 0, 0][:, None, None]
         colour_channel = np.argmax(np.abs(img - bg).reshape(3, -1).max(axis=1))
         diff = (img[colour_channel] - bg[colour_channel, 0, 0])
@@ -53,7 +53,7 @@ def test_classes_differ_in_shape() -> None:
     # A circle fills pi/4 of its bounding box, a square all of it, a triangle about half.
     x, y = make_shapes(150, seed=2)
     fill = {k: [] for k in range(3)}
-    for img, label in zip(x, y):
+    for img, label in zip(x, y, strict=True):
         bg = img[:, 0, 0][:, None, None]
         mask = np.abs(img - bg).max(axis=0) > 0.05
         rows, cols = np.nonzero(mask)

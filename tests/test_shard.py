@@ -1,4 +1,6 @@
 """Sharded sampling: the shards of a job, merged, are exactly the unsharded run."""
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ def test_shard_ranges_tile_the_job_at_batch_boundaries(batch):
         for count in range(1, min(batches, 9) + 1):
             ranges = [Shard(k, count).range(n, batch) for k in range(count)]
             assert ranges[0][0] == 0 and ranges[-1][1] == n
-            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            assert all(a[1] == b[0] for a, b in pairwise(ranges))
             assert all(lo % batch == 0 and hi > lo for lo, hi in ranges)
             sizes = [-(-(hi - lo) // batch) for lo, hi in ranges]   # in batches: balanced to within one
             assert max(sizes) - min(sizes) <= 1

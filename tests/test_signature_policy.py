@@ -7,8 +7,8 @@ import sys
 import textwrap
 
 import pytest
-
 import tvm  # noqa: F401  the full library first, as in test_signing.py (compiling tests may follow in-process)
+
 import gencc
 from cli_helpers import assert_user_error, gencc as cli
 from fake_artifact import fake_artifact

@@ -9,12 +9,13 @@ import sys
 import textwrap
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+
+# The full TVM library before gencc: once gencc.load has imported only TVM's runtime, compiling later in the
+# same process fails (tests of the compiler may follow these in one session). Third-party sorts first.
+import tvm  # noqa: F401
+from hypothesis import given, settings, strategies as st
 from typer.testing import CliRunner
 
-import tvm  # noqa: F401  the full library first: once gencc.load has imported only TVM's runtime, compiling
-#                       later in the same process fails (tests of the compiler may follow these in one session)
 import gencc
 from fake_artifact import edit_manifest, fake_artifact
 from gencc.cli.main import app

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 import gencc
+from fake_artifact import edit_manifest
 from gencc.compiler.compile import compile_artifact
 from gencc.compiler.tune import DB_META, TuneOptions, tune_into, usable_database
 from gencc.runtime.errors import GenccError
-
-from fake_artifact import edit_manifest
 
 
 def test_records_from_another_cpu_fall_back_to_the_untuned_build(tmp_path):

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gencc.runtime.atomic import write_bytes_atomic
+from gencc.runtime.atomic import check_output_path, write_bytes_atomic
 from gencc.runtime.errors import GenccError
-from gencc.runtime.render import picturable, save_png
+from gencc.runtime.render import POINTS, picturable, picture_count, save_png
 
 DEFAULT_EVERY = 2000
 QUICK_STEPS = 20               # DPM-Solver++(2M) on a log-SNR grid: 10 steps already land close (README)
-POINTS, IMAGES = 1000, 64      # samples per picture: a 2-D density, an 8x8 grid
 COLOURS = ((31, 90, 200), (200, 80, 30), (40, 150, 60))
 
 
@@ -33,10 +32,7 @@ def preview_dir_for(out: Path) -> Path:
 def check_train_preview(folder: Path, every: int) -> None:
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise GenccError(f"preview-every must be a non-negative integer (0: no previews), got {every!r}")
-    if not folder.parent.is_dir():
-        raise GenccError(f"preview folder's parent {str(folder.parent)!r} does not exist")
-    if folder.exists() and not folder.is_dir():
-        raise GenccError(f"preview folder {str(folder)!r} exists and is not a directory")
+    check_output_path(folder, what="preview folder", directory=True)
 
 
 class TrainPreview:
@@ -81,7 +77,7 @@ class TrainPreview:
 
 def quick_samples(model, seed: int) -> np.ndarray:
     """A few samples with fixed noise: the same picture slot shows the same noise at every preview."""
-    n = POINTS if len(model.sample_shape) == 1 else IMAGES
+    n = picture_count(model.sample_shape)
     if model.kind == "gan":
         return model.sample(n, seed=seed, batch_size=n)
     return model.sample(n, steps=QUICK_STEPS, sampler="dpm2m", seed=seed, batch_size=n)
@@ -140,7 +136,8 @@ class _Axes:
 
     def xy(self, s: float, v: float) -> tuple[float, float]:
         x = self.left + (s - self.s0) / (self.s1 - self.s0) * (self.w - self.left - self.right)
-        y = self.top + (self.hi - np.clip(v, self.lo, self.hi)) / (self.hi - self.lo) * (self.h - self.top - self.bottom)
+        y = (self.top + (self.hi - np.clip(v, self.lo, self.hi)) / (self.hi - self.lo)
+             * (self.h - self.top - self.bottom))
         return x, y
 
     def draw(self, draw) -> None:

@@ -7,30 +7,26 @@ of different classes, plain backgrounds without a shape, shapes under heavy pixe
 fields and blocky random colour patterns. The shipped weights in models/pretrained/shapes_classifier/ are reproduced,
 bit for bit on one CPU thread, by one command (about a minute):
 
-    python -m gencc.models.shape_classifier
+    python -m gencc.models.shapes_classifier
 """
 from __future__ import annotations
 
-import platform
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-from . import scorer_io
 from .data import load_shapes_split
+from .scorer import Recipe, Scorer, fit, train_and_save
 from .shapes import CLASSES
 
 PRETRAINED = Path(__file__).parent / "pretrained" / "shapes_classifier"
-COMMAND = "python -m gencc.models.shape_classifier"
-FORMAT = "gencc-shapes-classifier"
+COMMAND = "python -m gencc.models.shapes_classifier"
 IMAGE_SHAPE = (3, 32, 32)
 INVALID = len(CLASSES)   # the label of "no valid shape"
+CLASS_NAMES = (*CLASSES, "invalid")
 VALID_PROB = 0.5         # a valid shape: a shape class on top with at least this probability (real test
                          # images: 99.6% valid at 0.5, 93.2% at 0.9, the classifier being cautious)
 
@@ -89,25 +85,17 @@ def training_set(seed: int, cfg: ShapeClassifierConfig) -> tuple[np.ndarray, np.
     return np.concatenate([ds.data, neg]), np.concatenate([ds.labels, np.full(len(neg), INVALID)])
 
 
+SCORER = Scorer("shapes", "gencc-shapes-classifier", IMAGE_SHAPE, PRETRAINED,
+                lambda config: ShapeClassifier(ShapeClassifierConfig(**config)))
+load_classifier, read_meta, save_classifier = SCORER.load, SCORER.read_meta, SCORER.save
+features, probs = SCORER.features, SCORER.probs
+
+
 def train_classifier(seed: int = 0, cfg: ShapeClassifierConfig = ShapeClassifierConfig()
                      ) -> tuple[ShapeClassifier, dict]:
     """Train; return the model (eval mode) and its accuracy on the held-out test split and its negatives."""
     x, y = (torch.from_numpy(a) for a in training_set(seed, cfg))
-    g = torch.Generator().manual_seed(seed)   # every minibatch order comes from here
-    with torch.random.fork_rng(devices=[]):   # seed the init without touching the caller's global RNG
-        torch.manual_seed(seed)
-        model = ShapeClassifier(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs * -(-len(x) // cfg.batch_size))
-    model.train()
-    for _ in range(cfg.epochs):
-        for idx in torch.randperm(len(x), generator=g).split(cfg.batch_size):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
+    model = fit(lambda: ShapeClassifier(cfg), x, y, Recipe(cfg.epochs, cfg.batch_size, cfg.lr), seed)
     return model, held_out_accuracy(model, seed, cfg)
 
 
@@ -118,48 +106,27 @@ def held_out_accuracy(model: ShapeClassifier, seed: int, cfg: ShapeClassifierCon
             "negatives_test": float((probs(neg, model).argmax(1) == INVALID).mean())}
 
 
-def features(x: np.ndarray, model: ShapeClassifier | None = None) -> np.ndarray:
-    """Penultimate-layer features (N, feature_dim), float64, of images (N, 3, 32, 32) in [0, 1]."""
-    return _run(x, (model if model is not None else load_classifier()).body)
+def valid_shapes(p: np.ndarray) -> np.ndarray:
+    """Rows of probabilities (N, 4) whose top class is a shape (not "invalid") with probability >= 0.5."""
+    return (p.argmax(1) != INVALID) & (p.max(1) >= VALID_PROB)
 
 
-def probs(x: np.ndarray, model: ShapeClassifier | None = None) -> np.ndarray:
-    """Softmax probabilities (N, 4), float64: circle, square, triangle, invalid."""
-    return _run(x, nn.Sequential(model if model is not None else load_classifier(), nn.Softmax(dim=1)))
-
-
-def _run(x: np.ndarray, net: nn.Module) -> np.ndarray:
-    return scorer_io.run(x, net, IMAGE_SHAPE, "shapes")
-
-
-def load_classifier(path: str | Path = PRETRAINED) -> ShapeClassifier:
-    """The shipped classifier (or one saved at `path`), in eval mode; reads safetensors, never pickles."""
-    return scorer_io.load(path, FORMAT, "shapes", lambda config: ShapeClassifier(ShapeClassifierConfig(**config)))
-
-
-def read_meta(path: str | Path = PRETRAINED) -> dict:
-    return scorer_io.read_meta(path, FORMAT, "shapes")
-
-
-def save_classifier(model: ShapeClassifier, meta: dict, path: str | Path = PRETRAINED) -> None:
-    """Write weights.safetensors and meta.json together: a reader sees the old pair or the new one."""
-    scorer_io.store(model, meta, path, FORMAT)
+def shape_coverage(p: np.ndarray) -> float:
+    """Entropy of the shape-type histogram of the valid rows, over log 3: 1 = every type equally often."""
+    counts = np.bincount(p[valid_shapes(p)].argmax(1), minlength=len(CLASSES))[:len(CLASSES)]
+    if counts.sum() == 0:
+        return 0.0
+    q = counts[counts > 0] / counts.sum()
+    return float((q * np.log(1.0 / q)).sum() / np.log(len(CLASSES)))
 
 
 def main(seed: int = 0, path: Path = PRETRAINED) -> dict:
-    torch.set_num_threads(1)   # one thread: bit-reproducible
     cfg = ShapeClassifierConfig()
-    start = time.perf_counter()
-    model, accuracy = train_classifier(seed, cfg)
-    meta = {"test_accuracy": accuracy, "seed": seed, "command": COMMAND, "feature_dim": cfg.feature_dim,
-            "classes": [*CLASSES, "invalid"], "config": asdict(cfg),
-            "train_seconds": round(time.perf_counter() - start, 1),
-            "data": f"shapes train split ({cfg.n_train} images) + {cfg.n_train // 2} negatives; accuracy on the "
-                    "1000-image test split and 1000 test negatives",
-            "versions": {"torch": torch.__version__, "python": platform.python_version()}}
-    save_classifier(model, meta, path)
-    print(f"wrote {path} (test accuracy {accuracy}, {meta['train_seconds']} s)")
-    return meta
+    return train_and_save(SCORER, lambda: train_classifier(seed, cfg), {
+        "seed": seed, "command": COMMAND, "feature_dim": cfg.feature_dim, "classes": list(CLASS_NAMES),
+        "config": asdict(cfg),
+        "data": f"shapes train split ({cfg.n_train} images) + {cfg.n_train // 2} negatives; accuracy on the "
+                "1000-image test split and 1000 test negatives"}, path)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import GenccError
+from gencc.runtime.errors import GenccError
 
 MMD_MAX_POINTS = 2000     # per set: the kernel matrices are O(n^2), so 2000 keeps one call under a second
 BANDWIDTH_POINTS = 1000   # pooled points for the median heuristic: its median is stable well before this
