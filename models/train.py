@@ -11,9 +11,9 @@ import dataclasses
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class TrainConfig:
 _DEFAULTS = {
     ("diffusion", "vector"): TrainConfig(steps=6000, batch_size=512, lr=2e-3),
     ("diffusion", "image"): TrainConfig(steps=4000, batch_size=128, lr=2e-3),
-    ("gan", "vector"): TrainConfig(steps=3000, batch_size=256, lr=1e-3),   # 2e-4 had not left the init blob by 1000 steps
+    ("gan", "vector"): TrainConfig(steps=3000, batch_size=256, lr=1e-3),   # 2e-4: still the init blob at 1000 steps
     ("gan", "image"): TrainConfig(steps=4000, batch_size=64, lr=2e-4),
 }
 
@@ -330,7 +330,7 @@ class _DiffusionRun(_Run):
     def _update_ema(self) -> None:
         # Warm-up (1+n)/(10+n): early EMA weights would otherwise be dominated by the random init.
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        for e, p in zip(self.ema.parameters(), self.net.parameters()):
+        for e, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
             e.lerp_(p, 1.0 - decay)
 
     def snapshot(self):

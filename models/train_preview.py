@@ -114,7 +114,7 @@ def loss_chart(rows: list[list[float]], names: list[str], size: tuple[int, int] 
         colour = COLOURS[i % len(COLOURS)]
         pale = tuple(int(c + (255 - c) * 0.7) for c in colour)
         for series, fill, width in ((values[:, i], pale, 1), (_smooth(values[:, i]), colour, 2)):
-            pts = [axes.xy(s, v) for s, v in zip(steps, series)][::max(1, len(steps) // 2000)]
+            pts = [axes.xy(s, v) for s, v in zip(steps, series, strict=True)][::max(1, len(steps) // 2000)]
             if len(pts) > 1:
                 draw.line(pts, fill=fill, width=width)
         draw.text((axes.left + 8 + 110 * i, 6), f"{name} {values[-1, i]:.4f}" if len(values) else name, fill=colour)
