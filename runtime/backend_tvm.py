@@ -15,10 +15,12 @@ import numpy as np
 
 from . import threads
 from .artifact import read_manifest
+from .backend import Functions
 from .conditioning import null_labels
 from .contract import BATCH, check_loaded
 from .device_noise import DeviceNoise, host_chain_block, host_steps
 from .errors import GenccError
+from .kinds import Kind
 from .model import Model
 
 
@@ -105,10 +107,11 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
     def to_numpy(a) -> np.ndarray:
         return a.numpy() if hasattr(a, "numpy") else np.asarray(a)
 
-    if m.model == "gan":
+    if m.model == Kind.GAN:
         generator = function("generator")
-        return Model.from_manifest(m, "tvm", generate_fn=lambda z, *y: generator(to_device(z), *map(to_device, y)),
-                                   to_device=to_device, to_numpy=to_numpy)
+        return Model.from_manifest(m, Functions(
+            "tvm", generate_fn=lambda z, *y: generator(to_device(z), *map(to_device, y)),
+            to_device_fn=to_device, to_numpy_fn=to_numpy))
 
     step, eps = function("step"), function("eps")
     zeros: dict[tuple, object] = {}
@@ -160,16 +163,16 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
         y_w = (to_device(cond[0]), to_device(np.array([cond[1]], np.float32))) if cond else ()
         return eps(to_device(x), to_device(np.full((len(x),), t, np.float32)), *y_w).numpy()
 
-    extra = {}
-    if m.model == "latent-diffusion":
+    decode_fn = None
+    if m.model == Kind.LATENT_DIFFUSION:
         decoder = function("decoder")
-        extra["decode_fn"] = lambda z: to_numpy(decoder(to_device(z)))
+        decode_fn = lambda z: to_numpy(decoder(to_device(z)))   # noqa: E731
     # A NaN check copies the state to the host; every 10 steps is cheap and still names where it began.
-    return Model.from_manifest(m, "tvm", eps_fn=eps_fn, step_fn=step_fn, to_device=to_device,
-                               to_numpy=to_numpy, check_every=10, noise_steps=noise_steps, **extra,
-                               chain_fn=chain_fn, chain_noise=chain_noise, chain_length=chain_length,
-                               # a tuned static-batch step beats the untuned chain at its batch size
-                               chain_skip=frozenset(int(b) for b in m.functions["step"].get("static", {})))
+    return Model.from_manifest(m, Functions(
+        "tvm", eps_fn=eps_fn, step_fn=step_fn, decode_fn=decode_fn, chain_fn=chain_fn, chain_noise_fn=chain_noise,
+        noise_fn=noise_steps, to_device_fn=to_device, to_numpy_fn=to_numpy, check_every=10, chain_length=chain_length,
+        # a tuned static-batch step beats the untuned chain at its batch size
+        chain_skip=frozenset(int(b) for b in m.functions["step"].get("static", {}))))
 
 
 class _Buffer:
