@@ -1,11 +1,12 @@
 """TVM backend: an artifact's compiled libraries, run by TVM's runtime library alone.
 
 `import tvm` happens here, lazily, with TVM_USE_RUNTIME_LIB=1 so only libtvm_runtime.so (3 MB) is
-loaded instead of the 260 MB compiler. The sampler state stays a TVM tensor on the device between
+loaded instead of the 260 MB compiler; the process environment is left as it was. The sampler state stays a TVM tensor on the device between
 steps; only the per-step scalars and the bulk-generated noise cross from the host.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -28,22 +29,38 @@ def import_tvm_runtime():
     """Import tvm as a runtime only, without letting tvm_ffi pull in torch (it tries, if installed)."""
     if "tvm" in sys.modules:   # already imported (e.g. by the compiler in this process): reuse it
         return sys.modules["tvm"]
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
-    os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
-    # TVM halves the core count on x86 (assuming hyper-threads): one thread on a 2-core VM, and ~40 us
-    # more per call at batch 1. Use every core unless the user said otherwise.
-    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+    # tvm_ffi's __init__ imports torch unconditionally when it can (seconds, and hundreds of MB), and no
+    # switch turns that off: a None entry in sys.modules is Python's own way to make that one import
+    # raise ImportError, which tvm_ffi handles. Only an absent torch is hidden, and only during the import.
     hide_torch = "torch" not in sys.modules
     if hide_torch:
-        sys.modules["torch"] = None   # makes `import torch` inside tvm_ffi raise ImportError, which it handles
+        sys.modules["torch"] = None
     try:
-        import tvm
+        with _import_environment():
+            import tvm
     except ImportError as e:
         raise GenccError(f"the tvm backend needs apache-tvm: {e}") from None
     finally:
         if hide_torch and sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
     return tvm
+
+
+@contextlib.contextmanager
+def _import_environment():
+    """TVM_USE_RUNTIME_LIB=1 loads only libtvm_runtime.so (3 MB) instead of the 260 MB compiler, and
+    TVM_FFI_DISABLE_TORCH_C_DLPACK=1 skips tvm_ffi's torch extension. tvm and tvm_ffi read both from the
+    environment while they are imported, and nowhere else, and offer no other switch: so they are set for
+    the import only (a user's own values win), and the environment is as it was afterwards."""
+    wanted = {"TVM_USE_RUNTIME_LIB": "1", "TVM_FFI_DISABLE_TORCH_C_DLPACK": "1"}
+    added = [k for k in wanted if k not in os.environ]
+    for k in added:
+        os.environ[k] = wanted[k]
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def device_for(tvm, target: dict, device: str | None):
@@ -64,6 +81,10 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
     m = read_manifest(path)   # checks the manifest and every file's sha256 before any library is loaded
     tvm = import_tvm_runtime()
     dev = device_for(tvm, m.target, device)
+    on_cpu = m.target["kind"] == "llvm"
+    policy = threads.TvmThreads.from_environ()   # this model's: decided now, whatever was imported when
+    if on_cpu:
+        policy.prepare(tvm)   # before the checks below run the first parallel call on this thread
     from tvm.runtime.vm import VirtualMachine
 
     # A VirtualMachine keeps its registers in the object: two threads calling it at once crash the
@@ -92,12 +113,15 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
         dynamic = library(name, m.functions[name]["library"])
         static = {int(b): library(name, v["library"], int(b)) for b, v in m.functions[name].get("static", {}).items()}
         flops = m.functions[name].get("flops_per_sample")
-        if m.target["kind"] != "llvm" or flops is None:
+        if not on_cpu:
             return lambda *args: static.get(args[0].shape[0], dynamic)(*args)
 
         def call(*args):
             batch = args[0].shape[0]
-            threads.use(tvm, threads.threads_for(flops * batch))
+            if flops is None:   # an artifact older than the count: every core, on any calling thread
+                policy.prepare(tvm)
+            else:
+                policy.for_call(tvm, flops * batch)
             return static.get(batch, dynamic)(*args)
         return call
 
@@ -124,7 +148,6 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
 
     # t and the coefficients (and w) change every step: refill preallocated device buffers rather than
     # allocate tensors per call (at batch 1 the allocations cost as much as the network).
-    on_cpu = m.target["kind"] == "llvm"
     t_buf, coef_buf, w_buf = (_Buffer(to_device, shape, on_cpu) for shape in ((1,), (5,), (1,)))
     num_classes = m.num_classes
 
