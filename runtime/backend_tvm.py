@@ -1,8 +1,9 @@
 """TVM backend: an artifact's compiled libraries, run by TVM's runtime library alone.
 
 `import tvm` happens here, lazily, with TVM_USE_RUNTIME_LIB=1 so only libtvm_runtime.so (3 MB) is
-loaded instead of the 260 MB compiler; the process environment is left as it was. The sampler state stays a TVM tensor on the device between
-steps; only the per-step scalars and the bulk-generated noise cross from the host.
+loaded instead of the 260 MB compiler; the process environment is left as it was. The sampler state
+stays a TVM tensor on the device between steps; only the per-step scalars and the bulk-generated noise
+cross from the host.
 """
 from __future__ import annotations
 

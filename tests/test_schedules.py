@@ -190,7 +190,8 @@ def test_a_model_samples_and_watches_through_its_discrete_schedule():
     from gencc.runtime.model import DiffusionModel
     from gencc.runtime.normalize import Normalization
     sde = make_sde("squaredcos_cap_v2")
-    m = DiffusionModel((2,), Normalization((0.0,), (1.0,), (2,)), Functions("exact", eps_fn=exact_eps_for(sde)), sde=sde)
+    m = DiffusionModel((2,), Normalization((0.0,), (1.0,), (2,)), Functions("exact", eps_fn=exact_eps_for(sde)),
+                       sde=sde)
     views = []
     x = m.sample(4000, steps=30, sampler="dpm2m", seed=0, on_step=views.append)
     ok, stats = matches_gaussian(x, tol=0.05)
