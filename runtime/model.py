@@ -134,8 +134,9 @@ class Model:
         config = SamplingConfig(steps, sampler, seed, spacing, options or {}, label, guidance, batch_size, start)
         return self.sample_with(n, config, Watchers(callback, on_step))
 
-    def sample_with(self, n: int, config: SamplingConfig, watchers: Watchers = Watchers()) -> np.ndarray:
+    def sample_with(self, n: int, config: SamplingConfig, watchers: Watchers | None = None) -> np.ndarray:
         """`sample` with its settings in one SamplingConfig."""
+        watchers = watchers or Watchers()
         self._check(n, config)
         with self.around_sample(), _allocation_failure_as_error(n, config.batch_size):
             out = np.empty((n,) + self.sample_shape, np.float32)
