@@ -22,6 +22,7 @@ from torch import nn
 from gencc.runtime.atomic import check_output_path, recover_dir
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import one_line, short
+from gencc.runtime.kinds import Kind
 from gencc.runtime.normalize import Normalization
 from gencc.runtime.sde import VPSDE
 from gencc.runtime.threads import with_torch_threads
@@ -335,9 +336,9 @@ class _DiffusionRun(_Run):
 
     def snapshot(self):
         """A torch-backend Model over a copy of the EMA weights: sampling it leaves training untouched."""
-        from gencc.runtime.backend_torch import model_from_net
+        from gencc.models.torch_backend import model_from_net
 
-        return model_from_net("diffusion", copy.deepcopy(self.ema), tuple(self.data.data.shape[1:]), self.norm,
+        return model_from_net(Kind.DIFFUSION, copy.deepcopy(self.ema), tuple(self.data.data.shape[1:]), self.norm,
                               sde=self.sde, data_name=self.data.name)
 
     def save(self, out: Path) -> None:
@@ -389,9 +390,9 @@ class _GANRun(_Run):
 
     def snapshot(self):
         """A Model over a copy of G in eval mode: BatchNorm's running statistics of G itself stay untouched."""
-        from gencc.runtime.backend_torch import model_from_net
+        from gencc.models.torch_backend import model_from_net
 
-        return model_from_net("gan", copy.deepcopy(self.G), tuple(self.data.data.shape[1:]), self.norm,
+        return model_from_net(Kind.GAN, copy.deepcopy(self.G), tuple(self.data.data.shape[1:]), self.norm,
                               latent_dim=self.net_cfg.latent_dim, data_name=self.data.name)
 
     def save(self, out: Path) -> None:

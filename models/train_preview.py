@@ -17,6 +17,7 @@ import numpy as np
 
 from gencc.runtime.atomic import check_output_path, write_bytes_atomic
 from gencc.runtime.errors import GenccError
+from gencc.runtime.model import GanModel
 from gencc.runtime.render import POINTS, picturable, picture_count, save_png
 
 DEFAULT_EVERY = 2000
@@ -78,7 +79,7 @@ class TrainPreview:
 def quick_samples(model, seed: int) -> np.ndarray:
     """A few samples with fixed noise: the same picture slot shows the same noise at every preview."""
     n = picture_count(model.sample_shape)
-    if model.kind == "gan":
+    if isinstance(model, GanModel):
         return model.sample(n, seed=seed, batch_size=n)
     return model.sample(n, steps=QUICK_STEPS, sampler="dpm2m", seed=seed, batch_size=n)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .errors import GenccError
 from .jsonfile import short
+from .kinds import Kind
 
 BATCH = "batch"              # the symbolic batch dimension of every exported graph
 DTYPE = "float32"
@@ -23,8 +24,9 @@ def _io(name: str, shape: list, source: str) -> tuple[str, list, str]:
 
 def expected(m, name: str, chain_length: int = 0) -> tuple[list, list]:
     """(inputs, outputs) function `name` of manifest `m` must have, as _io triples."""
-    state = list(m.latent_shape if m.model == "latent-diffusion" else m.sample_shape)
-    why = "latent_shape" if m.model == "latent-diffusion" else "sample_shape"
+    latent = m.model == Kind.LATENT_DIFFUSION
+    state = list(m.latent_shape if latent else m.sample_shape)
+    why = "latent_shape" if latent else "sample_shape"
     x = [BATCH, *state]
     k = m.num_classes
     labels = [_io("y", [BATCH, k + 1], "num_classes"), _io("w", [1], "the contract")] if k else []
