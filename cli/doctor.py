@@ -102,7 +102,8 @@ def nvidia_smi() -> dict:
     out = _run([exe, "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"])
     if "error" in out:
         return {"found": True, **out}
-    gpus = [dict(zip(("name", "driver", "memory", "compute_capability"), (c.strip() for c in line.split(","))))
+    gpus = [dict(zip(("name", "driver", "memory", "compute_capability"), (c.strip() for c in line.split(",")),
+                     strict=False))
             for line in out["stdout"].splitlines() if line.strip()]
     return {"found": True, "gpus": gpus}
 
@@ -156,8 +157,9 @@ def format_text(r: dict) -> str:
     pk = r["packages"]
     cpu, smi, tc, nv = r["cpu"], r["gpu"]["nvidia_smi"], r["gpu"]["torch_cuda"], r["nvcc"]
     rt, comp = r["tvm_runtime"], r["tvm_compiler"]
-    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')}, {g.get('memory')}, sm {g.get('compute_capability')})"
-                     for g in smi.get("gpus", [])) or ("nvidia-smi: " + smi["error"] if "error" in smi else "none found")
+    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver')}, {g.get('memory')}, "
+                     f"sm {g.get('compute_capability')})" for g in smi.get("gpus", [])) \
+        or ("nvidia-smi: " + smi["error"] if "error" in smi else "none found")
     lines = [
         f"gencc        {r['gencc']}  (python {r['python']['version']}, {r['python']['executable']})",
         "packages     " + ", ".join(f"{p} {pk[p] or missing}" for p in PACKAGES if pk[p] or p != "onnxruntime-gpu"),
@@ -171,8 +173,9 @@ def format_text(r: dict) -> str:
         "(needed only to compile for --target cuda)",
         "tvm runtime  " + (f"libtvm_runtime.so loads (tvm {rt['version']}), CPU tensors work" if rt.get("cpu_roundtrip")
                            else f"FAILED: {rt.get('error', 'CPU round trip wrong')}"),
-        "tvm compiler " + (f"loads; llvm mcpu {comp['llvm_mcpu']}, cuda codegen {'on' if comp['cuda_codegen'] else 'off'}"
-                           if comp.get("ok") else f"FAILED: {comp.get('error')}"),
+        "tvm compiler " + (f"loads; llvm mcpu {comp['llvm_mcpu']}, "
+                           f"cuda codegen {'on' if comp['cuda_codegen'] else 'off'}" if comp.get("ok")
+                           else f"FAILED: {comp.get('error')}"),
         f"cuda usable  {'yes' if r['cuda_usable'] else 'no'}",
         f"cpu path     {'usable' if r['cpu_path_usable'] else 'NOT usable: gencc cannot sample artifacts here'}",
     ]

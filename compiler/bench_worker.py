@@ -64,23 +64,24 @@ def torch_step(path: str, compiled: bool):
 
 def compiled_step(model):
     """A step of an artifact's fused function with the state already in the backend's arrays."""
+    from gencc.runtime.model import GanModel
     from gencc.runtime.samplers import Coef
 
     def make(batch: int):
-        if model.kind == "gan":
+        if isinstance(model, GanModel):
             z = np.random.default_rng(0).standard_normal((batch,) + model.latent_shape).astype(np.float32)
-            return lambda: model.generate_fn(z)
-        shape = model.latent_shape if model.kind == "latent-diffusion" else model.sample_shape
-        x, z = (model.to_device(np.random.default_rng(i).standard_normal((batch,) + shape)
-                                .astype(np.float32)) for i in (0, 1))
+            return lambda: model.net.generate(z)
+        x, z = (model.net.to_device(np.random.default_rng(i).standard_normal((batch,) + model.state_shape)
+                                    .astype(np.float32)) for i in (0, 1))
         coef = Coef(1.01, -0.1, 0.05)
-        return lambda: model.step_fn(x, 0.5, coef, z)
+        return lambda: model.net.step(x, 0.5, coef, z)
     return make
 
 
 def main(args: dict) -> dict:
     from gencc.models.latent import LATENT_DIR, is_latent_checkpoint
     from gencc.runtime.loader import load
+    from gencc.runtime.model import LatentDiffusionModel
 
     backend, path = args["backend"], args["path"]
     if backend in ("torch", "torch-compile"):
@@ -94,7 +95,7 @@ def main(args: dict) -> dict:
             def eps_fn(x, t):
                 with torch.inference_mode():
                     return net(torch.from_numpy(x), torch.full((len(x),), t)).numpy()
-            model.eps_fn = eps_fn
+            model.net.eps_fn = eps_fn   # the torch backend's Functions: its eps, compiled
     else:
         model = load(path, backend="tvm" if backend.startswith("tvm") else "ort")
         make = compiled_step(model)
@@ -103,9 +104,9 @@ def main(args: dict) -> dict:
     result = {"backend": backend, "startup_s": time.perf_counter() - T0, "batches": {}}
     for batch in args["batches"]:
         r = {"step": time_calls(make(batch), min_seconds=args.get("min_seconds", 0.2))}
-        if model.kind == "latent-diffusion":   # the decoder runs once per sample, after the last step
+        if isinstance(model, LatentDiffusionModel):   # the decoder runs once per sample, after the last step
             z = np.random.default_rng(2).standard_normal((batch,) + model.latent_shape).astype(np.float32)
-            r["decoder"] = time_calls(lambda z=z: model.decode_fn(z), min_seconds=args.get("min_seconds", 0.2))
+            r["decoder"] = time_calls(lambda z=z: model.net.decode(z), min_seconds=args.get("min_seconds", 0.2))
         if args["steps"] > 0:
             n = max(batch, args.get("min_samples", 1))
 

@@ -208,10 +208,10 @@ def _check_new_output(out: str | Path, force: bool) -> Path:
 
 def _require_full_tvm() -> None:
     """The compiler needs TVM's compiler library; a process that loaded an artifact first has only the
-    runtime library (gencc.load imports tvm with TVM_USE_RUNTIME_LIB=1), and TVM cannot switch."""
-    import os
+    runtime library (gencc.load imports tvm with TVM_USE_RUNTIME_LIB=1), and TVM cannot switch. TVM records
+    which it loaded in tvm.base._RUNTIME_ONLY (the variable itself is set for the import only)."""
     import sys
 
-    if "tvm.relax" not in sys.modules and os.environ.get("TVM_USE_RUNTIME_LIB") == "1" and "tvm" in sys.modules:
+    if "tvm.relax" not in sys.modules and getattr(sys.modules.get("tvm.base"), "_RUNTIME_ONLY", False):
         raise GenccError("this process loaded TVM's runtime library only (an artifact was loaded before "
                          "compiling); compile in a fresh process, or import gencc.compiler.build before loading")

@@ -66,7 +66,7 @@ def resolve(source, options: CompileOptions, log: Log = lambda s: None):
 
 def from_torch(net, options: CompileOptions):
     """The adapted network as a runtime Model on the torch backend (what the compiled artifact computes)."""
-    from gencc.runtime.backend_torch import model_from_net
+    from gencc.models.torch_backend import model_from_net
 
     from .user_model import identity
 

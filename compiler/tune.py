@@ -27,7 +27,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 
-from gencc.runtime import threads  # before tune_build sets TVM_NUM_THREADS: it must see only the user's
+from gencc.runtime import threads
 from gencc.runtime.atomic import atomic_path
 from gencc.runtime.errors import GenccError
 
@@ -77,7 +77,7 @@ def seed_defaults(tasks: list, target: tvm.target.Target, db) -> int:
         return 0
     built = _builder().build([ms.builder.BuilderInput(sch.mod, target) for _, sch in picks])
     ok = [(mod, sch, b) for (mod, sch), b in zip(picks, built, strict=True) if b.error_msg is None]
-    futures = ms.runner.LocalRunner().run([
+    futures = _runner().run([
         ms.runner.RunnerInput(b.artifact_path, "cpu", ArgInfo.from_prim_func(mod["main"])) for mod, _, b in ok])
     seeded = 0
     for (mod, sch, _), future in zip(ok, futures, strict=True):
@@ -88,6 +88,13 @@ def seed_defaults(tasks: list, target: tvm.target.Target, db) -> int:
                 ArgInfo.from_prim_func(mod["main"])))
             seeded += 1
     return seeded
+
+
+def _runner():
+    # MetaSchedule measures in worker processes. TVM sizes a pool, and caps any later resize, by
+    # TVM_NUM_THREADS, else half the cores: the initializer puts each worker's pool on every core, as the
+    # runtime runs a big call (runtime/threads.py; a user's TVM_NUM_THREADS wins).
+    return ms.runner.LocalRunner(initializer=threads.every_core)
 
 
 def _builder():
@@ -107,11 +114,6 @@ def tune_build(onnx_path: str | Path, inputs: list, batch: int, trials: int, db_
     # MetaSchedule sizes its parallel loops from "num-cores" and refuses a target without it.
     tvm_target = tvm.target.Target({**desc, "num-cores": os.cpu_count() or 1})
     db_dir.mkdir(parents=True, exist_ok=True)
-    # TVM sizes its pool, and caps any later resize, by TVM_NUM_THREADS, else half the cores: measure on
-    # every core, here and in MetaSchedule's worker processes, as the runtime does (it sets the same
-    # default in runtime/backend_tvm.py). runtime/threads was imported above, before this, so it still
-    # tells a user's TVM_NUM_THREADS from this default.
-    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
     start = time.perf_counter()
     with _tvm_errors(f"importing {onnx_path.name} at batch {batch}"):
         mod = static_module(onnx_path, batch)
@@ -131,7 +133,7 @@ def tune_build(onnx_path: str | Path, inputs: list, batch: int, trials: int, db_
                 logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
                 ms.relax_integration.tune_relax(
                     kernels, {}, tvm_target, str(db_dir), run_trials, max_trials_per_task=per_task, database=db,
-                    builder=_builder(),
+                    builder=_builder(), runner=_runner(),
                     measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                        _progress(log, run_trials)])
         else:
@@ -306,7 +308,7 @@ def _side_by_side(libs: list[Path], feeds: dict, rounds: int = 5) -> list[float]
 
     # On every core, as the runtime runs a call this size (a user's TVM_NUM_THREADS wins): TVM's own
     # default is half the cores.
-    threads.use(tvm, os.cpu_count() or 1)
+    threads.TvmThreads.from_environ().use(tvm, os.cpu_count() or 1)
     mains = [VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())["main"] for lib in libs]
     args = [tvm.runtime.tensor(np.ascontiguousarray(v)) for v in feeds.values()]
     times = [[] for _ in libs]

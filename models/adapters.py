@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gencc.compiler.options import TimeInput
+from gencc.runtime.conventions import TimeInput
 
 
 class Schedule(nn.Module):

@@ -193,7 +193,7 @@ def shapes_metrics(samples: np.ndarray, refs: References, result: dict) -> dict:
     model = SCORER.load()
     p_samples, p_train = SCORER.probs(samples, model), SCORER.probs(refs.train, model)
     result["label_histogram"] = {
-        who: dict(zip(CLASS_NAMES, np.bincount(p.argmax(1), minlength=len(CLASS_NAMES)).tolist()))
+        who: dict(zip(CLASS_NAMES, np.bincount(p.argmax(1), minlength=len(CLASS_NAMES)).tolist(), strict=False))
         for who, p in (("samples", p_samples), ("reference", SCORER.probs(refs.held_out, model)))}
     acc = SCORER.read_meta()["test_accuracy"]
     result["notes"].append(

@@ -1,8 +1,8 @@
 """Build networks from the config dicts stored in checkpoints, and pick defaults per dataset."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 

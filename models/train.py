@@ -11,9 +11,9 @@ import dataclasses
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 from gencc.runtime.atomic import check_output_path, recover_dir
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import one_line, short
+from gencc.runtime.kinds import Kind
 from gencc.runtime.normalize import Normalization
 from gencc.runtime.sde import VPSDE
 from gencc.runtime.threads import with_torch_threads
@@ -60,7 +61,7 @@ class TrainConfig:
 _DEFAULTS = {
     ("diffusion", "vector"): TrainConfig(steps=6000, batch_size=512, lr=2e-3),
     ("diffusion", "image"): TrainConfig(steps=4000, batch_size=128, lr=2e-3),
-    ("gan", "vector"): TrainConfig(steps=3000, batch_size=256, lr=1e-3),   # 2e-4 had not left the init blob by 1000 steps
+    ("gan", "vector"): TrainConfig(steps=3000, batch_size=256, lr=1e-3),   # 2e-4: still the init blob at 1000 steps
     ("gan", "image"): TrainConfig(steps=4000, batch_size=64, lr=2e-4),
 }
 
@@ -330,14 +331,14 @@ class _DiffusionRun(_Run):
     def _update_ema(self) -> None:
         # Warm-up (1+n)/(10+n): early EMA weights would otherwise be dominated by the random init.
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        for e, p in zip(self.ema.parameters(), self.net.parameters()):
+        for e, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
             e.lerp_(p, 1.0 - decay)
 
     def snapshot(self):
         """A torch-backend Model over a copy of the EMA weights: sampling it leaves training untouched."""
-        from gencc.runtime.backend_torch import model_from_net
+        from gencc.models.torch_backend import model_from_net
 
-        return model_from_net("diffusion", copy.deepcopy(self.ema), tuple(self.data.data.shape[1:]), self.norm,
+        return model_from_net(Kind.DIFFUSION, copy.deepcopy(self.ema), tuple(self.data.data.shape[1:]), self.norm,
                               sde=self.sde, data_name=self.data.name)
 
     def save(self, out: Path) -> None:
@@ -389,9 +390,9 @@ class _GANRun(_Run):
 
     def snapshot(self):
         """A Model over a copy of G in eval mode: BatchNorm's running statistics of G itself stay untouched."""
-        from gencc.runtime.backend_torch import model_from_net
+        from gencc.models.torch_backend import model_from_net
 
-        return model_from_net("gan", copy.deepcopy(self.G), tuple(self.data.data.shape[1:]), self.norm,
+        return model_from_net(Kind.GAN, copy.deepcopy(self.G), tuple(self.data.data.shape[1:]), self.norm,
                               latent_dim=self.net_cfg.latent_dim, data_name=self.data.name)
 
     def save(self, out: Path) -> None:

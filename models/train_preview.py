@@ -17,6 +17,7 @@ import numpy as np
 
 from gencc.runtime.atomic import check_output_path, write_bytes_atomic
 from gencc.runtime.errors import GenccError
+from gencc.runtime.model import GanModel
 from gencc.runtime.render import POINTS, picturable, picture_count, save_png
 
 DEFAULT_EVERY = 2000
@@ -78,7 +79,7 @@ class TrainPreview:
 def quick_samples(model, seed: int) -> np.ndarray:
     """A few samples with fixed noise: the same picture slot shows the same noise at every preview."""
     n = picture_count(model.sample_shape)
-    if model.kind == "gan":
+    if isinstance(model, GanModel):
         return model.sample(n, seed=seed, batch_size=n)
     return model.sample(n, steps=QUICK_STEPS, sampler="dpm2m", seed=seed, batch_size=n)
 
@@ -114,7 +115,7 @@ def loss_chart(rows: list[list[float]], names: list[str], size: tuple[int, int] 
         colour = COLOURS[i % len(COLOURS)]
         pale = tuple(int(c + (255 - c) * 0.7) for c in colour)
         for series, fill, width in ((values[:, i], pale, 1), (_smooth(values[:, i]), colour, 2)):
-            pts = [axes.xy(s, v) for s, v in zip(steps, series)][::max(1, len(steps) // 2000)]
+            pts = [axes.xy(s, v) for s, v in zip(steps, series, strict=True)][::max(1, len(steps) // 2000)]
             if len(pts) > 1:
                 draw.line(pts, fill=fill, width=width)
         draw.text((axes.left + 8 + 110 * i, 6), f"{name} {values[-1, i]:.4f}" if len(values) else name, fill=colour)

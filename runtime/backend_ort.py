@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import read_manifest
+from .backend import Functions
 from .conditioning import null_labels
 from .contract import check_loaded
 from .errors import GenccError
+from .kinds import Kind
 from .model import Model
 
 
@@ -42,10 +44,10 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
         """The inputs of function `name` by the names of its (contract-checked) manifest entry, in call order."""
         return dict(zip(m.functions[name].input_names, args, strict=True))
 
-    if m.model == "gan":
+    if m.model == Kind.GAN:
         gen = session("generator")
-        return Model.from_manifest(m, "ort", generate_fn=lambda z, *y: gen.run(
-            None, feed("generator", f32(z), *map(f32, y[:1])))[0])
+        return Model.from_manifest(m, Functions("ort", generate_fn=lambda z, *y: gen.run(
+            None, feed("generator", f32(z), *map(f32, y[:1])))[0]))
 
     step, eps = session("step"), session("eps")
     num_classes = m.num_classes
@@ -66,8 +68,8 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
     def eps_fn(x, t, y=None, w=0.0):
         return eps.run(None, feed("eps", f32(x), np.full((len(x),), t, np.float32), *labels(x, y, w)))[0]
 
-    extra = {}
-    if m.model == "latent-diffusion":
+    decode_fn = None
+    if m.model == Kind.LATENT_DIFFUSION:
         decoder = session("decoder")
-        extra["decode_fn"] = lambda z: decoder.run(None, feed("decoder", f32(z)))[0]
-    return Model.from_manifest(m, "ort", eps_fn=eps_fn, step_fn=step_fn, **extra)
+        decode_fn = lambda z: decoder.run(None, feed("decoder", f32(z)))[0]   # noqa: E731
+    return Model.from_manifest(m, Functions("ort", eps_fn=eps_fn, step_fn=step_fn, decode_fn=decode_fn))

@@ -1,11 +1,13 @@
 """TVM backend: an artifact's compiled libraries, run by TVM's runtime library alone.
 
 `import tvm` happens here, lazily, with TVM_USE_RUNTIME_LIB=1 so only libtvm_runtime.so (3 MB) is
-loaded instead of the 260 MB compiler. The sampler state stays a TVM tensor on the device between
-steps; only the per-step scalars and the bulk-generated noise cross from the host.
+loaded instead of the 260 MB compiler; the process environment is left as it was. The sampler state
+stays a TVM tensor on the device between steps; only the per-step scalars and the bulk-generated noise
+cross from the host.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -15,10 +17,12 @@ import numpy as np
 
 from . import threads
 from .artifact import read_manifest
+from .backend import Functions
 from .conditioning import null_labels
 from .contract import BATCH, chain_length as manifest_chain_length, check_loaded
 from .device_noise import DeviceNoise, host_chain_block, host_steps
 from .errors import GenccError
+from .kinds import Kind
 from .model import Model
 
 
@@ -26,22 +30,38 @@ def import_tvm_runtime():
     """Import tvm as a runtime only, without letting tvm_ffi pull in torch (it tries, if installed)."""
     if "tvm" in sys.modules:   # already imported (e.g. by the compiler in this process): reuse it
         return sys.modules["tvm"]
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
-    os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
-    # TVM halves the core count on x86 (assuming hyper-threads): one thread on a 2-core VM, and ~40 us
-    # more per call at batch 1. Use every core unless the user said otherwise.
-    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+    # tvm_ffi's __init__ imports torch unconditionally when it can (seconds, and hundreds of MB), and no
+    # switch turns that off: a None entry in sys.modules is Python's own way to make that one import
+    # raise ImportError, which tvm_ffi handles. Only an absent torch is hidden, and only during the import.
     hide_torch = "torch" not in sys.modules
     if hide_torch:
-        sys.modules["torch"] = None   # makes `import torch` inside tvm_ffi raise ImportError, which it handles
+        sys.modules["torch"] = None
     try:
-        import tvm
+        with _import_environment():
+            import tvm
     except ImportError as e:
         raise GenccError(f"the tvm backend needs apache-tvm: {e}") from None
     finally:
         if hide_torch and sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
     return tvm
+
+
+@contextlib.contextmanager
+def _import_environment():
+    """TVM_USE_RUNTIME_LIB=1 loads only libtvm_runtime.so (3 MB) instead of the 260 MB compiler, and
+    TVM_FFI_DISABLE_TORCH_C_DLPACK=1 skips tvm_ffi's torch extension. tvm and tvm_ffi read both from the
+    environment while they are imported, and nowhere else, and offer no other switch: so they are set for
+    the import only (a user's own values win), and the environment is as it was afterwards."""
+    wanted = {"TVM_USE_RUNTIME_LIB": "1", "TVM_FFI_DISABLE_TORCH_C_DLPACK": "1"}
+    added = [k for k in wanted if k not in os.environ]
+    for k in added:
+        os.environ[k] = wanted[k]
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def device_for(tvm, target: dict, device: str | None):
@@ -62,6 +82,10 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
     m = read_manifest(path)   # checks the manifest and every file's sha256 before any library is loaded
     tvm = import_tvm_runtime()
     dev = device_for(tvm, m.target, device)
+    on_cpu = m.target["kind"] == "llvm"
+    policy = threads.TvmThreads.from_environ()   # this model's: decided now, whatever was imported when
+    if on_cpu:
+        policy.prepare(tvm)   # before the checks below run the first parallel call on this thread
     from tvm.runtime.vm import VirtualMachine
 
     # A VirtualMachine keeps its registers in the object: two threads calling it at once crash the
@@ -90,12 +114,15 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
         dynamic = library(name, m.functions[name]["library"])
         static = {int(b): library(name, v["library"], int(b)) for b, v in m.functions[name].get("static", {}).items()}
         flops = m.functions[name].get("flops_per_sample")
-        if m.target["kind"] != "llvm" or flops is None:
+        if not on_cpu:
             return lambda *args: static.get(args[0].shape[0], dynamic)(*args)
 
         def call(*args):
             batch = args[0].shape[0]
-            threads.use(tvm, threads.threads_for(flops * batch))
+            if flops is None:   # an artifact older than the count: every core, on any calling thread
+                policy.prepare(tvm)
+            else:
+                policy.for_call(tvm, flops * batch)
             return static.get(batch, dynamic)(*args)
         return call
 
@@ -105,10 +132,11 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
     def to_numpy(a) -> np.ndarray:
         return a.numpy() if hasattr(a, "numpy") else np.asarray(a)
 
-    if m.model == "gan":
+    if m.model == Kind.GAN:
         generator = function("generator")
-        return Model.from_manifest(m, "tvm", generate_fn=lambda z, *y: generator(to_device(z), *map(to_device, y)),
-                                   to_device=to_device, to_numpy=to_numpy)
+        return Model.from_manifest(m, Functions(
+            "tvm", generate_fn=lambda z, *y: generator(to_device(z), *map(to_device, y)),
+            to_device_fn=to_device, to_numpy_fn=to_numpy))
 
     step, eps = function("step"), function("eps")
     zeros: dict[tuple, object] = {}
@@ -121,7 +149,6 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
 
     # t and the coefficients (and w) change every step: refill preallocated device buffers rather than
     # allocate tensors per call (at batch 1 the allocations cost as much as the network).
-    on_cpu = m.target["kind"] == "llvm"
     t_buf, coef_buf, w_buf = (_Buffer(to_device, shape, on_cpu) for shape in ((1,), (5,), (1,)))
     num_classes = m.num_classes
 
@@ -159,16 +186,16 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
         y_w = (to_device(cond[0]), to_device(np.array([cond[1]], np.float32))) if cond else ()
         return eps(to_device(x), to_device(np.full((len(x),), t, np.float32)), *y_w).numpy()
 
-    extra = {}
-    if m.model == "latent-diffusion":
+    decode_fn = None
+    if m.model == Kind.LATENT_DIFFUSION:
         decoder = function("decoder")
-        extra["decode_fn"] = lambda z: to_numpy(decoder(to_device(z)))
+        decode_fn = lambda z: to_numpy(decoder(to_device(z)))   # noqa: E731
     # A NaN check copies the state to the host; every 10 steps is cheap and still names where it began.
-    return Model.from_manifest(m, "tvm", eps_fn=eps_fn, step_fn=step_fn, to_device=to_device,
-                               to_numpy=to_numpy, check_every=10, noise_steps=noise_steps, **extra,
-                               chain_fn=chain_fn, chain_noise=chain_noise, chain_length=chain_length,
-                               # a tuned static-batch step beats the untuned chain at its batch size
-                               chain_skip=frozenset(int(b) for b in m.functions["step"].get("static", {})))
+    return Model.from_manifest(m, Functions(
+        "tvm", eps_fn=eps_fn, step_fn=step_fn, decode_fn=decode_fn, chain_fn=chain_fn, chain_noise_fn=chain_noise,
+        noise_fn=noise_steps, to_device_fn=to_device, to_numpy_fn=to_numpy, check_every=10, chain_length=chain_length,
+        # a tuned static-batch step beats the untuned chain at its batch size
+        chain_skip=frozenset(int(b) for b in m.functions["step"].get("static", {}))))
 
 
 class _Buffer:

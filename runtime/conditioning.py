@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from .errors import GenccError
+from .kinds import Kind
 
 
 def one_hot(labels: np.ndarray, width: int) -> np.ndarray:
@@ -31,7 +32,7 @@ def null_labels(batch: int, num_classes: int) -> np.ndarray:
     return one_hot(np.full(batch, num_classes, np.int64), num_classes + 1)
 
 
-def check_condition(kind: str, num_classes: int, label, guidance) -> None:
+def check_condition(kind: Kind, num_classes: int, label, guidance) -> None:
     """Refuse a label or guidance the model cannot take, naming the value."""
     if not num_classes:
         for name, v in (("label", label), ("guidance", guidance)):
@@ -40,7 +41,7 @@ def check_condition(kind: str, num_classes: int, label, guidance) -> None:
                                  "(train it with --conditional on labelled data)")
         return
     if guidance is not None:
-        if kind != "diffusion":
+        if kind != Kind.DIFFUSION:
             raise GenccError(f"guidance {_show(guidance)} applies only to diffusion models; this is a {kind}")
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.floating, np.integer)) \
                 or not math.isfinite(guidance) or guidance < 0:
@@ -70,9 +71,9 @@ def chunk_labels(label, idx: np.ndarray, n_total: int, start: int) -> np.ndarray
     return labels[idx - start]
 
 
-def label_rows(kind: str, labels: np.ndarray, idx: np.ndarray, num_classes: int) -> np.ndarray:
+def label_rows(kind: Kind, labels: np.ndarray, idx: np.ndarray, num_classes: int) -> np.ndarray:
     """The one-hot rows a network of `kind` reads for `labels` (-1: no label given)."""
-    if kind == "diffusion":
+    if kind == Kind.DIFFUSION:
         return one_hot(np.where(labels < 0, num_classes, labels), num_classes + 1)
     return one_hot(np.where(labels < 0, idx % num_classes, labels), num_classes)
 

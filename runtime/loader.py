@@ -1,7 +1,9 @@
 """Open a checkpoint (torch) or a compiled artifact (tvm, or ort on its ONNX graphs) as a `Model`."""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
 from typing import Iterable
 
 from .artifact import is_artifact
@@ -10,6 +12,9 @@ from .errors import GenccError
 from .model import Model
 
 BACKENDS = ("tvm", "ort", "torch")
+# The torch backend builds the models' own networks, so it lives with them; found by name, the runtime
+# imports nothing from gencc.models and stays importable without torch.
+TORCH_BACKEND = "gencc.models.torch_backend"
 
 
 def load(path: str | Path, backend: str | None = None, device: str | None = None,
@@ -44,8 +49,15 @@ def load(path: str | Path, backend: str | None = None, device: str | None = None
     if backend not in (None, "torch"):
         raise GenccError(f"{str(path)!r} is not a compiled artifact (no manifest.json); "
                          f"the {backend} backend needs one: run gencc compile first")
-    from .backend_torch import load_checkpoint, load_latent_checkpoint
-
+    torch_backend = _torch_backend()
     if (path / "latent-diffusion.json").is_file():   # models/latent.py's marker
-        return load_latent_checkpoint(path, device=device or "cpu")
-    return load_checkpoint(path, device=device or "cpu")
+        return torch_backend.load_latent_checkpoint(path, device=device or "cpu")
+    return torch_backend.load_checkpoint(path, device=device or "cpu")
+
+
+def _torch_backend() -> ModuleType:
+    try:
+        return importlib.import_module(TORCH_BACKEND)
+    except ImportError as e:   # torch, or gencc's models package, is not installed
+        raise GenccError(f"the torch backend ({TORCH_BACKEND}) cannot be imported: {e}; sampling a checkpoint "
+                         "needs torch and gencc's models package (or compile it and load the artifact)") from None

@@ -1,23 +1,28 @@
-"""A loaded generative model behind one interface, whatever runs its network (torch, ORT, TVM).
+"""A loaded generative model: one class per kind, whatever backend runs its network (torch, ORT, TVM).
 
-Backends build a `Model` from their callables; `Model.sample` owns the chunking, the per-sample noise
+`DiffusionModel` runs the reverse-SDE loop, `LatentDiffusionModel` runs the same loop on its latent shape
+and then decodes, x = decoder(x_L / latent_scale) (models/latent.py), and `GanModel` makes one generator
+pass; class conditioning is an option of diffusion and GAN models (`num_classes`). The network calls go to
+the model's `net`, a Backend (runtime/backend.py). `Model.sample` owns the chunking, the per-sample noise
 and the mapping back to data units, so every backend produces the same samples for the same seed.
-A latent-diffusion model runs the same reverse-SDE loop on its latent shape, then decodes:
-x = decoder(x_L / latent_scale) (models/latent.py).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
+import types
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, ContextManager, Mapping
 
 import numpy as np
 
+from .backend import Backend, Functions
 from .conditioning import check_condition, chunk_labels, label_rows
 from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from .errors import GenccError, size_text
+from .kinds import Kind
 from .noise import SampleNoise
 from .normalize import Normalization
 from .samplers import (DEFAULT_SPACING, PLANS, STOCHASTIC, PlanStep, affine_step, get_sampler, run_plan_chained,
@@ -25,44 +30,89 @@ from .samplers import (DEFAULT_SPACING, PLANS, STOCHASTIC, PlanStep, affine_step
 from .sde import VPSDE
 from .watch import LastEval, StepView
 
+PLAN_CACHE_SIZE = 64   # plans kept per model: a long-running server sampling many step counts stays bounded
 
-@dataclass
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to draw samples: everything Model.sample takes besides n and the callbacks.
+
+    `spacing` ("uniform" or "logsnr") None: the sampler's own choice; `options` go to the sampler (e.g.
+    {"corrector_steps": 2, "snr": 0.16} for pc); `label` and `guidance` apply to class-conditional models
+    only; `start` is the index of the first sample (sample i depends only on (seed, i)).
+    """
+
+    steps: int = DEFAULT_STEPS
+    sampler: str = DEFAULT_SAMPLER
+    seed: int = 0
+    spacing: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    label: Any = None
+    guidance: float | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    start: int = 0
+
+    def __post_init__(self) -> None:   # frozen all the way down: a caller's dict changed later changes nothing
+        object.__setattr__(self, "options", types.MappingProxyType(dict(self.options or {})))
+
+    @property
+    def grid_spacing(self) -> str:
+        return self.spacing or DEFAULT_SPACING.get(self.sampler, "uniform")
+
+
+@dataclass(frozen=True)
+class Watchers:
+    """Who watches a sample call: `callback(k, x)` after each step, `on_step(StepView)` (runtime/watch.py)."""
+
+    callback: Callable[[int, Any], None] | None = None
+    on_step: Callable[[StepView], None] | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.callback is not None or self.on_step is not None
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """One chunk of a sample call: the sample indices and the network calls with its labels bound in."""
+
+    idx: np.ndarray
+    eps: Callable | None = None        # diffusion: (x, t) -> eps
+    step: Callable | None = None       # diffusion with a fused step: the Backend.step contract
+    generate: Callable | None = None   # gan: z -> x
+
+
+@dataclass(eq=False)
 class Model:
-    kind: str                                   # "diffusion", "gan" or "latent-diffusion"
+    """What every kind has: the sample's shape and units, the backend running the network, and sample()."""
+
+    kind: ClassVar[Kind]
     sample_shape: tuple[int, ...]               # one sample, model space = data space shape
     normalization: Normalization
-    backend: str                                # "torch", "ort" or "tvm"
-    sde: VPSDE | None = None                    # diffusion only
-    eps_fn: Callable | None = None              # diffusion: (x (B, ...) np, t float) -> eps
-    step_fn: Callable | None = None             # diffusion, optional fused (x, t, coef, z, x_prev, e_prev) -> (x_next, eps)
-    generate_fn: Callable | None = None         # gan: z (B, latent) -> x (B, ...)
-    latent_shape: tuple[int, ...] = ()          # gan: z's shape; latent-diffusion: the diffusion state's
+    net: Backend                                # runs the network(s): runtime/backend.py
     info: dict = field(default_factory=dict)    # the checkpoint or artifact description
     data_name: str = ""                         # the training data: a built-in name or a user path
-    to_device: Callable = np.asarray            # numpy -> the backend's array (a TVM tensor stays on its device)
-    to_numpy: Callable = np.asarray             # the backend's array -> numpy
-    check_every: int = 1                        # steps between NaN/inf checks; >1 where a check costs a copy
-    noise_steps: Callable | None = None         # (SampleNoise, k0, k1) -> the draws of steps k0..k1-1 on the device
-    chain_fn: Callable | None = None            # optional: several plan steps per call (samplers.run_plan_chained)
-    chain_noise: Callable | None = None         # (SampleNoise, draws) -> chain_fn's noise input; with chain_fn
-    chain_length: int = 0
-    chain_skip: frozenset = frozenset()         # batch sizes that run faster one step per call (tuned libraries)
-    # > 0: class-conditional (runtime/conditioning.py). The callables then take one-hot rows y (and the
-    # guidance w): eps_fn(x, t, y, w), step_fn(..., y=, w=), generate_fn(z, y).
-    num_classes: int = 0
-    decode_fn: Callable | None = None           # latent-diffusion: z (B, *latent_shape) np -> x (B, *sample_shape) np
-    latent_scale: float = 1.0                   # latent-diffusion: the state is z * latent_scale
-    around_sample: Callable = contextlib.nullcontext   # entered once per sample(): torch's thread policy
+    num_classes: int = 0                        # > 0: class-conditional (diffusion and GAN; conditioning.py)
+    around_sample: Callable[[], ContextManager] = contextlib.nullcontext   # entered once per sample(): threads
     # The network's largest intermediate tensor, bytes per sample (compiler/flops.py; for torch, measured);
     # 0: unknown, and the memory check assumes ACTIVATION_MULTIPLE samples' worth.
     activation_bytes: int = 0
 
+    @property
+    def backend(self) -> str:
+        """"torch", "ort" or "tvm"."""
+        return self.net.name
+
     @classmethod
-    def from_manifest(cls, m, backend: str, **callables) -> "Model":
-        """A Model for an artifact's manifest (see runtime/artifact.py), with the backend's callables."""
-        return cls(m.model, m.sample_shape, m.normalization, backend, sde=m.sde, latent_shape=m.latent_shape,
-                   info=m.raw, data_name=str(m.raw.get("data", "")), num_classes=m.num_classes,
-                   latent_scale=m.latent_scale, activation_bytes=_manifest_activations(m), **callables)
+    def from_manifest(cls, m, net: Backend) -> "Model":
+        """The model of an artifact's kind for its manifest (runtime/artifact.py), running on `net`."""
+        kind_cls = MODEL_CLASSES[Kind(m.model)]
+        return kind_cls(m.sample_shape, m.normalization, net, info=m.raw, data_name=str(m.raw.get("data", "")),
+                        activation_bytes=_manifest_activations(m), **kind_cls._manifest_fields(m))
+
+    @classmethod
+    def _manifest_fields(cls, m) -> dict:
+        return {}
 
     def sample(self, n: int, *, steps: int = DEFAULT_STEPS, sampler: str = DEFAULT_SAMPLER, seed: int = 0,
                batch_size: int = DEFAULT_BATCH_SIZE, callback: Callable[[int, Any], None] | None = None,
@@ -77,134 +127,217 @@ class Model:
         with its denoised estimate at no extra network call (runtime/watch.py). Class-conditional
         models only: `label`, one class for every sample or a sequence of n; `guidance` w >= 0, the
         classifier-free guidance scale of diffusion models, eps = (1 + w) eps(x, t, label) - w eps(x, t,
-        null), default 0.
+        null), default 0. The same as `sample_with(n, SamplingConfig(...), Watchers(callback, on_step))`.
         """
-        check_condition(self.kind, self.num_classes, label, guidance)
-        _check_positive("n", n)
-        _check_positive("batch-size", batch_size)
-        _check_memory(n, batch_size, self.sample_shape, self.activation_bytes)
-        if self.kind != "gan":
-            _check_positive("steps", steps)
-            get_sampler(sampler)
-        with self.around_sample(), _allocation_failure_as_error(n, batch_size):
+        config = SamplingConfig(steps, sampler, seed, spacing, options or {}, label, guidance, batch_size, start)
+        return self.sample_with(n, config, Watchers(callback, on_step))
+
+    def sample_with(self, n: int, config: SamplingConfig, watchers: Watchers | None = None) -> np.ndarray:
+        """`sample` with its settings in one SamplingConfig."""
+        watchers = watchers or Watchers()
+        self._check(n, config)
+        with self.around_sample(), _allocation_failure_as_error(n, config.batch_size):
             out = np.empty((n,) + self.sample_shape, np.float32)
-            for lo in range(0, n, batch_size):
-                idx = np.arange(start + lo, start + min(n, lo + batch_size), dtype=np.int64)
-                fns = self._conditioned(chunk_labels(label, idx, n, start), idx, guidance)
-                out[lo:lo + len(idx)] = self._sample_chunk(idx, steps, sampler, seed, callback, spacing,
-                                                           options or {}, on_step, *fns)
+            for lo in range(0, n, config.batch_size):
+                idx = np.arange(config.start + lo, config.start + min(n, lo + config.batch_size), dtype=np.int64)
+                chunk = self._chunk(idx, chunk_labels(config.label, idx, n, config.start), config)
+                out[lo:lo + len(idx)] = self._sample_chunk(chunk, config, watchers)
             return self.normalization.decode(out)
 
-    def _conditioned(self, labels: np.ndarray, idx: np.ndarray, guidance: float | None) -> tuple:
-        """(eps_fn, step_fn, generate_fn) with this chunk's labels and the guidance bound in."""
-        if not self.num_classes:
-            return self.eps_fn, self.step_fn, self.generate_fn
-        y = label_rows(self.kind, labels, idx, self.num_classes)
-        if self.kind == "gan":
-            return None, None, lambda z: self.generate_fn(z, y)
-        w = float(guidance or 0.0)
-        step_fn = None
-        if self.step_fn is not None:
-            y_dev = self.to_device(y)   # uploaded once per chunk: the labels stay on the device
-            step_fn = lambda *a, **k: self.step_fn(*a, y=y_dev, w=w, **k)   # noqa: E731
-        return (lambda x, t: self.eps_fn(x, t, y, w)), step_fn, None
-
-    def _sample_chunk(self, idx: np.ndarray, steps: int, sampler: str, seed: int, callback, spacing, options,
-                      on_step, eps_fn, step_fn, generate_fn) -> np.ndarray:
-        if self.kind == "gan":
-            x = np.asarray(self.to_numpy(generate_fn(SampleNoise(seed, idx, self.latent_shape).prior())))
-            _check_finite(x, "the generator output")
-            if callback:
-                callback(0, x)
-            if on_step:
-                on_step(StepView(0, int(idx[0]), None, x, normalization=self.normalization))
-            return x
-        if self.kind == "latent-diffusion":
-            x = self._diffuse(idx, steps, sampler, seed, callback, spacing, options, self.latent_shape, on_step,
-                              eps_fn, step_fn)
-            return self._decode_latent(x)
-        return self._diffuse(idx, steps, sampler, seed, callback, spacing, options, self.sample_shape, on_step,
-                             eps_fn, step_fn)
+    def _check(self, n: int, config: SamplingConfig) -> None:
+        """Refuse bad settings before any work, each error naming its value."""
+        check_condition(self.kind, self.num_classes, config.label, config.guidance)
+        _check_positive("n", n)
+        _check_positive("batch-size", config.batch_size)
+        _check_memory(n, config.batch_size, self.sample_shape, self.activation_bytes)
 
     def decode(self, x_latent: np.ndarray) -> np.ndarray:
-        """A latent-diffusion state (B, *latent_shape), e.g. a callback's intermediate x, as images in
-        data units: for previews of the reverse process."""
-        if self.kind != "latent-diffusion":
-            raise GenccError(f"decode applies to latent-diffusion models, not {self.kind}")
-        x = np.asarray(x_latent, dtype=np.float32)
-        if x.shape[1:] != self.latent_shape:
-            raise GenccError(f"decode takes states of shape (B, {', '.join(map(str, self.latent_shape))}), got {x.shape}")
-        return self.normalization.decode(self._decode_latent(x))
+        raise GenccError(f"decode applies to latent-diffusion models, not {self.kind}")
 
-    def _decode_latent(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(self.decode_fn(x / np.float32(self.latent_scale)), dtype=np.float32)
-        _check_finite(x, "the decoder output")
-        return x
+    def _chunk(self, idx: np.ndarray, labels: np.ndarray, config: SamplingConfig) -> _Chunk:
+        """The chunk `idx` with its `labels` (-1: none given) and the guidance bound into the network calls."""
+        raise NotImplementedError
 
-    def _diffuse(self, idx, steps, sampler, seed, callback, spacing, options, shape, on_step, eps_fn,
-                 step_fn) -> np.ndarray:
-        """The reverse-SDE loop on states of `shape`, in model space."""
-        noise = SampleNoise(seed, idx, shape)
-        fused = step_fn is not None
-        to_device = self.to_device if fused else np.asarray
-        to_numpy = self.to_numpy if fused else np.asarray
-        every = self.check_every if fused else 1
+    def _sample_chunk(self, chunk: _Chunk, config: SamplingConfig, watchers: Watchers) -> np.ndarray:
+        """The chunk's samples in model space."""
+        raise NotImplementedError
+
+
+_HOST: Backend = Functions("numpy")   # the arrays of the unfused step: numpy on the host
+
+
+@dataclass(eq=False, kw_only=True)
+class DiffusionModel(Model):
+    """A VP-SDE diffusion model: the reverse-SDE loop on states of `state_shape`, in model space."""
+
+    kind: ClassVar[Kind] = Kind.DIFFUSION
+    sde: VPSDE
+    # (sampler, steps, spacing, options) -> plan: plans are pure functions of these and the model's sde.
+    _plans: dict = field(default_factory=dict, init=False, repr=False)
+
+    @classmethod
+    def _manifest_fields(cls, m) -> dict:
+        return {"sde": m.sde, "num_classes": m.num_classes}
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return self.sample_shape
+
+    def _check(self, n: int, config: SamplingConfig) -> None:
+        super()._check(n, config)
+        _check_positive("steps", config.steps)
+        get_sampler(config.sampler)
+
+    def _chunk(self, idx: np.ndarray, labels: np.ndarray, config: SamplingConfig) -> _Chunk:
+        step = self.net.step if self.net.has("step") else None
+        if not self.num_classes:
+            return _Chunk(idx, eps=self.net.eps, step=step)
+        y, w = label_rows(self.kind, labels, idx, self.num_classes), float(config.guidance or 0.0)
+        if step is not None:
+            y_dev = self.net.to_device(y)   # uploaded once per chunk: the labels stay on the device
+            step = functools.partial(self.net.step, y=y_dev, w=w)
+        return _Chunk(idx, eps=lambda x, t: self.net.eps(x, t, y, w), step=step)
+
+    def _sample_chunk(self, chunk: _Chunk, config: SamplingConfig, watchers: Watchers) -> np.ndarray:
+        return self._diffuse(chunk, config, watchers)
+
+    def _diffuse(self, chunk: _Chunk, config: SamplingConfig, watchers: Watchers) -> np.ndarray:
+        """The reverse-SDE loop on states of `state_shape`, in model space."""
+        noise = SampleNoise(config.seed, chunk.idx, self.state_shape)
+        if self._chained(config, watchers, len(chunk.idx)):
+            return self._diffuse_chained(noise, config, chunk.step)
+        fused = chunk.step is not None
+        net = self.net if fused else _HOST
         # The unfused step is the one the samplers would build; naming it here lets LastEval watch it.
-        step = step_fn if fused else affine_step(eps_fn)
-        last = LastEval(step) if on_step else None
+        step = chunk.step if fused else affine_step(chunk.eps)
+        last = LastEval(step) if watchers.on_step else None
+        x = get_sampler(config.sampler)(
+            chunk.eps, net.to_device(noise.prior()), time_grid(self.sde, config.steps, config.grid_spacing), self.sde,
+            self._bulk_noise(noise, fused) if config.sampler in STOCHASTIC else None,
+            callback=self._watch(chunk, watchers, net, last), step_fn=last or step, **config.options)
+        return _final(net.to_numpy(x))
+
+    def _chained(self, config: SamplingConfig, watchers: Watchers, batch: int) -> bool:
+        """Whether a chunk of `batch` samples runs several steps per compiled call: the backend has a chain
+        that is the faster path at this batch, the sampler has a plan, and no one watches the steps (the chain
+        reports only every chain_length-th). The chain has no label inputs: conditional models never take it."""
+        return (self.net.has("chain") and self.net.chains(batch) and config.sampler in PLANS
+                and not watchers.any and not self.num_classes)
+
+    def _diffuse_chained(self, noise: SampleNoise, config: SamplingConfig, step: Callable | None) -> np.ndarray:
+        net, length = self.net, self.net.chain_length
+        plan = self._plan(config)   # every chunk shares it
+        # The few steps after the last full chain draw exactly their own noise, not a whole block.
+        tail = [p.draw for p in plan[len(plan) // length * length:] if p.draw is not None]
+        x = run_plan_chained(net.chain, length, step, net.to_device(noise.prior()), plan,
+                             self._bulk_noise(noise, True, max(tail) - min(tail) + 1 if tail else 1),
+                             lambda draws: net.chain_noise(noise, draws),
+                             check=lambda k, x: _check_finite(net.to_numpy(x), f"step {k} (checked every "
+                                                              f"{length} steps)"))
+        return _final(net.to_numpy(x))
+
+    def _plan(self, config: SamplingConfig) -> list[PlanStep]:
+        key = (config.sampler, config.steps, config.grid_spacing, tuple(sorted(config.options.items())))
+        if key not in self._plans:
+            if len(self._plans) > PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[key] = PLANS[config.sampler](time_grid(self.sde, config.steps, config.grid_spacing),
+                                                     self.sde, **config.options)
+        return self._plans[key]
+
+    def _watch(self, chunk: _Chunk, watchers: Watchers, net: Backend, last: LastEval | None) -> Callable:
+        """The samplers' per-step callback: the NaN/inf check every `check_every` steps, then the watchers."""
+        every, callback, on_step = net.check_every, watchers.callback, watchers.on_step
 
         def watch(k: int, x) -> None:
             if callback or (k + 1) % every == 0:
-                x = to_numpy(x)
+                x = net.to_numpy(x)
                 _check_finite(x, f"step {k}" if every == 1 else f"step {k} (checked every {every} steps)")
             if callback:
                 callback(k, x)
             if on_step:
-                on_step(StepView(k, int(idx[0]), float(last.t), x, last.x_in, last.eps, self.sde,
-                                 self.normalization, to_numpy))
-
-        spacing = spacing or DEFAULT_SPACING.get(sampler, "uniform")
-        if self.chain_fn is not None and sampler in PLANS and callback is None and on_step is None \
-                and not self.num_classes and len(idx) not in self.chain_skip:
-            # Several steps per compiled call; watching needs every step, so it takes the other path
-            # (and the chain has no label inputs: conditional models are never given one).
-            plan = _cached_plan(self.sde, sampler, steps, spacing, options)   # every chunk shares it
-            # The few steps after the last full chain draw exactly their own noise, not a whole block.
-            tail = [p.draw for p in plan[len(plan) // self.chain_length * self.chain_length:] if p.draw is not None]
-            x = run_plan_chained(self.chain_fn, self.chain_length, step_fn, to_device(noise.prior()), plan,
-                                 self._bulk_noise(noise, True, max(tail) - min(tail) + 1 if tail else 1),
-                                 lambda draws: self.chain_noise(noise, draws),
-                                 check=lambda k, x: _check_finite(to_numpy(x), f"step {k} (checked every "
-                                                                  f"{self.chain_length} steps)"))
-            x = np.asarray(to_numpy(x), dtype=np.float32)
-            _check_finite(x, "the final denoising step")
-            return x
-        fn = get_sampler(sampler)
-        x = fn(eps_fn, to_device(noise.prior()), time_grid(self.sde, steps, spacing), self.sde,
-               self._bulk_noise(noise, fused) if sampler in STOCHASTIC else None,
-               callback=watch, step_fn=last or step, **options)
-        x = np.asarray(to_numpy(x), dtype=np.float32)
-        _check_finite(x, "the final denoising step")
-        return x
+                on_step(StepView(k, int(chunk.idx[0]), float(last.t), x, last.x_in, last.eps, self.sde,
+                                 self.normalization, net.to_numpy))
+        return watch
 
     def _bulk_noise(self, noise: SampleNoise, on_device: bool, block: int | None = None) -> "_BulkNoise":
         """Step noise for the fused step (on the backend's device) or for the unfused one (numpy)."""
-        if on_device and self.noise_steps is not None:
-            return _BulkNoise(noise, self.noise_steps, block)
-        to_device = self.to_device if on_device else np.asarray
+        if on_device and self.net.has("noise"):
+            return _BulkNoise(noise, self.net.noise, block)
+        to_device = self.net.to_device if on_device else np.asarray
         return _BulkNoise(noise, lambda noise, k0, k1: [to_device(z) for z in noise.steps(k0, k1)], block)
 
 
-_PLAN_CACHE: dict = {}   # (sde, sampler, steps, spacing, options) -> plan; plans are pure functions of these
+@dataclass(eq=False, kw_only=True)
+class LatentDiffusionModel(DiffusionModel):
+    """Diffusion on an autoencoder's scaled latents, then its decoder: x = decoder(x_L / latent_scale)."""
+
+    kind: ClassVar[Kind] = Kind.LATENT_DIFFUSION
+    latent_shape: tuple[int, ...]   # the diffusion state's shape
+    latent_scale: float = 1.0       # the state is z * latent_scale
+
+    @classmethod
+    def _manifest_fields(cls, m) -> dict:
+        return {"sde": m.sde, "latent_shape": m.latent_shape, "latent_scale": m.latent_scale}
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return self.latent_shape
+
+    def _sample_chunk(self, chunk: _Chunk, config: SamplingConfig, watchers: Watchers) -> np.ndarray:
+        return self._decode_latent(self._diffuse(chunk, config, watchers))
+
+    def decode(self, x_latent: np.ndarray) -> np.ndarray:
+        """A latent-diffusion state (B, *latent_shape), e.g. a callback's intermediate x, as images in
+        data units: for previews of the reverse process."""
+        x = np.asarray(x_latent, dtype=np.float32)
+        if x.shape[1:] != self.latent_shape:
+            raise GenccError(f"decode takes states of shape (B, {', '.join(map(str, self.latent_shape))}), "
+                             f"got {x.shape}")
+        return self.normalization.decode(self._decode_latent(x))
+
+    def _decode_latent(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(self.net.decode(x / np.float32(self.latent_scale)), dtype=np.float32)
+        _check_finite(x, "the decoder output")
+        return x
 
 
-def _cached_plan(sde: VPSDE, sampler: str, steps: int, spacing: str, options: dict) -> list[PlanStep]:
-    key = (repr(sde), sampler, steps, spacing, tuple(sorted(options.items())))
-    if key not in _PLAN_CACHE:
-        if len(_PLAN_CACHE) > 64:
-            _PLAN_CACHE.clear()
-        _PLAN_CACHE[key] = PLANS[sampler](time_grid(sde, steps, spacing), sde, **options)
-    return _PLAN_CACHE[key]
+@dataclass(eq=False, kw_only=True)
+class GanModel(Model):
+    """A generator: one pass from the per-sample latent noise z to samples."""
+
+    kind: ClassVar[Kind] = Kind.GAN
+    latent_shape: tuple[int, ...]   # z's shape
+
+    @classmethod
+    def _manifest_fields(cls, m) -> dict:
+        return {"latent_shape": m.latent_shape, "num_classes": m.num_classes}
+
+    def _chunk(self, idx: np.ndarray, labels: np.ndarray, config: SamplingConfig) -> _Chunk:
+        if not self.num_classes:
+            return _Chunk(idx, generate=self.net.generate)
+        y = label_rows(self.kind, labels, idx, self.num_classes)
+        return _Chunk(idx, generate=lambda z: self.net.generate(z, y))
+
+    def _sample_chunk(self, chunk: _Chunk, config: SamplingConfig, watchers: Watchers) -> np.ndarray:
+        x = np.asarray(self.net.to_numpy(chunk.generate(SampleNoise(config.seed, chunk.idx,
+                                                                    self.latent_shape).prior())))
+        _check_finite(x, "the generator output")
+        if watchers.callback:
+            watchers.callback(0, x)
+        if watchers.on_step:
+            watchers.on_step(StepView(0, int(chunk.idx[0]), None, x, normalization=self.normalization))
+        return x
+
+
+MODEL_CLASSES: dict[Kind, type[Model]] = {Kind.DIFFUSION: DiffusionModel, Kind.GAN: GanModel,
+                                          Kind.LATENT_DIFFUSION: LatentDiffusionModel}
+
+
+def _final(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    _check_finite(x, "the final denoising step")
+    return x
 
 
 class _BulkNoise:

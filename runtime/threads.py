@@ -7,7 +7,8 @@ batch 16 46 vs 37, at batch 64 (35 MFLOP) 135 vs 81. With the other core busy th
 won every small case by far (MLP batch 1: 34 vs 54), because a fork-join waits for a descheduled
 worker. SMALL_CALL_FLOPS sits between: calls below it run on one thread. TVM keeps one pool per
 calling thread (`ThreadPool::ThreadLocal`), so the setting is per thread too: it is changed only
-when the wanted size changes, and never when the user set TVM_NUM_THREADS.
+when the wanted size changes, and never when the user set TVM_NUM_THREADS. That choice is read when
+a model is loaded (`TvmThreads`), and nothing here writes the environment.
 
 Torch's threads (training, torch-backend sampling) follow a second policy, further down: as many as
 there are cores that no other process is using when the run starts.
@@ -19,12 +20,15 @@ import functools
 import os
 import threading
 import time
+from dataclasses import dataclass
+from typing import Mapping
 
 SMALL_CALL_FLOPS = 20_000_000   # the UNet's batch 1 (19 MFLOP) below, the MLP's batch 64 (35 MFLOP) above
 
 _CORES = os.cpu_count() or 1   # os.cpu_count() costs ~10 us a call; the runtime asks once per network call
-_pool = threading.local()   # .size: the calling thread's TVM pool size, as last set here
-_user_set = "TVM_NUM_THREADS" in os.environ   # read at import, before the TVM backend sets its default
+# .size: the calling thread's TVM pool size, as last set here. TVM's pools are process state (one per
+# calling thread, shared by every loaded model), so this record of them is too.
+_pool = threading.local()
 
 
 def threads_for(flops: int, cores: int | None = None) -> int:
@@ -33,12 +37,64 @@ def threads_for(flops: int, cores: int | None = None) -> int:
     return 1 if flops < SMALL_CALL_FLOPS else cores
 
 
+@dataclass(frozen=True)
+class TvmThreads:
+    """A loaded model's TVM thread policy, fixed when it is loaded: `threads_for` a call's size, unless
+    the user chose TVM_NUM_THREADS (then TVM sizes its pools itself and this never touches them)."""
+
+    user_set: bool
+    cores: int = _CORES
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "TvmThreads":
+        return cls("TVM_NUM_THREADS" in (os.environ if environ is None else environ))
+
+    def use(self, tvm, n: int) -> None:
+        """Make the calling thread's TVM CPU pool `n` threads wide (a no-op if it already is)."""
+        if not self.user_set:
+            use(tvm, n)
+
+    def for_call(self, tvm, flops: int) -> None:
+        """Size the pool for a call of `flops` floating-point operations."""
+        self.use(tvm, threads_for(flops, self.cores))
+
+    def prepare(self, tvm) -> None:
+        """Configure this thread's pool before any other TVM call creates it at TVM's default size."""
+        if not self.user_set and not hasattr(_pool, "size"):
+            use(tvm, self.cores)
+
+
 def use(tvm, n: int) -> None:
-    """Make TVM's CPU thread pool `n` threads wide (a no-op if it already is, or the user chose)."""
-    if _user_set or getattr(_pool, "size", None) == n:
+    """Make the calling thread's TVM CPU pool `n` threads wide (a no-op if it already is).
+
+    TVM caps a pool at its size when created: TVM_NUM_THREADS, else half the cores on x86 (assuming
+    hyper-threads; one thread on a 2-core VM, ~40 us more per call at batch 1). The first configuration
+    on a thread also passes this process's CPUs, which sets that cap to all of them without touching the
+    environment; it must come before the thread's first parallel TVM call (`TvmThreads.prepare`).
+    """
+    if getattr(_pool, "size", None) == n:
         return
-    tvm.get_global_func("runtime.config_threadpool")(1, n)   # 1: kBig, i.e. no core-type preference
+    config = tvm.get_global_func("runtime.config_threadpool")
+    if hasattr(_pool, "size"):
+        config(1, n)   # 1: kBig, i.e. no core-type preference
+    else:
+        config(1, n, [str(c) for c in _cpus()])
     _pool.size = n
+
+
+def _cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):   # not Linux
+        return list(range(_CORES))
+
+
+def every_core() -> None:
+    """A TVM worker process's initializer (compiler/tune.py): its pool on every core, as the runtime
+    runs big calls, unless the user chose TVM_NUM_THREADS."""
+    import tvm
+
+    TvmThreads.from_environ().use(tvm, len(_cpus()))
 
 
 # ---- torch (OpenMP) threads -------------------------------------------------------------------------

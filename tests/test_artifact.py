@@ -49,12 +49,12 @@ def test_single_fused_step_parity(arts, net):
     x, z = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
     xp, ep = np.random.default_rng(1).standard_normal((2,) + shape).astype(np.float32)
     t, coef = 0.37, (1.01, -0.2, 0.05, 0.3, -0.7)
-    want = affine_step(ms["torch"].eps_fn)(x, t, coef, z, xp, ep)
+    want = affine_step(ms["torch"].net.eps)(x, t, coef, z, xp, ep)
     for k in ("ort", "tvm"):
         m = ms[k]
-        got = m.step_fn(m.to_device(x), t, coef, *map(m.to_device, (z, xp, ep)))
+        got = m.net.step(m.net.to_device(x), t, coef, *map(m.net.to_device, (z, xp, ep)))
         for g, w in zip(got, want, strict=True):
-            assert np.abs(m.to_numpy(g) - w).max() <= 1e-4, k
+            assert np.abs(m.net.to_numpy(g) - w).max() <= 1e-4, k
 
 
 def test_gan_generator_parity(arts):
@@ -75,7 +75,7 @@ def test_every_sampler_on_the_compiled_step_matches_torch(arts, sampler):
 
 def test_compiled_sampling_makes_no_host_side_network_calls(arts):
     m = gencc.load(arts["mlp"][1])
-    m.eps_fn = None   # any host-side network call would now fail
+    m.net.eps_fn = None   # any host-side network call would now fail
     for sampler in SAMPLERS:
         assert np.isfinite(m.sample(3, steps=3, sampler=sampler)).all()
 
@@ -83,7 +83,7 @@ def test_compiled_sampling_makes_no_host_side_network_calls(arts):
 def test_tvm_state_stays_on_device_between_steps(arts):
     m = gencc.load(arts["mlp"][1])
     seen = []
-    m.step_fn = (lambda f: lambda x, *a: seen.append(type(x).__name__) or f(x, *a))(m.step_fn)
+    m.net.step_fn = (lambda f: lambda x, *a: seen.append(type(x).__name__) or f(x, *a))(m.net.step_fn)
     m.sample(4, steps=5, sampler="em")
     assert seen and all(name == "Tensor" for name in seen), seen
 
@@ -240,13 +240,13 @@ def test_compiling_after_a_runtime_only_load_is_a_clear_error(arts, tmp_path):
 def test_several_steps_per_call_match_one_step_per_call(arts, sampler):
     """The MLP artifact's chain.so (8 steps per call) gives the per-step path's samples, and is used."""
     m = gencc.load(arts["mlp"][1])
-    assert m.chain_fn is not None and m.chain_length == 8
-    chain, calls = m.chain_fn, []
-    m.chain_fn = lambda *a: calls.append(1) or chain(*a)
+    assert m.net.has("chain") and m.net.chain_length == 8
+    chain, calls = m.net.chain_fn, []
+    m.net.chain_fn = lambda *a: calls.append(1) or chain(*a)
     fast = m.sample(9, steps=21, sampler=sampler, seed=2, batch_size=4)
     plan_len = (21 * (2 if sampler == "pc" else 1)) + 1
     assert len(calls) == 3 * (plan_len // 8)   # 3 chunks of at most 4 samples
-    m.chain_fn = None
+    m.net.chain_fn = None
     np.testing.assert_allclose(fast, m.sample(9, steps=21, sampler=sampler, seed=2, batch_size=4), atol=1e-5)
     assert "chain" not in json.loads((arts["unet"][1] / "manifest.json").read_text())["functions"]
 
@@ -259,14 +259,14 @@ def test_compiled_noise_gives_the_host_noise_samples_bit_for_bit(arts, net, samp
     m = gencc.load(arts[net][1])
     assert json.loads((arts[net][1] / "manifest.json").read_text())["noise"]["library"] == "noise.so"
     calls = []
-    kernel_steps, kernel_chain = m.noise_steps, m.chain_noise
-    m.noise_steps = lambda *a: calls.append("steps") or kernel_steps(*a)
-    m.chain_noise = lambda *a: calls.append("chain") or kernel_chain(*a)
+    kernel_steps, kernel_chain = m.net.noise_fn, m.net.chain_noise_fn
+    m.net.noise_fn = lambda *a: calls.append("steps") or kernel_steps(*a)
+    m.net.chain_noise_fn = lambda *a: calls.append("chain") or kernel_chain(*a)
     fast = m.sample(7, steps=19, sampler=sampler, seed=3, batch_size=4)
     assert calls, "the compiled kernel was not used"
     tvm = sys.modules["tvm"]
-    m.noise_steps = lambda noise, k0, k1: host_steps(tvm, noise, k0, k1)
-    m.chain_noise = lambda noise, draws: host_chain_block(tvm, noise, draws)
+    m.net.noise_fn = lambda noise, k0, k1: host_steps(tvm, noise, k0, k1)
+    m.net.chain_noise_fn = lambda noise, draws: host_chain_block(tvm, noise, draws)
     np.testing.assert_array_equal(fast, m.sample(7, steps=19, sampler=sampler, seed=3, batch_size=4))
 
 

@@ -36,9 +36,9 @@ def test_manifest_records_the_latent_shape_and_scale(art, tiny_shapes_latent):
 
 def test_decoder_parity_torch_ort_tvm(art, tiny_shapes_latent):
     z = np.random.default_rng(0).standard_normal((5, 4, 8, 8)).astype(np.float32)
-    want = gencc.load(tiny_shapes_latent).decode_fn(z)
+    want = gencc.load(tiny_shapes_latent).net.decode(z)
     for backend in ("ort", "tvm"):
-        got = gencc.load(art, backend=backend).decode_fn(z)
+        got = gencc.load(art, backend=backend).net.decode(z)
         assert np.abs(got - want).max() <= 1e-4, backend
 
 

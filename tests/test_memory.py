@@ -8,6 +8,7 @@ import gencc
 from cli_helpers import assert_user_error, gencc as run_cli
 from fake_artifact import edit_manifest, fake_artifact
 from gencc.runtime import model as model_mod
+from gencc.runtime.backend import Functions
 from gencc.runtime.artifact import read_manifest
 from gencc.runtime.errors import GenccError
 
@@ -42,7 +43,7 @@ def test_allocation_failure_at_the_call_is_one_line(tiny_moons_diffusion, error)
 
     def eps_fn(x, t):
         raise error
-    m.eps_fn = eps_fn
+    m.net.eps_fn = eps_fn
     with pytest.raises(GenccError, match="ran out of memory") as e:
         m.sample(4, steps=2)
     assert "\n" not in str(e.value)
@@ -50,19 +51,19 @@ def test_allocation_failure_at_the_call_is_one_line(tiny_moons_diffusion, error)
 
 def test_other_runtime_errors_are_not_mistaken_for_memory(tiny_moons_diffusion):
     m = gencc.load(tiny_moons_diffusion)
-    m.eps_fn = lambda x, t: (_ for _ in ()).throw(RuntimeError("a bug"))
+    m.net.eps_fn = lambda x, t: (_ for _ in ()).throw(RuntimeError("a bug"))
     with pytest.raises(RuntimeError, match="a bug"):
         m.sample(4, steps=2)
 
 
 def test_artifact_activations_come_from_the_manifest_or_a_conservative_default(tmp_path, small_machine):
     art = fake_artifact(tmp_path / "a.gencc")
-    old = model_mod.Model.from_manifest(read_manifest(art), "tvm")   # compiled before the field existed
+    old = model_mod.Model.from_manifest(read_manifest(art), Functions("tvm"))   # compiled before the field existed
     assert old.activation_bytes == 0
     with pytest.raises(GenccError, match="activations"):   # 256 samples' worth each, 4 alive: 8 KiB a sample
         model_mod._check_memory(10_000, 10_000, (2,), old.activation_bytes)
     edit_manifest(art, lambda m: [f.update(activation_bytes_per_sample=64) for f in m["functions"].values()])
-    new = model_mod.Model.from_manifest(read_manifest(art), "tvm")
+    new = model_mod.Model.from_manifest(read_manifest(art), Functions("tvm"))
     assert new.activation_bytes == 64
     model_mod._check_memory(10_000, 10_000, (2,), new.activation_bytes)   # 4 x 64 B a sample: fits
     edit_manifest(art, lambda m: m["functions"]["eps"].update(activation_bytes_per_sample=-1))

@@ -7,7 +7,8 @@ from PIL import Image
 
 from cli_helpers import assert_user_error, gencc
 from gencc.runtime.errors import GenccError
-from gencc.runtime.model import Model
+from gencc.runtime.backend import Functions
+from gencc.runtime.model import DiffusionModel, GanModel
 from gencc.runtime.noise import SampleNoise
 from gencc.runtime.normalize import Normalization
 from gencc.runtime.preview import write_preview
@@ -22,9 +23,9 @@ def linear_eps(x, t):
     return 0.3 * x + 0.1 * t   # any fixed function will do: the test recomputes it by hand
 
 
-def toy_model(fused: bool) -> Model:
+def toy_model(fused: bool) -> DiffusionModel:
     step = affine_step(linear_eps) if fused else None
-    return Model("diffusion", (2,), NORM, "exact", sde=SDE, eps_fn=linear_eps, step_fn=step)
+    return DiffusionModel((2,), NORM, Functions("exact", eps_fn=linear_eps, step_fn=step), sde=SDE)
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -65,7 +66,7 @@ def test_preview_folder_has_every_kth_estimate_the_final_samples_and_a_gif(tmp_p
 
 
 def test_gan_preview_is_the_single_final_frame(tmp_path):
-    gan = Model("gan", (2,), NORM, "exact", generate_fn=lambda z: np.tanh(z[:, :2]), latent_shape=(4,))
+    gan = GanModel((2,), NORM, Functions("exact", generate_fn=lambda z: np.tanh(z[:, :2])), latent_shape=(4,))
     record = write_preview(gan, tmp_path / "g", every=1, n=30, seed=0)
     assert [f["file"] for f in record["frames"]] == ["final.png"]
     with Image.open(tmp_path / "g" / "reverse.gif") as gif:
@@ -218,7 +219,7 @@ def test_cli_train_preview_errors_are_one_line(tmp_path):
 
 def test_previews_of_data_that_cannot_be_pictured(tmp_path):
     # 3-D points: gencc sample --preview refuses up front; training previews draw the loss curve alone.
-    m = Model("diffusion", (3,), Normalization((0.0,), (1.0,), (3,)), "exact", sde=SDE, eps_fn=linear_eps)
+    m = DiffusionModel((3,), Normalization((0.0,), (1.0,), (3,)), Functions("exact", eps_fn=linear_eps), sde=SDE)
     with pytest.raises(GenccError, match=r"images or 2-D points.*\(3,\)"):
         write_preview(m, tmp_path / "p", every=1, steps=2)
     assert not (tmp_path / "p").exists()

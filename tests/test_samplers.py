@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from gencc.runtime.errors import GenccError
-from gencc.runtime.model import Model
+from gencc.runtime.backend import Functions
+from gencc.runtime.model import DiffusionModel
 from gencc.runtime.noise import SampleNoise
 from gencc.runtime.normalize import Normalization
 from gencc.runtime.samplers import (
@@ -81,7 +82,7 @@ def test_a_wrong_score_fails_the_same_check(sampler, steps, wrong):
 
 
 def gaussian_model():
-    return Model("diffusion", (2,), Normalization((0.0,), (1.0,), (2,)), "exact", sde=SDE, eps_fn=exact_eps)
+    return DiffusionModel((2,), Normalization((0.0,), (1.0,), (2,)), Functions("exact", eps_fn=exact_eps), sde=SDE)
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
@@ -102,7 +103,7 @@ def test_start_offset_continues_the_same_sequence():
 def test_step_contract_counts_network_calls():
     calls = []
     m = gaussian_model()
-    m.eps_fn = lambda x, t: calls.append(t) or exact_eps(x, t)
+    m.net.eps_fn = lambda x, t: calls.append(t) or exact_eps(x, t)
     for sampler in SAMPLERS:
         calls.clear()
         m.sample(3, steps=6, sampler=sampler, options={"corrector_steps": 2} if sampler == "pc" else None)
@@ -116,8 +117,8 @@ def test_callback_sees_every_step():
 
 
 def test_nan_is_reported_with_its_step():
-    m = Model("diffusion", (2,), Normalization((0.0,), (1.0,), (2,)), "exact", sde=SDE,
-              eps_fn=lambda x, t: np.where(t < 0.5, np.nan, 0.0) * x)
+    m = DiffusionModel((2,), Normalization((0.0,), (1.0,), (2,)),
+                       Functions("exact", eps_fn=lambda x, t: np.where(t < 0.5, np.nan, 0.0) * x), sde=SDE)
     with pytest.raises(GenccError, match=r"NaN/inf values at step \d+"):
         m.sample(4, steps=10)
 

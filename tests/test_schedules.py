@@ -185,10 +185,12 @@ def test_an_artifact_records_and_reads_back_its_discrete_schedule(tmp_path):
 
 
 def test_a_model_samples_and_watches_through_its_discrete_schedule():
-    from gencc.runtime.model import Model
+    from gencc.runtime.backend import Functions
+    from gencc.runtime.model import DiffusionModel
     from gencc.runtime.normalize import Normalization
     sde = make_sde("squaredcos_cap_v2")
-    m = Model("diffusion", (2,), Normalization((0.0,), (1.0,), (2,)), "exact", sde=sde, eps_fn=exact_eps_for(sde))
+    m = DiffusionModel((2,), Normalization((0.0,), (1.0,), (2,)), Functions("exact", eps_fn=exact_eps_for(sde)),
+                       sde=sde)
     views = []
     x = m.sample(4000, steps=30, sampler="dpm2m", seed=0, on_step=views.append)
     ok, stats = matches_gaussian(x, tol=0.05)
@@ -200,7 +202,7 @@ def test_a_model_samples_and_watches_through_its_discrete_schedule():
     posterior_mean = MU + g * S * S * (view.x_in - g * MU) / (g * g * S * S + s * s)
     np.testing.assert_allclose(view.denoised(), posterior_mean, rtol=1e-4, atol=1e-4)
     linear = make_sde("linear")
-    other = Model("diffusion", (2,), m.normalization, "exact", sde=linear, eps_fn=exact_eps_for(linear))
+    other = DiffusionModel((2,), m.normalization, Functions("exact", eps_fn=exact_eps_for(linear)), sde=linear)
     assert not np.array_equal(other.sample(8, steps=30, sampler="ddim", seed=0), m.sample(8, steps=30, sampler="ddim",
                                                                                           seed=0))
 

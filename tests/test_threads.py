@@ -1,4 +1,7 @@
 """The runtime's thread policy: small calls on one TVM thread, big ones on every core."""
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -12,7 +15,7 @@ class FakeTVM:
 
     def get_global_func(self, name):
         assert name == "runtime.config_threadpool"
-        return lambda mode, n: self.calls.append((threading.get_ident(), n))
+        return lambda mode, n, *cpus: self.calls.append((threading.get_ident(), n, *cpus))
 
 
 def test_threads_for_splits_at_the_small_call_threshold():
@@ -26,25 +29,58 @@ def test_threads_for_splits_at_the_small_call_threshold():
 
 
 def test_pool_is_reconfigured_only_on_change_and_per_thread(monkeypatch):
-    monkeypatch.setattr(threads, "_user_set", False)
     monkeypatch.setattr(threads, "_pool", threading.local())
-    tvm = FakeTVM()
+    tvm, policy = FakeTVM(), threads.TvmThreads(user_set=False)
     for n in (1, 1, 2, 2, 1):
-        threads.use(tvm, n)
-    assert [n for _, n in tvm.calls] == [1, 2, 1]
-    other = threading.Thread(target=threads.use, args=(tvm, 1))   # TVM's pool is per calling thread
+        policy.use(tvm, n)
+    assert [c[1] for c in tvm.calls] == [1, 2, 1]
+    other = threading.Thread(target=policy.use, args=(tvm, 1))   # TVM's pool is per calling thread
     other.start()
     other.join()
-    assert [n for _, n in tvm.calls] == [1, 2, 1, 1] and tvm.calls[-1][0] != tvm.calls[0][0]
+    assert [c[1] for c in tvm.calls] == [1, 2, 1, 1] and tvm.calls[-1][0] != tvm.calls[0][0]
+    # A thread's first configuration also names the CPUs, which lifts TVM's cap of half the cores.
+    cpus = [str(c) for c in threads._cpus()]
+    assert [len(c) for c in tvm.calls] == [3, 2, 2, 3] and tvm.calls[0][2] == tvm.calls[3][2] == cpus
 
 
 def test_user_choice_of_tvm_num_threads_is_respected(monkeypatch):
-    monkeypatch.setattr(threads, "_user_set", True)
     monkeypatch.setattr(threads, "_pool", threading.local())
     tvm = FakeTVM()
-    threads.use(tvm, 1)
-    assert tvm.calls == []
+    policy = threads.TvmThreads.from_environ({"TVM_NUM_THREADS": "3"})
+    policy.use(tvm, 1)
+    policy.prepare(tvm)
+    assert policy.user_set and tvm.calls == []
+    assert not threads.TvmThreads.from_environ({}).user_set
 
+
+def test_the_policy_is_read_when_a_model_loads_not_at_import(monkeypatch):
+    """Setting TVM_NUM_THREADS after gencc was imported still counts as the user's choice."""
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
+    assert threads.TvmThreads.from_environ().user_set
+    monkeypatch.delenv("TVM_NUM_THREADS")
+    assert not threads.TvmThreads.from_environ().user_set
+
+
+@pytest.mark.slow
+def test_loading_and_sampling_an_artifact_leaves_the_environment_alone(tiny_moons_artifact):
+    """Library code writes no environment variable: TVM's runtime-only switches are set for the import
+    only, and the thread count goes through TVM's own API. The pool still reaches every core."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        os.environ.pop("TVM_NUM_THREADS", None)
+        before = dict(os.environ)
+        import gencc
+        gencc.load({str(tiny_moons_artifact)!r}).sample(64, steps=3)
+        import tvm
+        assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())
+        assert "torch" not in sys.modules
+        from gencc.runtime import threads
+        threads.use(tvm, os.cpu_count())
+        print(tvm.get_global_func("runtime.NumThreads")())
+        """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) == len(threads._cpus())
 
 
 # ---- torch's threads: the cores no other process is using --------------------------------------------
@@ -162,7 +198,7 @@ def test_torch_sampling_runs_on_the_free_cores_only(monkeypatch):
     import numpy as np
 
     from gencc.models.factory import build_eps_net, eps_net_config
-    from gencc.runtime.backend_torch import model_from_net
+    from gencc.models.torch_backend import model_from_net
     from gencc.runtime.normalize import Normalization
     from gencc.runtime.sde import VPSDE
 
@@ -173,8 +209,8 @@ def test_torch_sampling_runs_on_the_free_cores_only(monkeypatch):
         net = build_eps_net(eps_net_config((2,), width=8))
         norm = Normalization.fit(np.random.default_rng(0).standard_normal((8, 2)).astype(np.float32), "vector")
         model = model_from_net("diffusion", net, (2,), norm, sde=VPSDE())
-        eps = model.eps_fn
-        model.eps_fn = lambda x, t: (seen.append(torch.get_num_threads()), eps(x, t))[1]
+        eps = model.net.eps_fn
+        model.net.eps_fn = lambda x, t: (seen.append(torch.get_num_threads()), eps(x, t))[1]
         model.sample(2, steps=2)
         after = torch.get_num_threads()
     finally:

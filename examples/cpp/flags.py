@@ -16,7 +16,6 @@ import os
 import sys
 from pathlib import Path
 
-
 VENV = Path(__file__).resolve().parents[2] / ".venv"
 
 

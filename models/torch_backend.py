@@ -1,37 +1,41 @@
-"""Torch backend: a checkpoint's sampling weights (EMA eps-network or generator) as numpy callables.
+"""Torch backend: a checkpoint's sampling weights (EMA eps-network or generator) as a runtime Model.
 
-torch and gencc.models are imported inside `load_checkpoint`, so the runtime stays importable without them.
+It lives next to the models because it builds their networks; the runtime never imports it, and its
+loader finds it by name (runtime/loader.py), so the runtime stays importable without torch.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .model import Model
-from .normalize import Normalization
-from .sde import VPSDE, sde_from_dict
-from .threads import torch_threads
+from gencc.models import checkpoint as ckpt
+from gencc.models.factory import config_from_dict, load_net
+from gencc.runtime.backend import Functions
+from gencc.runtime.errors import GenccError
+from gencc.runtime.kinds import Kind
+from gencc.runtime.model import DiffusionModel, GanModel, LatentDiffusionModel, Model
+from gencc.runtime.normalize import Normalization
+from gencc.runtime.sde import VPSDE, sde_from_dict
+from gencc.runtime.threads import torch_threads
+
+NAME = "torch"
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> Model:
-    import torch
-
-    from gencc.models import checkpoint as ckpt
-    from gencc.models.factory import config_from_dict, load_net
-
     config = ckpt.load_config(path)
     if config["model"] == "autoencoder":
-        from .errors import GenccError
         raise GenccError(f"{str(path)!r} is an autoencoder checkpoint; it samples nothing on its own "
                          "(train latent diffusion on it: gencc train latent-diffusion --autoencoder)")
+    kind = Kind(config["model"])
     net_cfg = config_from_dict(config["net"])
     norm = Normalization.from_dict(config["data"]["normalization"])
     shape = tuple(config["data"]["sample_shape"])
     net = load_net(path, config)   # checked against the weights' header before it is built
-    sde = sde_from_dict(config["sde"]) if config["model"] == "diffusion" else None
+    sde = sde_from_dict(config["sde"]) if kind is Kind.DIFFUSION else None
     latent = getattr(net_cfg, "latent_dim", None)
-    return model_from_net(config["model"], net, shape, norm, sde=sde, latent_dim=latent, info=config,
+    return model_from_net(kind, net, shape, norm, sde=sde, latent_dim=latent, info=config,
                           data_name=config["data"]["name"], device=device,
                           num_classes=getattr(net_cfg, "num_classes", 0))
 
@@ -42,23 +46,20 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
     """A Model over an in-memory eps-network or generator (which this puts in eval mode).
 
     `latent_dim`: a GAN's z, an int (gencc's flat latents) or a shape tuple (a user's, e.g. (100, 1, 1))."""
-    import torch
-
     net = net.to(device).eval().requires_grad_(False)
 
-    def to_torch(a: np.ndarray) -> "torch.Tensor":
+    def to_torch(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
-    if kind == "gan":
+    if Kind(kind) is Kind.GAN:
         latent = tuple(latent_dim) if isinstance(latent_dim, (tuple, list)) else (latent_dim,)
 
         @torch.inference_mode()
         def generate_fn(z: np.ndarray, *y: np.ndarray) -> np.ndarray:
             return net(to_torch(z), *map(to_torch, y)).cpu().numpy()
-        return Model("gan", shape, norm, "torch", generate_fn=generate_fn, latent_shape=latent,
-                     info=info or {}, data_name=data_name, num_classes=num_classes,
-                     around_sample=torch_threads,
-                     activation_bytes=activation_bytes(net, torch.zeros(2, *latent, device=device)))
+        return GanModel(shape, norm, Functions(NAME, generate_fn=generate_fn), latent_shape=latent,
+                        info=info or {}, data_name=data_name, num_classes=num_classes, around_sample=torch_threads,
+                        activation_bytes=activation_bytes(net, torch.zeros(2, *latent, device=device)))
 
     if num_classes:   # the callables also take one-hot labels (runtime/conditioning.py)
         from gencc.models.guidance import GuidedEps
@@ -76,16 +77,14 @@ def model_from_net(kind: str, net, shape: tuple[int, ...], norm: Normalization, 
 
     # guidance runs the conditional and the null branch in one doubled batch
     activations = activation_bytes(net, torch.zeros(2, *shape, device=device), torch.full((2,), 0.5, device=device))
-    return Model("diffusion", shape, norm, "torch", sde=sde, eps_fn=eps_fn, info=info or {}, data_name=data_name,
-                 num_classes=num_classes, around_sample=torch_threads,
-                 activation_bytes=activations * (2 if num_classes else 1))
+    return DiffusionModel(shape, norm, Functions(NAME, eps_fn=eps_fn), sde=sde, info=info or {},
+                          data_name=data_name, num_classes=num_classes, around_sample=torch_threads,
+                          activation_bytes=activations * (2 if num_classes else 1))
 
 
 def activation_bytes(net, *inputs) -> int:
     """The largest tensor any module of `net` gives on `inputs` (a batch of 2), in bytes per sample: what
     Model's memory check counts for the network's activations; 0 (unknown) where the call fails."""
-    import torch
-
     largest = 0
 
     def hook(_module, _args, out):
@@ -108,8 +107,6 @@ def activation_bytes(net, *inputs) -> int:
 
 def load_latent_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     """A latent-diffusion checkpoint (models/latent.py): its latent eps-network, then its decoder."""
-    import torch
-
     from gencc.models.latent import load_autoencoder, load_latent_checkpoint as load_config
 
     lc = load_config(path)
@@ -120,9 +117,10 @@ def load_latent_checkpoint(path: str | Path, device: str = "cpu") -> Model:
     def decode_fn(z: np.ndarray) -> np.ndarray:
         return decoder(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)).to(device)).cpu().numpy()
 
-    return Model("latent-diffusion", lc.sample_shape, lc.normalization, "torch", sde=diffusion.sde,
-                 eps_fn=diffusion.eps_fn, decode_fn=decode_fn, latent_shape=lc.latent_shape, latent_scale=lc.scale,
-                 info={"autoencoder": lc.autoencoder, "latent": lc.diffusion},
-                 data_name=lc.autoencoder["data"]["name"], around_sample=torch_threads,
-                 activation_bytes=max(diffusion.activation_bytes,
-                                      activation_bytes(decoder, torch.zeros(2, *lc.latent_shape, device=device))))
+    return LatentDiffusionModel(
+        lc.sample_shape, lc.normalization, Functions(NAME, eps_fn=diffusion.net.eps, decode_fn=decode_fn),
+        sde=diffusion.sde, latent_shape=lc.latent_shape, latent_scale=lc.scale,
+        info={"autoencoder": lc.autoencoder, "latent": lc.diffusion}, data_name=lc.autoencoder["data"]["name"],
+        around_sample=torch_threads,
+        activation_bytes=max(diffusion.activation_bytes,
+                             activation_bytes(decoder, torch.zeros(2, *lc.latent_shape, device=device))))
