@@ -192,7 +192,7 @@ def test_tuning_killed_keeps_its_records_and_the_next_run_reuses_them(tmp_path, 
     m = compile_artifact(tiny_moons_diffusion, out, tuning=TuneOptions(trials=8, batches=(8,), db_dir=db, keep="always"),
                          log=said.append)
     line = next(s for s in said if s.startswith("tuning step at batch 8"))
-    untuned = re.search(r"(\d+) of (\d+) tasks untuned", line)
+    untuned = re.search(r"(\d+) of (\d+) kernels new to", line)
     assert "no new trials" in line or int(untuned[1]) < int(untuned[2]), line   # recorded tasks are not redone
     assert records.read_text().count("\n") >= kept   # nothing gathered before the kill was lost
     assert m["functions"]["step"]["static"]["8"]["library"] == "step_b8.so"
