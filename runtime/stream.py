@@ -20,9 +20,9 @@ import shutil
 import struct
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -231,7 +231,7 @@ class _Appender:
         if rows == 0:
             write_bytes_atomic(job_file, (json.dumps(job, indent=2) + "\n").encode())
             write_bytes_atomic(partial, header(0, shape))
-        self.f = open(partial, "r+b")
+        self.f = open(partial, "r+b")   # noqa: SIM115 (held across appends; close() closes it)
         self.f.seek(0, os.SEEK_END)
         self.shape, self.rows, self.last = shape, rows, time.monotonic()
 
@@ -270,13 +270,12 @@ def publish(partial: Path, out: Path, extra: dict[str, np.ndarray] | None = None
         return
     info = zipfile.ZipInfo("samples.npy", date_time=(1980, 1, 1, 0, 0, 0))
     info.file_size = partial.stat().st_size   # lets zipfile choose ZIP64 up front for outputs over 2 GiB
-    with atomic_path(out) as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
-            with z.open(info, "w") as dst, open(partial, "rb") as src:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            for name, a in (extra or {}).items():
-                with z.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as dst:
-                    np.lib.format.write_array(dst, np.ascontiguousarray(a), allow_pickle=False)
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+        with z.open(info, "w") as dst, open(partial, "rb") as src:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        for name, a in (extra or {}).items():
+            with z.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as dst:
+                np.lib.format.write_array(dst, np.ascontiguousarray(a), allow_pickle=False)
     partial.unlink()
 
 
