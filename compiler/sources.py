@@ -13,9 +13,9 @@ from __future__ import annotations
 import importlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable
 
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import one_line
