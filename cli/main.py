@@ -324,7 +324,9 @@ def eval_(
 @app.command()
 @_user_errors
 def bench(
-    checkpoint: Path = typer.Argument(..., help="checkpoint directory (latent diffusion: step and decoder)"),
+    checkpoint: str = typer.Argument(..., help="gencc checkpoint directory (latent diffusion: step and decoder), or "
+                                     "a user's network as gencc compile takes it: a diffusers UNet2DModel folder, "
+                                     "an .onnx file or pkg.module:factory"),
     backends: str = typer.Option("torch,ort,tvm", help="comma list of torch, torch-compile, ort, tvm, tvm-tuned"),
     batch: str = typer.Option("1,64,1024", help="comma list of batch sizes"),
     steps: int = typer.Option(100, help="steps of the end-to-end sampling run (0: per-step only)"),
@@ -334,10 +336,21 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
     md: Optional[Path] = typer.Option(None, help="write the table as Markdown"),
     plot: Optional[Path] = typer.Option(None, help="write a latency-vs-batch plot (PNG, needs matplotlib)"),
+    # A user's own network: the options of gencc compile that say what it is (docs/YOUR_MODEL.md).
+    shape: Optional[str] = typer.Option(None, "--shape", help="a user's network: one sample's shape, e.g. 1,8,8"),
+    kind: Optional[str] = typer.Option(None, help="a user's network: diffusion (default) or gan"),
+    time_input: Optional[str] = typer.Option(None, help="a user's network: t (default), timestep:N or sigma"),
+    prediction: Optional[str] = typer.Option(None, help="a user's network: eps (default), x0 or v"),
+    schedule: Optional[str] = typer.Option(None, help="a user's network: vp, linear, scaled_linear or "
+                                           "squaredcos_cap_v2"),
+    latent_shape: Optional[str] = typer.Option(None, help="a user's gan: the shape of z, e.g. 64 or 100,1,1"),
+    weights: Optional[Path] = typer.Option(None, help="module:factory sources: a .safetensors state dict"),
+    scheduler: Optional[Path] = typer.Option(None, help="diffusers sources: a scheduler_config.json"),
 ):
     """Measure every backend on the same job, each in its own process; report ratios to torch eager.
 
     Example: gencc bench moons.ckpt --backends torch,ort,tvm --batch 1,64,1024 --md bench.md
+             gencc bench unet_folder/ --backends torch,ort,tvm --batch 1,8 --steps 10 --md unet.md
     """
     from gencc.compiler.bench import BenchConfig, markdown, run_bench, save_outputs
 
@@ -353,7 +366,12 @@ def bench(
         if p is not None and not p.parent.is_dir():
             raise GenccError(f"output folder {str(p.parent)!r} does not exist")
     arts = {k: v for k, v in (("tvm", artifact), ("tvm-tuned", tuned)) if v is not None}
-    report = run_bench(checkpoint, cfg, arts, log=lambda s: typer.echo(s, err=True))
+    from gencc.compiler.options import CompileOptions
+
+    network = {"sample_shape": shape, "kind": kind, "time_input": time_input, "prediction": prediction,
+               "schedule": schedule, "latent_shape": latent_shape, "weights": weights, "scheduler": scheduler}
+    options = CompileOptions.make(**{k: v for k, v in network.items() if v is not None})
+    report = run_bench(checkpoint, cfg, arts, log=lambda s: typer.echo(s, err=True), options=options)
     say(markdown(report), json_out)
     save_outputs(report, None, md, plot)
     emit_json(report, json_out)

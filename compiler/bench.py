@@ -1,11 +1,16 @@
 """`gencc bench`: every backend on the same job, each in its own process, reported as ratios to torch eager.
 
+The job is a gencc checkpoint, or a user's own network as `gencc compile` takes it (a diffusers folder,
+an .onnx file, a module:factory; compiler/sources.py): then torch eager runs the adapted network
+(models/adapters.py) that the artifact compiles, so both sides compute the same step.
+
 Absolute times drift on a shared machine; ratios taken minutes apart in one run do not drift much.
 Next to the times stand the physical limits: the FLOPs of one step (counted from the ONNX graph), the
 achieved GFLOP/s and the machine's float32 matmul peak measured in the same run.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -95,13 +100,15 @@ def busy_reasons(peak: dict, rows: list[dict]) -> list[str]:
 
 
 def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Path] | None = None,
-              log: Log = lambda s: None) -> dict:
-    """Measure every backend of `cfg` on `checkpoint`; `artifacts` maps tvm / tvm-tuned to prebuilt ones."""
-    from .compile import compile_artifact
+              log: Log = lambda s: None, options=None) -> dict:
+    """Measure every backend of `cfg` on `checkpoint` (a gencc checkpoint or a user's network source, with
+    `options`, compiler/options.py's CompileOptions); `artifacts` maps tvm / tvm-tuned to prebuilt ones."""
     from .flops import count_flops, count_flops_or_none
 
-    config = _config(checkpoint)
+    source = BenchSource.of(checkpoint, options)
+    config = source.config()
     artifacts = dict(artifacts or {})
+    compile_s = None
     with tempfile.TemporaryDirectory(prefix="gencc-bench-") as tmp:
         if "tvm-tuned" in cfg.backends and "tvm-tuned" not in artifacts:
             raise GenccError("backend tvm-tuned needs a tuned artifact: pass --tuned ARTIFACT "
@@ -110,7 +117,11 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
         if needs_plain and "tvm" not in artifacts:
             log("compiling an untuned artifact for this CPU ...")
             artifacts["tvm"] = Path(tmp) / "model.gencc"
-            compile_artifact(checkpoint, artifacts["tvm"], target="llvm")
+            t = time.perf_counter()
+            source.compile(artifacts["tvm"], log)
+            compile_s = time.perf_counter() - t
+        if source.user:
+            config = {**config, **_artifact_kind(artifacts["tvm"])}
         fn = "generator" if config["model"] == "gan" else "step"
         onnx_file = artifacts["tvm"] / f"{fn}.onnx"
         flops = {b: count_flops_or_none(onnx_file, b, lambda e: log(f"GFLOP/s left out: {e}")) for b in cfg.batches}
@@ -122,15 +133,83 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
         for backend in cfg.backends:
             path = checkpoint if backend.startswith("torch") else artifacts["tvm-tuned" if backend == "tvm-tuned" else "tvm"]
             log(f"measuring {backend} ...")
+            user = {"user_options": source.options_json()} if source.user and backend.startswith("torch") else {}
             results[backend] = _worker({"backend": backend, "path": str(path), "batches": list(cfg.batches),
                                         "steps": cfg.steps if config["model"] != "gan" else 0,
-                                        "sampler": cfg.sampler, "min_seconds": cfg.min_seconds}, cfg.timeout_s)
-    report = _summarise(checkpoint, config, cfg, flops, peak, results)
+                                        "sampler": cfg.sampler, "min_seconds": cfg.min_seconds, **user},
+                                       cfg.timeout_s)
+    report = {**_summarise(checkpoint, config, cfg, flops, peak, results), "compile_s": compile_s}
     if report["unreliable"]:
         log(f"WARNING: {BUSY_WARNING}: " + "; ".join(report["busy_reasons"]))
     if decoder_flops is not None:
         report["decoder_flops"] = decoder_flops
     return report
+
+
+# What a user's network source says about itself in place of a checkpoint's config.
+_NETWORK_OPTIONS = ("sample_shape", "kind", "time_input", "prediction", "schedule", "num_train_timesteps",
+                    "beta_start", "beta_end", "latent_shape", "num_classes", "label_input", "weights", "scheduler")
+
+
+@dataclass(frozen=True)
+class BenchSource:
+    """What is benched: a gencc checkpoint (user=False), or a user's network source with its options."""
+
+    source: str | Path
+    user: bool
+    options: object = None   # CompileOptions; user sources only
+
+    @classmethod
+    def of(cls, source: str | Path, options=None) -> "BenchSource":
+        """Classify `source` as `gencc compile` would, refusing a missing one or options on a checkpoint."""
+        from .options import CompileOptions
+        from .sources import _FACTORY, _is_gencc, _refuse_network_options
+
+        if not isinstance(source, (str, Path)):
+            raise GenccError(f"gencc bench takes a path or a module:factory, got a {type(source).__name__} "
+                             "(each backend runs in a process of its own, which must load the network itself)")
+        path = Path(source)
+        options = options or CompileOptions()
+        if _is_gencc(path):
+            _refuse_network_options(path, options)
+            return cls(source, False)
+        if not path.exists() and not (isinstance(source, str) and _FACTORY.fullmatch(source)):
+            raise GenccError(f"source {str(source)!r} does not exist (expected a gencc checkpoint, a diffusers "
+                             "model folder, an .onnx file, or an importable module:factory)")
+        return cls(source, True, dataclasses.replace(options, target="llvm", arch=None, sign=None, tuning=None))
+
+    def config(self) -> dict:
+        if not self.user:
+            return _config(self.source)
+        name = Path(str(self.source)).name or str(self.source)
+        return {"model": self.options.kind, "net": {"arch": "user network"}, "data": {"name": name}}
+
+    def compile(self, out: Path, log: Log) -> None:
+        from .compile import compile_artifact
+        from .sources import compile_source
+
+        if self.user:
+            compile_source(self.source, out, self.options, log)
+        else:
+            compile_artifact(self.source, out, target="llvm")
+
+    def options_json(self) -> dict:
+        """The network options, for the torch worker to resolve the same network (JSON: no tuples, Paths)."""
+        out = {}
+        for k in _NETWORK_OPTIONS:
+            v = getattr(self.options, k)
+            out[k] = list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v
+        return out
+
+
+def _artifact_kind(artifact: Path) -> dict:
+    """A compiled user network's kind and the source its manifest records, for the report's title."""
+    from gencc.runtime.artifact import MANIFEST
+    from gencc.runtime.jsonfile import read_json
+
+    manifest = read_json(artifact / MANIFEST, "artifact manifest")
+    src = (manifest.get("source") or {}) if isinstance(manifest, dict) else {}
+    return {"net": {"arch": src.get("class") or src.get("kind") or "user network"}} if src else {}
 
 
 def _config(checkpoint: str | Path) -> dict:
@@ -226,7 +305,8 @@ def markdown(report: dict) -> str:
     x = (lambda v: "busy") if busy else (lambda v: f"{v:.2f}")
     lines = warning + [f"**{report['data']} {report['model']} ({report['net']})**, {report['machine']['cpu']}, "
              f"{report['machine']['cores']} cores, {report['date']}. Matmul peak {p.get('peak_gflops', 0):.0f} GFLOP/s "
-             f"({p.get('size')}^3 float32). End to end: {report['config']['steps']} `{report['config']['sampler']}` steps.",
+             f"({p.get('size')}^3 float32). End to end: {report['config']['steps']} `{report['config']['sampler']}` steps."
+             + _compiled(report),
              "",
              "| backend | batch | step (median) | p10-p90 | x torch (step) | GFLOP/s | % peak | step in a run "
              "| samples/s | x torch (e2e) | start-up | peak RSS |",
@@ -248,6 +328,12 @@ def markdown(report: dict) -> str:
         lines += [f"| {r['backend']} | {r['batch']} | {_t(r['decoder_median_s'])} "
                   f"| {x(r.get('decoder_speedup_vs_torch', float('nan')))} |" for r in decoded]
     return "\n".join(lines) + "\n"
+
+
+def _compiled(report: dict) -> str:
+    """The untuned compile this run made (export, TVM build, parity check), if it made one."""
+    c = report.get("compile_s")
+    return "" if c is None else f" TVM compile (untuned, llvm, with export and parity check): {c:.0f} s."
 
 
 def _f(v: float, spec: str, unit: str = "") -> str:
