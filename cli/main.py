@@ -331,6 +331,8 @@ def bench(
     batch: str = typer.Option("1,64,1024", help="comma list of batch sizes"),
     steps: int = typer.Option(100, help="steps of the end-to-end sampling run (0: per-step only)"),
     sampler: str = typer.Option("em", help="sampler of the end-to-end run"),
+    rounds: int = typer.Option(1, help="measure every backend this many times, alternating, and report the "
+                               "median round (for a machine whose load comes and goes)"),
     artifact: Optional[Path] = typer.Option(None, help="use this artifact as 'tvm' (default: compile one)"),
     tuned: Optional[Path] = typer.Option(None, help="artifact to measure as 'tvm-tuned'"),
     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
@@ -355,10 +357,12 @@ def bench(
     from gencc.compiler.bench import BenchConfig, markdown, run_bench, save_outputs
 
     try:
-        cfg = BenchConfig(backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
-                          batches=tuple(int(b) for b in batch.split(",") if b.strip()), steps=steps, sampler=sampler)
+        batches = tuple(int(b) for b in batch.split(",") if b.strip())
     except ValueError:
         raise GenccError(f"--batch must be a comma list of integers, got {batch!r}") from None
+    # (apart from the parsing: GenccError is a ValueError, and --steps -1 must not read as a bad --batch)
+    cfg = BenchConfig(backends=tuple(b.strip() for b in backends.split(",") if b.strip()), batches=batches,
+                      steps=steps, sampler=sampler, rounds=rounds)
     from gencc.cli.output import check_json_dest, emit_json, say
 
     check_json_dest(json_out)

@@ -37,6 +37,7 @@ class BenchConfig:
     sampler: str = "em"
     min_seconds: float = 0.2         # timed per (backend, batch) for the per-step latency
     timeout_s: int = 1800            # per backend process
+    rounds: int = 1                  # > 1: every backend this many times, alternating (see merge_rounds)
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -46,6 +47,8 @@ class BenchConfig:
             raise GenccError(f"batch sizes must be positive integers, got {list(self.batches)}")
         if self.steps < 0:
             raise GenccError(f"steps must be >= 0, got {self.steps}")
+        if self.rounds < 1:
+            raise GenccError(f"rounds must be >= 1, got {self.rounds}")
 
 
 def ratio(reference_s: float, backend_s: float) -> float:
@@ -129,15 +132,18 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
         decoder_flops = {b: count_flops(decoder, b) for b in cfg.batches} if decoder.is_file() else None
         log("measuring the machine's matmul peak ...")
         peak = _worker({"peak": True}, cfg.timeout_s)
-        results = {}
-        for backend in cfg.backends:
-            path = checkpoint if backend.startswith("torch") else artifacts["tvm-tuned" if backend == "tvm-tuned" else "tvm"]
-            log(f"measuring {backend} ...")
-            user = {"user_options": source.options_json()} if source.user and backend.startswith("torch") else {}
-            results[backend] = _worker({"backend": backend, "path": str(path), "batches": list(cfg.batches),
-                                        "steps": cfg.steps if config["model"] != "gan" else 0,
-                                        "sampler": cfg.sampler, "min_seconds": cfg.min_seconds, **user},
-                                       cfg.timeout_s)
+        runs = {b: [] for b in cfg.backends}
+        for r in range(cfg.rounds):
+            for backend in cfg.backends:
+                path = checkpoint if backend.startswith("torch") else artifacts["tvm-tuned" if backend == "tvm-tuned"
+                                                                                else "tvm"]
+                log(f"measuring {backend}{f' (round {r + 1} of {cfg.rounds})' if cfg.rounds > 1 else ''} ...")
+                user = {"user_options": source.options_json()} if source.user and backend.startswith("torch") else {}
+                runs[backend].append(_worker({"backend": backend, "path": str(path), "batches": list(cfg.batches),
+                                              "steps": cfg.steps if config["model"] != "gan" else 0,
+                                              "sampler": cfg.sampler, "min_seconds": cfg.min_seconds, **user},
+                                             cfg.timeout_s))
+        results = {b: merge_rounds(rs) for b, rs in runs.items()}
     report = {**_summarise(checkpoint, config, cfg, flops, peak, results), "compile_s": compile_s}
     if report["unreliable"]:
         log(f"WARNING: {BUSY_WARNING}: " + "; ".join(report["busy_reasons"]))
@@ -210,6 +216,25 @@ def _artifact_kind(artifact: Path) -> dict:
     manifest = read_json(artifact / MANIFEST, "artifact manifest")
     src = (manifest.get("source") or {}) if isinstance(manifest, dict) else {}
     return {"net": {"arch": src.get("class") or src.get("kind") or "user network"}} if src else {}
+
+
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One backend's worker results from several alternating rounds as one: per batch, the round whose
+    median step time is the median of the rounds' (a load that came and went then touches every
+    backend alike), with p10 and p90 widened to all rounds'. An error in any round is the result."""
+    failed = next((r for r in rounds if "error" in r), None)
+    if failed is not None or len(rounds) == 1:
+        return failed or rounds[0]
+    merged = {**rounds[0], "batches": {}, "rounds": len(rounds),
+              "startup_s": sorted(r["startup_s"] for r in rounds)[len(rounds) // 2],
+              "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds)}
+    for batch in rounds[0]["batches"]:
+        runs = sorted((r["batches"][batch] for r in rounds), key=lambda b: b["step"]["median_s"])
+        mid = runs[len(runs) // 2]
+        step = {**mid["step"], "p10_s": min(b["step"]["p10_s"] for b in runs),
+                "p90_s": max(b["step"]["p90_s"] for b in runs)}
+        merged["batches"][batch] = {**mid, "step": step}
+    return merged
 
 
 def _config(checkpoint: str | Path) -> dict:
@@ -306,7 +331,7 @@ def markdown(report: dict) -> str:
     lines = warning + [f"**{report['data']} {report['model']} ({report['net']})**, {report['machine']['cpu']}, "
              f"{report['machine']['cores']} cores, {report['date']}. Matmul peak {p.get('peak_gflops', 0):.0f} GFLOP/s "
              f"({p.get('size')}^3 float32). End to end: {report['config']['steps']} `{report['config']['sampler']}` steps."
-             + _compiled(report),
+             + _compiled(report) + _rounds(report),
              "",
              "| backend | batch | step (median) | p10-p90 | x torch (step) | GFLOP/s | % peak | step in a run "
              "| samples/s | x torch (e2e) | start-up | peak RSS |",
@@ -334,6 +359,11 @@ def _compiled(report: dict) -> str:
     """The untuned compile this run made (export, TVM build, parity check), if it made one."""
     c = report.get("compile_s")
     return "" if c is None else f" TVM compile (untuned, llvm, with export and parity check): {c:.0f} s."
+
+
+def _rounds(report: dict) -> str:
+    n = report["config"].get("rounds", 1)
+    return "" if n == 1 else f" Backends measured {n} times, alternating; the median round shown."
 
 
 def _f(v: float, spec: str, unit: str = "") -> str:
