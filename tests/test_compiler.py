@@ -1,4 +1,5 @@
 """The compiler against independent references: torch for the ONNX export, ONNX Runtime for TVM builds."""
+import re
 import shutil
 
 import numpy as np
@@ -6,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 from gencc.compiler.build import (build, llvm_passes, resolve_target, rewrite_conv_transpose, rewrite_sigmoid,
@@ -276,3 +278,25 @@ def test_build_errors_are_one_line_gencc_errors(tmp_path):
     with pytest.raises(GenccError, match="TVM failed importing celu.onnx.*Celu") as err:
         build(tmp_path / "celu.onnx", "llvm", None, tmp_path / "celu.so")
     assert "\n" not in str(err.value) and not (tmp_path / "celu.so").exists()
+
+
+def _parallel_loop(k: int, n: int) -> str:
+    """The name of the parallel tile loop Contraction gives a (64, k) x (k, n) matmul."""
+    from tvm import te
+
+    from gencc.compiler import cpu_schedules
+
+    a, b = te.placeholder((64, k), name="a"), te.placeholder((k, n), name="b")
+    r = te.reduce_axis((0, k), name="k")
+    c = te.compute((64, n), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="c")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    sch = cpu_schedules.Contraction().apply(te.create_prim_func([a, b, c]), target, False)
+    return re.search(r"for (\w+) in T\.parallel", sch.mod.script()).group(1)
+
+
+def test_weights_bigger_than_l2_put_column_tiles_outside_row_tiles():
+    # ax0: the rows, ax1: the columns. 256 x 256 weights (256 KB, gencc's MLP) keep the row-major order that
+    # its goldens were made with; 1024 x 1024 (4 MB, like a 256-channel 3x3 conv's) walk a weight slice's
+    # row tiles while it is in cache.
+    assert _parallel_loop(256, 256).startswith("ax0")
+    assert _parallel_loop(1024, 1024).startswith("ax1")
