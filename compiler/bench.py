@@ -127,7 +127,8 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
             config = {**config, **_artifact_kind(artifacts["tvm"])}
         fn = "generator" if config["model"] == "gan" else "step"
         onnx_file = artifacts["tvm"] / f"{fn}.onnx"
-        flops = {b: count_flops_or_none(onnx_file, b, lambda e: log(f"GFLOP/s left out: {e}")) for b in cfg.batches}
+        flops = {b: count_flops_or_none(onnx_file, b, lambda e: log(f"GFLOP/s left out: {e}"), symbolic=True)
+                 for b in cfg.batches}
         decoder = artifacts["tvm"] / "decoder.onnx"
         decoder_flops = {b: count_flops(decoder, b) for b in cfg.batches} if decoder.is_file() else None
         log("measuring the machine's matmul peak ...")
