@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--backends", default="torch,ort,tvm")
     ap.add_argument("--batch", default="1,8")
     ap.add_argument("--steps", type=int, default=10, help="steps of the end-to-end run (0: per step only)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds of the backends (a busy machine)")
     ap.add_argument("--md", type=Path, help="the bench table as Markdown")
     ap.add_argument("--json", type=Path, help="the bench report as JSON")
     ap.add_argument("--no-bench", action="store_true", help="only write the folder")
@@ -52,7 +53,7 @@ def main() -> None:
     if args.no_bench:
         return
     cmd = [sys.executable, "-m", "gencc.cli.main", "bench", str(args.out), "--backends", args.backends,
-           "--batch", args.batch, "--steps", str(args.steps)]
+           "--batch", args.batch, "--steps", str(args.steps), "--rounds", str(args.rounds)]
     cmd += ["--md", str(args.md)] if args.md else []
     cmd += ["--json", str(args.json)] if args.json else []
     sys.exit(subprocess.call(cmd))
