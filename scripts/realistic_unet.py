@@ -2,9 +2,9 @@
 
     .venv/bin/python scripts/realistic_unet.py --out /tmp/cifar_unet --md bench.md [--batch 1,8] [--steps 10]
 
-The network is the one of Ho et al.'s CIFAR-10 model in diffusers' terms: 3x32x32, block_out_channels
-(128, 256, 256, 256), 2 layers per block, attention at 16x16 (the second down block and its mirror),
-about 35.7M parameters. Weights are random (seed 0): speed does not depend on them, and nothing is
+The network is the one of Ho et al.'s CIFAR-10 model in diffusers' terms (google/ddpm-cifar10-32's
+config): 3x32x32, block_out_channels (128, 256, 256, 256), 2 layers per block, attention at 16x16 (the
+second down block and its mirror, one head: 256 tokens x 256 channels), about 35.7M parameters. Weights are random (seed 0): speed does not depend on them, and nothing is
 downloaded. With --no-bench the folder is only written, for `gencc bench FOLDER` or `gencc compile FOLDER`.
 """
 from __future__ import annotations
@@ -22,10 +22,13 @@ def build_unet():
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
+    # google/ddpm-cifar10-32's config: one attention head of all 256 channels (attention_head_dim None;
+    # diffusers' default of 8 would make 32 heads of 8), DDPM's sinusoid and padding conventions.
     return UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
-                       block_out_channels=(128, 256, 256, 256),
+                       block_out_channels=(128, 256, 256, 256), attention_head_dim=None,
                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+                       up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                       downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6)
 
 
 def save(out: Path) -> int:
