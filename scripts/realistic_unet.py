@@ -17,23 +17,24 @@ from pathlib import Path
 PARAMS = 35.7e6   # the DDPM CIFAR-10 network's size (Ho et al. 2020: 35.7M)
 
 
-def build_unet():
+def build_unet(padding: int = 1):
     import torch
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
     # google/ddpm-cifar10-32's config: one attention head of all 256 channels (attention_head_dim None;
-    # diffusers' default of 8 would make 32 heads of 8), DDPM's sinusoid and padding conventions.
+    # diffusers' default of 8 would make 32 heads of 8), DDPM's sinusoid convention. --ddpm-padding adds its
+    # downsample_padding=0, an asymmetric F.pad that exports as a computed Pad.
     return UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
                        block_out_channels=(128, 256, 256, 256), attention_head_dim=None,
                        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-                       downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6)
+                       downsample_padding=padding, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6)
 
 
-def save(out: Path) -> int:
+def save(out: Path, padding: int = 1) -> int:
     """Write the folder (config.json + safetensors, no hub); returns the parameter count."""
-    unet = build_unet()
+    unet = build_unet(padding)
     n = sum(p.numel() for p in unet.parameters())
     if abs(n - PARAMS) > 0.01 * PARAMS:
         sys.exit(f"the network has {n / 1e6:.2f}M parameters, not about {PARAMS / 1e6:.1f}M")
@@ -51,8 +52,10 @@ def main() -> None:
     ap.add_argument("--md", type=Path, help="the bench table as Markdown")
     ap.add_argument("--json", type=Path, help="the bench report as JSON")
     ap.add_argument("--no-bench", action="store_true", help="only write the folder")
+    ap.add_argument("--ddpm-padding", action="store_true", help="downsample_padding=0 as in DDPM (same cost)")
     args = ap.parse_args()
-    print(f"{args.out}: UNet2DModel, {save(args.out) / 1e6:.2f}M parameters", file=sys.stderr)
+    n = save(args.out, 0 if args.ddpm_padding else 1)
+    print(f"{args.out}: UNet2DModel, {n / 1e6:.2f}M parameters", file=sys.stderr)
     if args.no_bench:
         return
     cmd = [sys.executable, "-m", "gencc.cli.main", "bench", str(args.out), "--backends", args.backends,

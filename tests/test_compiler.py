@@ -300,3 +300,31 @@ def test_weights_bigger_than_l2_put_column_tiles_outside_row_tiles():
     # row tiles while it is in cache.
     assert _parallel_loop(256, 256).startswith("ax0")
     assert _parallel_loop(1024, 1024).startswith("ax1")
+
+
+class AsymmetricPad(torch.nn.Module):
+    """diffusers' Downsample2D with downsample_padding=0 (DDPM's CIFAR-10 UNet): pad right and bottom, then conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 2, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(torch.nn.functional.pad(x, (0, 1, 0, 1)))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")   # the exporter's notes
+def test_a_pad_whose_widths_torch_computes_compiles(tmp_path):
+    # torch cannot fold the widths' negative-step Slice, so they reach TVM as a computation, which its
+    # importer refused ("Dynamic pads are not supported yet"); gencc folds them first.
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 8, 8)
+    torch.onnx.export(AsymmetricPad().eval(), (x,), str(tmp_path / "pad.onnx"), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17,
+                      dynamo=False)
+    graph = onnx.load(tmp_path / "pad.onnx").graph
+    assert any(n.op_type == "Pad" and n.input[1] not in {i.name for i in graph.initializer} for n in graph.node)
+    build(tmp_path / "pad.onnx", "llvm", None, tmp_path / "pad.so")
+    def make_inputs(b):
+        return {"x": np.random.default_rng(b).standard_normal((b, 2, 8, 8)).astype(np.float32)}
+    assert run_parity(tmp_path / "pad.so", tmp_path / "pad.onnx", make_inputs, batches=(1, 3)) <= 1e-5
