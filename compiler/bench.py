@@ -183,6 +183,9 @@ class BenchSource:
         if not path.exists() and not (isinstance(source, str) and _FACTORY.fullmatch(source)):
             raise GenccError(f"source {str(source)!r} does not exist (expected a gencc checkpoint, a diffusers "
                              "model folder, an .onnx file, or an importable module:factory)")
+        if options.num_classes:   # the torch loop calls net(x, t): it has no labels to give
+            raise GenccError("gencc bench does not measure class-conditional user networks yet (num_classes "
+                             f"{options.num_classes}); compile one and time `gencc sample` instead")
         return cls(source, True, dataclasses.replace(options, target="llvm", arch=None, sign=None, tuning=None))
 
     def config(self) -> dict:

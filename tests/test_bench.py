@@ -201,6 +201,8 @@ def test_bench_sources_are_classified_as_gencc_compile_takes_them(tmp_path, tiny
     opts = json.loads(json.dumps(src.options_json()))   # what the torch worker receives
     assert opts["sample_shape"] == [3, 8, 8] and opts["weights"] == str(tmp_path / "w.safetensors")
     assert src.config()["data"]["name"] == "unet"
+    with pytest.raises(GenccError, match="class-conditional"):
+        BenchSource.of(folder, CompileOptions(num_classes=10))
 
 
 def test_bench_of_a_missing_source_is_one_line(tmp_path):
