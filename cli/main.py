@@ -335,35 +335,57 @@ def eval_(
 @app.command()
 @_user_errors
 def bench(
-    checkpoint: Path = typer.Argument(..., help="checkpoint directory (latent diffusion: step and decoder)"),
+    checkpoint: str = typer.Argument(..., help="gencc checkpoint directory (latent diffusion: step and decoder), or "
+                                     "a user's network as gencc compile takes it: a diffusers UNet2DModel folder, "
+                                     "an .onnx file or pkg.module:factory"),
     backends: str = typer.Option(",".join(BENCH.backends),
                                  help="comma list of torch, torch-compile, ort, tvm, tvm-tuned"),
     batch: str = typer.Option(",".join(map(str, BENCH.batches)), help="comma list of batch sizes"),
     steps: int = typer.Option(BENCH.steps, help="steps of the end-to-end sampling run (0: per-step only)"),
     sampler: str = typer.Option(BENCH.sampler, help="sampler of the end-to-end run"),
+    rounds: int = typer.Option(BENCH.rounds, help="measure every backend this many times, alternating, and report the "
+                               "median round (for a machine whose load comes and goes)"),
     artifact: Path | None = typer.Option(None, help="use this artifact as 'tvm' (default: compile one)"),
     tuned: Path | None = typer.Option(None, help="artifact to measure as 'tvm-tuned'"),
     json_out: Path | None = typer.Option(None, "--json", help=JSON_HELP),
     md: Path | None = typer.Option(None, help="write the table as Markdown"),
     plot: Path | None = typer.Option(None, help="write a latency-vs-batch plot (PNG, needs matplotlib)"),
+    # A user's own network: the options of gencc compile that say what it is (docs/YOUR_MODEL.md).
+    shape: str | None = typer.Option(None, "--shape", help="a user's network: one sample's shape, e.g. 1,8,8"),
+    kind: str | None = typer.Option(None, help="a user's network: diffusion (default) or gan"),
+    time_input: str | None = typer.Option(None, help="a user's network: t (default), timestep:N or sigma"),
+    prediction: str | None = typer.Option(None, help="a user's network: eps (default), x0 or v"),
+    schedule: str | None = typer.Option(None, help="a user's network: vp, linear, scaled_linear or "
+                                           "squaredcos_cap_v2"),
+    latent_shape: str | None = typer.Option(None, help="a user's gan: the shape of z, e.g. 64 or 100,1,1"),
+    weights: Path | None = typer.Option(None, help="module:factory sources: a .safetensors state dict"),
+    scheduler: Path | None = typer.Option(None, help="diffusers sources: a scheduler_config.json"),
 ):
     """Measure every backend on the same job, each in its own process; report ratios to torch eager.
 
     Example: gencc bench moons.ckpt --backends torch,ort,tvm --batch 1,64,1024 --md bench.md
+             gencc bench unet_folder/ --backends torch,ort,tvm --batch 1,8 --steps 10 --md unet.md
     """
     import gencc
     from gencc.api import BenchRequest
     from gencc.compiler.bench import markdown
 
     try:
-        cfg = BenchConfig(backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
-                          batches=tuple(int(b) for b in batch.split(",") if b.strip()), steps=steps, sampler=sampler)
+        batches = tuple(int(b) for b in batch.split(",") if b.strip())
     except ValueError:
         raise GenccError(f"--batch must be a comma list of integers, got {batch!r}") from None
+    # (apart from the parsing: GenccError is a ValueError, and --steps -1 must not read as a bad --batch)
+    cfg = BenchConfig(backends=tuple(b.strip() for b in backends.split(",") if b.strip()), batches=batches,
+                      steps=steps, sampler=sampler, rounds=rounds)
     from gencc.cli.output import check_json_dest, emit_json, say
 
     check_json_dest(json_out)
-    request = BenchRequest(checkpoint, cfg, artifact=artifact, tuned=tuned, md=md, plot=plot)
+    from gencc.compiler.options import CompileOptions
+
+    network = {"sample_shape": shape, "kind": kind, "time_input": time_input, "prediction": prediction,
+               "schedule": schedule, "latent_shape": latent_shape, "weights": weights, "scheduler": scheduler}
+    options = CompileOptions.make(**{k: v for k, v in network.items() if v is not None})
+    request = BenchRequest(checkpoint, cfg, artifact=artifact, tuned=tuned, md=md, plot=plot, options=options)
     report = gencc.bench(request, log=lambda s: typer.echo(s, err=True),
                          on_report=lambda r: say(markdown(r), json_out))
     emit_json(report, json_out)

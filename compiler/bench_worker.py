@@ -62,6 +62,35 @@ def torch_step(path: str, compiled: bool):
     return make, net, config
 
 
+def user_torch_step(source: str, options: dict, compiled: bool):
+    """A user's network as `gencc compile` adapts it (compiler/sources.py), in the same torch loop as
+    torch_step; returns (make, the runtime Model over it). The adapter is what the artifact's step
+    compiles, so torch and the compiled backends compute the same thing."""
+    import torch
+
+    from gencc.compiler.options import CompileOptions
+    from gencc.compiler.sources import model_of, resolve
+
+    user = resolve(source, CompileOptions.make(**{k: v for k, v in options.items() if v is not None}))
+    if not hasattr(user, "module"):
+        raise ValueError(f"{source!r} is not a user's network source")
+    model = model_of(user)
+    net = torch.compile(user.module) if compiled else user.module
+
+    def make(batch: int):
+        if user.options.kind == "gan":
+            z = torch.randn(batch, *user.options.latent_shape)
+            return lambda: net(z)
+        x, z = torch.randn((batch,) + user.sample_shape), torch.randn((batch,) + user.sample_shape)
+        t = torch.full((batch,), 0.5)
+
+        def step():
+            with torch.inference_mode():
+                return 1.01 * x - 0.1 * net(x, t) + 0.05 * z
+        return step
+    return make, model, net
+
+
 def compiled_step(model):
     """A step of an artifact's fused function with the state already in the backend's arrays."""
     from gencc.runtime.model import GanModel
@@ -84,18 +113,17 @@ def main(args: dict) -> dict:
     from gencc.runtime.model import LatentDiffusionModel
 
     backend, path = args["backend"], args["path"]
-    if backend in ("torch", "torch-compile"):
+    if backend in ("torch", "torch-compile") and "user_options" in args:
+        make, model, net = user_torch_step(path, args["user_options"], compiled=backend == "torch-compile")
+        if backend == "torch-compile":
+            model.net.eps_fn = _torch_eps(net)
+    elif backend in ("torch", "torch-compile"):
         # latent diffusion: the step is its latent eps-network's, a plain diffusion checkpoint
         net_path = f"{path}/{LATENT_DIR}" if is_latent_checkpoint(path) else path
         make, net, config = torch_step(net_path, compiled=backend == "torch-compile")
         model = load(path, backend="torch")
         if backend == "torch-compile":
-            import torch
-
-            def eps_fn(x, t):
-                with torch.inference_mode():
-                    return net(torch.from_numpy(x), torch.full((len(x),), t)).numpy()
-            model.net.eps_fn = eps_fn   # the torch backend's Functions: its eps, compiled
+            model.net.eps_fn = _torch_eps(net)   # the torch backend's Functions: its eps, compiled
     else:
         model = load(path, backend="tvm" if backend.startswith("tvm") else "ort")
         make = compiled_step(model)
@@ -126,6 +154,16 @@ def main(args: dict) -> dict:
         result["batches"][str(batch)] = r
     result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def _torch_eps(net):
+    """eps_fn(x, t) of a runtime Model, computed by `net` (the torch.compile'd network)."""
+    import torch
+
+    def eps_fn(x, t):
+        with torch.inference_mode():
+            return net(torch.from_numpy(x), torch.full((len(x),), t)).numpy()
+    return eps_fn
 
 
 def peak_rss_mb() -> float:
