@@ -5,7 +5,8 @@
 The network is the one of Ho et al.'s CIFAR-10 model in diffusers' terms (google/ddpm-cifar10-32's
 config): 3x32x32, block_out_channels (128, 256, 256, 256), 2 layers per block, attention at 16x16 (the
 second down block and its mirror, one head: 256 tokens x 256 channels), about 35.7M parameters.
-Weights are random (seed 0): speed does not depend on them, and nothing is downloaded. With --no-bench the folder is only written, for `gencc bench FOLDER` or `gencc compile FOLDER`.
+Weights are random (seed 0): speed does not depend on them, and nothing is downloaded. With --no-bench
+the folder is only written, for `gencc bench FOLDER` or `gencc compile FOLDER`.
 """
 from __future__ import annotations
 
