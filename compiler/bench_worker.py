@@ -46,20 +46,27 @@ def torch_step(path: str, compiled: bool):
     net = load_net(path, config)
     if compiled:
         net = torch.compile(net)
-    shape = tuple(config["data"]["sample_shape"])
+    latent = (cfg.latent_dim,) if config["model"] == "gan" else None
+    return _torch_loop(net, tuple(config["data"]["sample_shape"]), latent), net, config
+
+
+def _torch_loop(net, sample_shape: tuple[int, ...], latent_shape: tuple[int, ...] | None):
+    """make(batch) -> one step of the torch loop: G(z) for a generator (`latent_shape`), else
+    x = a x + b net(x, t) + c z."""
+    import torch
 
     def make(batch: int):
-        if config["model"] == "gan":
-            z = torch.randn(batch, cfg.latent_dim)
+        if latent_shape is not None:
+            z = torch.randn(batch, *latent_shape)
             return lambda: net(z)
-        x, z = torch.randn((batch,) + shape), torch.randn((batch,) + shape)
+        x, z = torch.randn((batch,) + sample_shape), torch.randn((batch,) + sample_shape)
         t = torch.full((batch,), 0.5)
 
         def step():
             with torch.inference_mode():
                 return 1.01 * x - 0.1 * net(x, t) + 0.05 * z
         return step
-    return make, net, config
+    return make
 
 
 def user_torch_step(source: str, options: dict, compiled: bool):
@@ -76,19 +83,8 @@ def user_torch_step(source: str, options: dict, compiled: bool):
         raise ValueError(f"{source!r} is not a user's network source")
     model = model_of(user)
     net = torch.compile(user.module) if compiled else user.module
-
-    def make(batch: int):
-        if user.options.kind == "gan":
-            z = torch.randn(batch, *user.options.latent_shape)
-            return lambda: net(z)
-        x, z = torch.randn((batch,) + user.sample_shape), torch.randn((batch,) + user.sample_shape)
-        t = torch.full((batch,), 0.5)
-
-        def step():
-            with torch.inference_mode():
-                return 1.01 * x - 0.1 * net(x, t) + 0.05 * z
-        return step
-    return make, model, net
+    latent = tuple(user.options.latent_shape) if user.options.kind == "gan" else None
+    return _torch_loop(net, user.sample_shape, latent), model, net
 
 
 def compiled_step(model):
