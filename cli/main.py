@@ -11,14 +11,7 @@ import typer
 from gencc.cli.group import GenccGroup, plain_help
 from gencc.compiler.bench import BenchConfig
 from gencc.models.train_preview import DEFAULT_EVERY as TRAIN_PREVIEW_EVERY
-from gencc.runtime.defaults import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_SAMPLER,
-    DEFAULT_SEED,
-    DEFAULT_STEPS,
-    PC_CORRECTOR_STEPS,
-    PC_SNR,
-)
+from gencc.runtime import defaults
 from gencc.runtime.errors import GenccError
 
 app = typer.Typer(cls=GenccGroup, add_completion=False, no_args_is_help=True,
@@ -27,8 +20,8 @@ app = typer.Typer(cls=GenccGroup, add_completion=False, no_args_is_help=True,
                        "gencc sample moons.ckpt --n 1000 --out s.npz --png s.png\n\n"
                        "Exit status: 0 ok, 2 user error (one line on stderr), 130 interrupted, 1 a bug "
                        "(with a traceback); gencc doctor: 3 when this machine cannot run gencc's CPU path.")
-SAMPLERS_HELP = f"{DEFAULT_SAMPLER} (default), " + ", ".join(
-    s for s in ("em", "pc", "ancestral", "ode-euler", "ode-heun", "ddim") if s != DEFAULT_SAMPLER) + " or dpm2m"
+_OTHER_SAMPLERS = [s for s in ("em", "pc", "ancestral", "ode-euler", "ode-heun", "ddim") if s != defaults.DEFAULT_SAMPLER]
+SAMPLERS_HELP = f"{defaults.DEFAULT_SAMPLER} (default), " + ", ".join(_OTHER_SAMPLERS) + " or dpm2m"
 BENCH = BenchConfig()   # the defaults of `gencc bench`
 JSON_HELP = "write the result as JSON to this file, or - for stdout (the text then goes to stderr)"
 
@@ -45,6 +38,26 @@ def _user_errors(fn):
     return wrapper
 
 
+# The options that say what a user's own network is (docs/YOUR_MODEL.md), shared by compile and bench; a
+# gencc checkpoint or export folder describes itself.
+SHAPE = typer.Option(None, "--shape", help="a user's network: one sample's shape, e.g. 1,8,8")
+KIND = typer.Option(None, help="a user's network: diffusion (an eps-style network, default) or gan (a generator)")
+TIME_INPUT = typer.Option(None, help="a user's network: t (default), timestep:N ((N-1) t) or sigma (VE)")
+PREDICTION = typer.Option(None, help="a user's network: eps (default), x0 or v; or epsilon, sample, v_prediction")
+SCHEDULE = typer.Option(None, help="a user's network: vp, linear, scaled_linear or squaredcos_cap_v2 "
+                        "(default: linear for timestep:N, else vp)")
+LATENT_SHAPE = typer.Option(None, help="a user's gan: the shape of z, e.g. 64 or 100,1,1")
+WEIGHTS = typer.Option(None, help="module:factory sources: a .safetensors state dict")
+SCHEDULER = typer.Option(None, help="diffusers sources: a scheduler_config.json")
+
+
+def _network(shape, kind, time_input, prediction, schedule, latent_shape, weights, scheduler) -> dict:
+    """The network options given, by CompileOptions' names."""
+    given = {"sample_shape": shape, "kind": kind, "time_input": time_input, "prediction": prediction,
+             "schedule": schedule, "latent_shape": latent_shape, "weights": weights, "scheduler": scheduler}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 @app.command()
 @_user_errors
 def train(
@@ -56,7 +69,7 @@ def train(
     batch_size: int | None = typer.Option(None, help="minibatch size"),
     lr: float | None = typer.Option(None, help="Adam learning rate"),
     seed: int | None = typer.Option(None, help="seed for init, minibatches, noise and builtin 2-D data "
-                                       f"(default {DEFAULT_SEED})"),
+                                       f"(default {defaults.DEFAULT_SEED})"),
     width: int | None = typer.Option(None, help="network width (MLP units or UNet/DCGAN channels)"),
     resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out with its own data, "
                                 "seed, network and settings; may change on resume: --steps, --batch-size, --lr, "
@@ -103,14 +116,14 @@ def sample(
     n: int = typer.Option(..., "--n", help="number of samples"),
     out: Path = typer.Option(..., "--out", help="output .npz (key 'samples') or .npy, written as it goes"),
     # None: not given (a GAN refuses --steps, --sampler and the pc options); diffusion takes the defaults.
-    steps: int | None = typer.Option(None, help=f"sampler steps (diffusion; default {DEFAULT_STEPS})"),
+    steps: int | None = typer.Option(None, help=f"sampler steps (diffusion; default {defaults.DEFAULT_STEPS})"),
     sampler: str | None = typer.Option(None, help=f"diffusion: {SAMPLERS_HELP}"),
     corrector_steps: int | None = typer.Option(None, help="pc: Langevin corrector steps per step "
-                                                  f"(default {PC_CORRECTOR_STEPS})"),
+                                                  f"(default {defaults.PC_CORRECTOR_STEPS})"),
     snr: float | None = typer.Option(None, help="pc: signal-to-noise ratio of the Langevin step size "
-                                        f"(default {PC_SNR})"),
-    seed: int = typer.Option(DEFAULT_SEED, help="sample i depends only on (seed, i)"),
-    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, help="samples per network call"),
+                                        f"(default {defaults.PC_SNR})"),
+    seed: int = typer.Option(defaults.DEFAULT_SEED, help="sample i depends only on (seed, i)"),
+    batch_size: int = typer.Option(defaults.DEFAULT_BATCH_SIZE, help="samples per network call"),
     png: Path | None = typer.Option(None, help="also write an image grid or 2-D scatter plot"),
     backend: str | None = typer.Option(None, help="tvm (default for artifacts), ort, or torch (checkpoints)"),
     device: str | None = typer.Option(None, help="cpu or cuda[:N]; default: the artifact's target"),
@@ -181,18 +194,17 @@ def compile_(
     tune_batch: str = typer.Option("1024", help="comma list of batch sizes to specialise and tune"),
     tune_db: Path | None = typer.Option(None, help="tuning database folder, kept and reused across compiles"),
     # A user's own network (docs/YOUR_MODEL.md); a gencc checkpoint or export describes itself.
-    shape: str | None = typer.Option(None, "--shape", help="one sample's shape, e.g. 1,8,8"),
-    kind: str | None = typer.Option(None, help="diffusion (an eps-style network, default) or gan (a generator)"),
-    time_input: str | None = typer.Option(None, help="t (default), timestep:N ((N-1) t) or sigma (VE)"),
-    prediction: str | None = typer.Option(None, help="eps (default), x0 or v; or epsilon, sample, v_prediction"),
-    schedule: str | None = typer.Option(None, help="vp, linear, scaled_linear or squaredcos_cap_v2 "
-                                           "(default: linear for timestep:N, else vp)"),
-    latent_shape: str | None = typer.Option(None, help="gan: the shape of z, e.g. 64 or 100,1,1"),
+    shape: str | None = SHAPE,
+    kind: str | None = KIND,
+    time_input: str | None = TIME_INPUT,
+    prediction: str | None = PREDICTION,
+    schedule: str | None = SCHEDULE,
+    latent_shape: str | None = LATENT_SHAPE,
     num_classes: int | None = typer.Option(None, help="K > 0: the network takes a class label as a third "
                                               "input (K + 1 classes, the last the null class of guidance)"),
     label_input: str | None = typer.Option(None, help="onehot (B, K+1) rows (default) or index (B,) ids"),
-    weights: Path | None = typer.Option(None, help="module:factory sources: a .safetensors state dict"),
-    scheduler: Path | None = typer.Option(None, help="diffusers sources: a scheduler_config.json"),
+    weights: Path | None = WEIGHTS,
+    scheduler: Path | None = SCHEDULER,
 ):
     """Compile with TVM into a self-contained artifact, checked against ONNX Runtime.
 
@@ -212,11 +224,10 @@ def compile_(
         except ValueError:
             raise GenccError(f"--tune-batch must be a comma list of integers, got {tune_batch!r}") from None
         tuning = TuneOptions(trials=tune_trials or 0, batches=batches, db_dir=tune_db)
-    network = {"sample_shape": shape, "kind": kind, "time_input": time_input, "prediction": prediction,
-               "schedule": schedule, "latent_shape": latent_shape, "num_classes": num_classes,
-               "label_input": label_input, "weights": weights, "scheduler": scheduler}
+    network = _network(shape, kind, time_input, prediction, schedule, latent_shape, weights, scheduler)
+    labels = {k: v for k, v in (("num_classes", num_classes), ("label_input", label_input)) if v is not None}
     options = CompileOptions.make(target=target, arch=arch, force=force, sign=sign, tuning=tuning,
-                                  **{k: v for k, v in network.items() if v is not None})
+                                  **network, **labels)
     start = time.perf_counter()
     m = compile_source(source, out, options, log=typer.echo)
     state = "verified" if m["verified"] else "unverified: run `gencc verify` on a machine with that GPU"
@@ -284,7 +295,7 @@ def info(path: Path = typer.Argument(..., help="checkpoint or artifact directory
 def data(
     name: str = typer.Argument(..., help="built-in dataset name"),
     n: int | None = typer.Option(None, "--n", help="number of points (2-D sets)"),
-    seed: int = typer.Option(DEFAULT_SEED),
+    seed: int = typer.Option(defaults.DEFAULT_SEED),
     split: str = typer.Option("train", help="train or test"),
     out: Path = typer.Option(..., "--out", help="output .npz (keys 'data' and, if any, 'labels')"),
 ):
@@ -316,7 +327,7 @@ def eval_(
     json_out: Path | None = typer.Option(None, "--json", help=JSON_HELP),
     n_ref: int | None = typer.Option(None, "--n-ref", help="reference examples (default: as many as samples "
                                         "for built-in 2-D sets, all 297 digits test images, half a user's file)"),
-    seed: int = typer.Option(DEFAULT_SEED, help="seed for the reference draw and the metrics' projections"),
+    seed: int = typer.Option(defaults.DEFAULT_SEED, help="seed for the reference draw and the metrics' projections"),
 ):
     """Score samples against held-out data, beside the floor that real data reaches.
 
@@ -335,35 +346,55 @@ def eval_(
 @app.command()
 @_user_errors
 def bench(
-    checkpoint: Path = typer.Argument(..., help="checkpoint directory (latent diffusion: step and decoder)"),
+    checkpoint: str = typer.Argument(..., help="gencc checkpoint directory (latent diffusion: step and decoder), or "
+                                     "a user's network as gencc compile takes it: a diffusers UNet2DModel folder, "
+                                     "an .onnx file or pkg.module:factory"),
     backends: str = typer.Option(",".join(BENCH.backends),
                                  help="comma list of torch, torch-compile, ort, tvm, tvm-tuned"),
     batch: str = typer.Option(",".join(map(str, BENCH.batches)), help="comma list of batch sizes"),
     steps: int = typer.Option(BENCH.steps, help="steps of the end-to-end sampling run (0: per-step only)"),
     sampler: str = typer.Option(BENCH.sampler, help="sampler of the end-to-end run"),
+    rounds: int = typer.Option(BENCH.rounds, help="measure every backend this many times, alternating, and report the "
+                               "median round (for a machine whose load comes and goes)"),
     artifact: Path | None = typer.Option(None, help="use this artifact as 'tvm' (default: compile one)"),
     tuned: Path | None = typer.Option(None, help="artifact to measure as 'tvm-tuned'"),
     json_out: Path | None = typer.Option(None, "--json", help=JSON_HELP),
     md: Path | None = typer.Option(None, help="write the table as Markdown"),
     plot: Path | None = typer.Option(None, help="write a latency-vs-batch plot (PNG, needs matplotlib)"),
+    # A user's own network: the options of gencc compile that say what it is (docs/YOUR_MODEL.md).
+    shape: str | None = SHAPE,
+    kind: str | None = KIND,
+    time_input: str | None = TIME_INPUT,
+    prediction: str | None = PREDICTION,
+    schedule: str | None = SCHEDULE,
+    latent_shape: str | None = LATENT_SHAPE,
+    weights: Path | None = WEIGHTS,
+    scheduler: Path | None = SCHEDULER,
 ):
     """Measure every backend on the same job, each in its own process; report ratios to torch eager.
 
     Example: gencc bench moons.ckpt --backends torch,ort,tvm --batch 1,64,1024 --md bench.md
+             gencc bench unet_folder/ --backends torch,ort,tvm --batch 1,8 --steps 10 --md unet.md
     """
     import gencc
     from gencc.api import BenchRequest
     from gencc.compiler.bench import markdown
 
     try:
-        cfg = BenchConfig(backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
-                          batches=tuple(int(b) for b in batch.split(",") if b.strip()), steps=steps, sampler=sampler)
+        batches = tuple(int(b) for b in batch.split(",") if b.strip())
     except ValueError:
         raise GenccError(f"--batch must be a comma list of integers, got {batch!r}") from None
+    # (apart from the parsing: GenccError is a ValueError, and --steps -1 must not read as a bad --batch)
+    cfg = BenchConfig(backends=tuple(b.strip() for b in backends.split(",") if b.strip()), batches=batches,
+                      steps=steps, sampler=sampler, rounds=rounds)
     from gencc.cli.output import check_json_dest, emit_json, say
 
     check_json_dest(json_out)
-    request = BenchRequest(checkpoint, cfg, artifact=artifact, tuned=tuned, md=md, plot=plot)
+    from gencc.compiler.options import CompileOptions
+
+    options = CompileOptions.make(**_network(shape, kind, time_input, prediction, schedule, latent_shape, weights,
+                                             scheduler))
+    request = BenchRequest(checkpoint, cfg, artifact=artifact, tuned=tuned, md=md, plot=plot, options=options)
     report = gencc.bench(request, log=lambda s: typer.echo(s, err=True),
                          on_report=lambda r: say(markdown(r), json_out))
     emit_json(report, json_out)

@@ -1,11 +1,16 @@
 """`gencc bench`: every backend on the same job, each in its own process, reported as ratios to torch eager.
 
+The job is a gencc checkpoint, or a user's own network as `gencc compile` takes it (a diffusers folder,
+an .onnx file, a module:factory; compiler/sources.py): then torch eager runs the adapted network
+(models/adapters.py) that the artifact compiles, so both sides compute the same step.
+
 Absolute times drift on a shared machine; ratios taken minutes apart in one run do not drift much.
 Next to the times stand the physical limits: the FLOPs of one step (counted from the ONNX graph), the
 achieved GFLOP/s and the machine's float32 matmul peak measured in the same run.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -32,6 +37,7 @@ class BenchConfig:
     sampler: str = "em"
     min_seconds: float = 0.2         # timed per (backend, batch) for the per-step latency
     timeout_s: int = 1800            # per backend process
+    rounds: int = 1                  # > 1: every backend this many times, alternating (see merge_rounds)
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -41,6 +47,8 @@ class BenchConfig:
             raise GenccError(f"batch sizes must be positive integers, got {list(self.batches)}")
         if self.steps < 0:
             raise GenccError(f"steps must be >= 0, got {self.steps}")
+        if self.rounds < 1:
+            raise GenccError(f"rounds must be >= 1, got {self.rounds}")
 
 
 def ratio(reference_s: float, backend_s: float) -> float:
@@ -95,13 +103,15 @@ def busy_reasons(peak: dict, rows: list[dict]) -> list[str]:
 
 
 def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Path] | None = None,
-              log: Log = lambda s: None) -> dict:
-    """Measure every backend of `cfg` on `checkpoint`; `artifacts` maps tvm / tvm-tuned to prebuilt ones."""
-    from .compile import compile_artifact
+              log: Log = lambda s: None, options=None) -> dict:
+    """Measure every backend of `cfg` on `checkpoint` (a gencc checkpoint or a user's network source, with
+    `options`, compiler/options.py's CompileOptions); `artifacts` maps tvm / tvm-tuned to prebuilt ones."""
     from .flops import count_flops, count_flops_or_none
 
-    config = _config(checkpoint)
+    source = BenchSource.of(checkpoint, options)
+    config = source.config()
     artifacts = dict(artifacts or {})
+    compile_s = None
     with tempfile.TemporaryDirectory(prefix="gencc-bench-") as tmp:
         if "tvm-tuned" in cfg.backends and "tvm-tuned" not in artifacts:
             raise GenccError("backend tvm-tuned needs a tuned artifact: pass --tuned ARTIFACT "
@@ -110,28 +120,125 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
         if needs_plain and "tvm" not in artifacts:
             log("compiling an untuned artifact for this CPU ...")
             artifacts["tvm"] = Path(tmp) / "model.gencc"
-            compile_artifact(checkpoint, artifacts["tvm"], target="llvm")
+            t = time.perf_counter()
+            source.compile(artifacts["tvm"], log)
+            compile_s = time.perf_counter() - t
+        if source.user:
+            config = {**config, **_artifact_kind(artifacts["tvm"])}
         fn = "generator" if config["model"] == "gan" else "step"
         onnx_file = artifacts["tvm"] / f"{fn}.onnx"
-        flops = {b: count_flops_or_none(onnx_file, b, lambda e: log(f"GFLOP/s left out: {e}")) for b in cfg.batches}
+        flops = {b: count_flops_or_none(onnx_file, b, lambda e: log(f"GFLOP/s left out: {e}"), symbolic=True)
+                 for b in cfg.batches}
         decoder = artifacts["tvm"] / "decoder.onnx"
         decoder_flops = {b: count_flops(decoder, b) for b in cfg.batches} if decoder.is_file() else None
         log("measuring the machine's matmul peak ...")
         peak = _worker({"peak": True}, cfg.timeout_s)
-        results = {}
-        for backend in cfg.backends:
-            artifact = artifacts["tvm-tuned" if backend == "tvm-tuned" else "tvm"]
-            path = checkpoint if backend.startswith("torch") else artifact
-            log(f"measuring {backend} ...")
-            results[backend] = _worker({"backend": backend, "path": str(path), "batches": list(cfg.batches),
-                                        "steps": cfg.steps if config["model"] != "gan" else 0,
-                                        "sampler": cfg.sampler, "min_seconds": cfg.min_seconds}, cfg.timeout_s)
-    report = _summarise(checkpoint, config, cfg, flops, peak, results)
+        runs = {b: [] for b in cfg.backends}
+        for r in range(cfg.rounds):
+            for backend in cfg.backends:
+                path = checkpoint if backend.startswith("torch") else artifacts["tvm-tuned" if backend == "tvm-tuned"
+                                                                                else "tvm"]
+                log(f"measuring {backend}{f' (round {r + 1} of {cfg.rounds})' if cfg.rounds > 1 else ''} ...")
+                user = {"user_options": source.options_json()} if source.user and backend.startswith("torch") else {}
+                runs[backend].append(_worker({"backend": backend, "path": str(path), "batches": list(cfg.batches),
+                                              "steps": cfg.steps if config["model"] != "gan" else 0,
+                                              "sampler": cfg.sampler, "min_seconds": cfg.min_seconds, **user},
+                                             cfg.timeout_s))
+        results = {b: merge_rounds(rs) for b, rs in runs.items()}
+    report = {**_summarise(checkpoint, config, cfg, flops, peak, results), "compile_s": compile_s}
     if report["unreliable"]:
         log(f"WARNING: {BUSY_WARNING}: " + "; ".join(report["busy_reasons"]))
     if decoder_flops is not None:
         report["decoder_flops"] = decoder_flops
     return report
+
+
+# What a user's network source says about itself in place of a checkpoint's config.
+_NETWORK_OPTIONS = ("sample_shape", "kind", "time_input", "prediction", "schedule", "num_train_timesteps",
+                    "beta_start", "beta_end", "latent_shape", "num_classes", "label_input", "weights", "scheduler")
+
+
+@dataclass(frozen=True)
+class BenchSource:
+    """What is benched: a gencc checkpoint (user=False), or a user's network source with its options."""
+
+    source: str | Path
+    user: bool
+    options: object = None   # CompileOptions; user sources only
+
+    @classmethod
+    def of(cls, source: str | Path, options=None) -> BenchSource:
+        """Classify `source` as `gencc compile` would, refusing a missing one or options on a checkpoint."""
+        from .options import CompileOptions
+        from .sources import _FACTORY, _is_gencc, _refuse_network_options
+
+        if not isinstance(source, (str, Path)):
+            raise GenccError(f"gencc bench takes a path or a module:factory, got a {type(source).__name__} "
+                             "(each backend runs in a process of its own, which must load the network itself)")
+        path = Path(source)
+        options = options or CompileOptions()
+        if _is_gencc(path):
+            _refuse_network_options(path, options)
+            return cls(source, False)
+        if not path.exists() and not (isinstance(source, str) and _FACTORY.fullmatch(source)):
+            raise GenccError(f"source {str(source)!r} does not exist (expected a gencc checkpoint, a diffusers "
+                             "model folder, an .onnx file, or an importable module:factory)")
+        if options.num_classes:   # the torch loop calls net(x, t): it has no labels to give
+            raise GenccError("gencc bench does not measure class-conditional user networks yet (num_classes "
+                             f"{options.num_classes}); compile one and time `gencc sample` instead")
+        return cls(source, True, dataclasses.replace(options, target="llvm", arch=None, sign=None, tuning=None))
+
+    def config(self) -> dict:
+        if not self.user:
+            return _config(self.source)
+        name = Path(str(self.source)).name or str(self.source)
+        return {"model": self.options.kind, "net": {"arch": "user network"}, "data": {"name": name}}
+
+    def compile(self, out: Path, log: Log) -> None:
+        from .compile import compile_artifact
+        from .sources import compile_source
+
+        if self.user:
+            compile_source(self.source, out, self.options, log)
+        else:
+            compile_artifact(self.source, out, target="llvm")
+
+    def options_json(self) -> dict:
+        """The network options, for the torch worker to resolve the same network (JSON: no tuples, Paths)."""
+        out = {}
+        for k in _NETWORK_OPTIONS:
+            v = getattr(self.options, k)
+            out[k] = list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v
+        return out
+
+
+def _artifact_kind(artifact: Path) -> dict:
+    """A compiled user network's kind and the source its manifest records, for the report's title."""
+    from gencc.runtime.artifact import MANIFEST
+    from gencc.runtime.jsonfile import read_json
+
+    manifest = read_json(artifact / MANIFEST, "artifact manifest")
+    src = (manifest.get("source") or {}) if isinstance(manifest, dict) else {}
+    return {"net": {"arch": src.get("class") or src.get("kind") or "user network"}} if src else {}
+
+
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One backend's worker results from several alternating rounds as one: per batch, the round whose
+    median step time is the median of the rounds' (a load that came and went then touches every
+    backend alike), with p10 and p90 widened to all rounds'. An error in any round is the result."""
+    failed = next((r for r in rounds if "error" in r), None)
+    if failed is not None or len(rounds) == 1:
+        return failed or rounds[0]
+    merged = {**rounds[0], "batches": {}, "rounds": len(rounds),
+              "startup_s": sorted(r["startup_s"] for r in rounds)[len(rounds) // 2],
+              "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds)}
+    for batch in rounds[0]["batches"]:
+        runs = sorted((r["batches"][batch] for r in rounds), key=lambda b: b["step"]["median_s"])
+        mid = runs[len(runs) // 2]
+        step = {**mid["step"], "p10_s": min(b["step"]["p10_s"] for b in runs),
+                "p90_s": max(b["step"]["p90_s"] for b in runs)}
+        merged["batches"][batch] = {**mid, "step": step}
+    return merged
 
 
 def _config(checkpoint: str | Path) -> dict:
@@ -228,7 +335,8 @@ def markdown(report: dict) -> str:
     lines = warning + [f"**{report['data']} {report['model']} ({report['net']})**, {report['machine']['cpu']}, "
              f"{report['machine']['cores']} cores, {report['date']}. "
              f"Matmul peak {p.get('peak_gflops', 0):.0f} GFLOP/s ({p.get('size')}^3 float32). "
-             f"End to end: {report['config']['steps']} `{report['config']['sampler']}` steps.",
+             f"End to end: {report['config']['steps']} `{report['config']['sampler']}` steps."
+             + _compiled(report) + _rounds(report),
              "",
              "| backend | batch | step (median) | p10-p90 | x torch (step) | GFLOP/s | % peak | step in a run "
              "| samples/s | x torch (e2e) | start-up | peak RSS |",
@@ -250,6 +358,17 @@ def markdown(report: dict) -> str:
         lines += [f"| {r['backend']} | {r['batch']} | {_t(r['decoder_median_s'])} "
                   f"| {x(r.get('decoder_speedup_vs_torch', float('nan')))} |" for r in decoded]
     return "\n".join(lines) + "\n"
+
+
+def _compiled(report: dict) -> str:
+    """The untuned compile this run made (export, TVM build, parity check), if it made one."""
+    c = report.get("compile_s")
+    return "" if c is None else f" TVM compile (untuned, llvm, with export and parity check): {c:.0f} s."
+
+
+def _rounds(report: dict) -> str:
+    n = report["config"].get("rounds", 1)
+    return "" if n == 1 else f" Backends measured {n} times, alternating; the median round shown."
 
 
 def _f(v: float, spec: str, unit: str = "") -> str:

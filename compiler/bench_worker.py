@@ -46,20 +46,45 @@ def torch_step(path: str, compiled: bool):
     net = load_net(path, config)
     if compiled:
         net = torch.compile(net)
-    shape = tuple(config["data"]["sample_shape"])
+    latent = (cfg.latent_dim,) if config["model"] == "gan" else None
+    return _torch_loop(net, tuple(config["data"]["sample_shape"]), latent), net, config
+
+
+def _torch_loop(net, sample_shape: tuple[int, ...], latent_shape: tuple[int, ...] | None):
+    """make(batch) -> one step of the torch loop: G(z) for a generator (`latent_shape`), else
+    x = a x + b net(x, t) + c z."""
+    import torch
 
     def make(batch: int):
-        if config["model"] == "gan":
-            z = torch.randn(batch, cfg.latent_dim)
+        if latent_shape is not None:
+            z = torch.randn(batch, *latent_shape)
             return lambda: net(z)
-        x, z = torch.randn((batch,) + shape), torch.randn((batch,) + shape)
+        x, z = torch.randn((batch,) + sample_shape), torch.randn((batch,) + sample_shape)
         t = torch.full((batch,), 0.5)
 
         def step():
             with torch.inference_mode():
                 return 1.01 * x - 0.1 * net(x, t) + 0.05 * z
         return step
-    return make, net, config
+    return make
+
+
+def user_torch_step(source: str, options: dict, compiled: bool):
+    """A user's network as `gencc compile` adapts it (compiler/sources.py), in the same torch loop as
+    torch_step; returns (make, the runtime Model over it). The adapter is what the artifact's step
+    compiles, so torch and the compiled backends compute the same thing."""
+    import torch
+
+    from gencc.compiler.options import CompileOptions
+    from gencc.compiler.sources import model_of, resolve
+
+    user = resolve(source, CompileOptions.make(**{k: v for k, v in options.items() if v is not None}))
+    if not hasattr(user, "module"):
+        raise ValueError(f"{source!r} is not a user's network source")
+    model = model_of(user)
+    net = torch.compile(user.module) if compiled else user.module
+    latent = tuple(user.options.latent_shape) if user.options.kind == "gan" else None
+    return _torch_loop(net, user.sample_shape, latent), model, net
 
 
 def compiled_step(model):
@@ -84,18 +109,17 @@ def main(args: dict) -> dict:
     from gencc.runtime.model import LatentDiffusionModel
 
     backend, path = args["backend"], args["path"]
-    if backend in ("torch", "torch-compile"):
+    if backend in ("torch", "torch-compile") and "user_options" in args:
+        make, model, net = user_torch_step(path, args["user_options"], compiled=backend == "torch-compile")
+        if backend == "torch-compile":
+            model.net.eps_fn = _torch_eps(net)
+    elif backend in ("torch", "torch-compile"):
         # latent diffusion: the step is its latent eps-network's, a plain diffusion checkpoint
         net_path = f"{path}/{LATENT_DIR}" if is_latent_checkpoint(path) else path
         make, net, config = torch_step(net_path, compiled=backend == "torch-compile")
         model = load(path, backend="torch")
         if backend == "torch-compile":
-            import torch
-
-            def eps_fn(x, t):
-                with torch.inference_mode():
-                    return net(torch.from_numpy(x), torch.full((len(x),), t)).numpy()
-            model.net.eps_fn = eps_fn   # the torch backend's Functions: its eps, compiled
+            model.net.eps_fn = _torch_eps(net)   # the torch backend's Functions: its eps, compiled
     else:
         model = load(path, backend="tvm" if backend.startswith("tvm") else "ort")
         make = compiled_step(model)
@@ -126,6 +150,16 @@ def main(args: dict) -> dict:
         result["batches"][str(batch)] = r
     result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def _torch_eps(net):
+    """eps_fn(x, t) of a runtime Model, computed by `net` (the torch.compile'd network)."""
+    import torch
+
+    def eps_fn(x, t):
+        with torch.inference_mode():
+            return net(torch.from_numpy(x), torch.full((len(x),), t)).numpy()
+    return eps_fn
 
 
 def peak_rss_mb() -> float:

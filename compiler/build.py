@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import tvm
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from tvm import relax, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu_stages
 from tvm.relax.frontend.onnx import from_onnx
@@ -126,6 +126,64 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def fold_pad_widths(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a model with each Pad's widths, when computed from constants alone, as one initializer.
+
+    torch exports an asymmetric F.pad (diffusers' Downsample2D with downsample_padding=0, as in DDPM's
+    CIFAR-10 UNet) as a chain of Constant, ConstantOfShape, Concat, Reshape, Slice(step -1), Transpose
+    and Cast into Pad's `pads`: torch cannot fold a negative-step Slice, and TVM's importer refuses a
+    Pad whose widths are not a constant ("Dynamic pads are not supported yet"). The chain is integer
+    arithmetic, evaluated here exactly with ONNX's reference evaluator; other inputs are not touched.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    consts = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    changed = False
+    for node in graph.node:
+        if node.op_type != "Pad" or len(node.input) < 2 or node.input[1] in consts:
+            continue
+        chain = _constant_chain(node.input[1], producer, consts)
+        if chain is None:
+            continue
+        from onnx.reference import ReferenceEvaluator
+
+        needed = {i for n in chain for i in n.input} & consts.keys()
+        out = helper.make_tensor_value_info(node.input[1], TensorProto.INT64, None)
+        sub = helper.make_graph(chain, "pads", [], [out], initializer=[consts[i] for i in needed])
+        pads = ReferenceEvaluator(helper.make_model(sub, opset_imports=model.opset_import)).run(None, {})[0]
+        name = _unique_name(graph, f"{node.name}_pads")
+        graph.initializer.append(numpy_helper.from_array(np.asarray(pads, np.int64), name))
+        node.input[1] = name
+        changed = True
+    if changed:   # the chains' nodes are now dead; TVM's importer would still convert them
+        live, kept = {o.name for o in graph.output}, []
+        for n in reversed(graph.node):
+            if any(o in live for o in n.output):
+                kept.append(n)
+                live.update(n.input)
+        del graph.node[:]
+        graph.node.extend(reversed(kept))
+    return model
+
+
+def _constant_chain(name: str, producer: dict, consts: dict, limit: int = 64) -> list | None:
+    """The nodes that compute `name` from initializers and Constant nodes alone (in graph order), or None."""
+    chain, todo, seen = [], [name], set()
+    while todo:
+        value = todo.pop()
+        if value in seen or value in consts or value == "":
+            continue
+        seen.add(value)
+        n = producer.get(value)
+        if n is None or len(chain) >= limit:
+            return None   # a graph input, or too long to be a widths computation
+        chain.append(n)
+        todo.extend(n.input)
+    order = {id(n): i for i, n in enumerate(producer.values())}
+    return sorted({id(n): n for n in chain}.values(), key=lambda n: order[id(n)])
+
+
 def _sub_pixel_plan(node: onnx.NodeProto, weights: dict) -> tuple | None:
     """(stride, conv weight, conv bias, conv pads) for a ConvTranspose that rewrite_conv_transpose handles."""
     if node.op_type != "ConvTranspose" or node.input[1] not in weights:
@@ -199,6 +257,7 @@ def build(onnx_path: str | Path, target: str, arch: str | None, out_so: str | Pa
 
 
 def import_onnx(model: onnx.ModelProto, kind: str) -> tvm.IRModule:
+    model = fold_pad_widths(model)
     if kind == "llvm":
         model = rewrite_conv_transpose(rewrite_sigmoid(model))
     # Weights become constants, so FoldConstant pre-transposes them once at build time.

@@ -11,8 +11,8 @@ of another class is refused at once.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 

@@ -15,32 +15,51 @@ from onnx import shape_inference
 from gencc.runtime.errors import GenccError
 
 
-def count_flops(model: onnx.ModelProto | str | Path, batch: int) -> int:
-    """FLOPs of one call at `batch`, with every symbolic dimension bound to `batch`."""
+def count_flops(model: onnx.ModelProto | str | Path, batch: int, symbolic: bool = False) -> int:
+    """FLOPs of one call at `batch`, with every symbolic dimension bound to `batch`. `symbolic`: where
+    ONNX's shape inference fails, ask ONNX Runtime's (the bench does; manifests keep ONNX's alone)."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     model = _bind_batch(model, batch)
     # data_prop: the UNet reshapes with computed shapes (Shape -> Gather -> Concat); propagate them too.
     try:
-        shapes = _shapes(shape_inference.infer_shapes(model, strict_mode=True, data_prop=True))
-    except shape_inference.InferenceError as e:
-        # e.g. the guided step's doubled batch: its reshapes do not survive binding the batch axis
-        raise GenccError(f"cannot count FLOPs at batch {batch}: ONNX shape inference fails "
-                         f"({str(e).splitlines()[0][:200]})") from None
-    total = 0
-    for node in model.graph.node:
-        fn = _COUNTERS.get(node.op_type)
-        if fn is not None:
-            total += fn(node, shapes)
-    return int(total)
+        return _count(model, _shapes(shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)))
+    except (shape_inference.InferenceError, GenccError) as e:
+        # ONNX's own inference loses some shapes of exported diffusers UNets (the time embedding, attention);
+        # ONNX Runtime's symbolic inference keeps them. Without it, the first reason stands: e.g. the guided
+        # step's doubled batch, whose reshapes do not survive binding the batch axis.
+        shapes = _symbolic_shapes(model) if symbolic else None
+        if shapes is None:
+            raise GenccError(f"cannot count FLOPs at batch {batch}: {_reason(e)}") from None
+        return _count(model, shapes)
+
+
+def _count(model: onnx.ModelProto, shapes: dict) -> int:
+    return int(sum(_COUNTERS[n.op_type](n, shapes) for n in model.graph.node if n.op_type in _COUNTERS))
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, GenccError):
+        return str(e).removeprefix("cannot count FLOPs: ")
+    return f"ONNX shape inference fails ({str(e).splitlines()[0][:200]})"
+
+
+def _symbolic_shapes(model: onnx.ModelProto) -> dict | None:
+    """Every static shape by ONNX Runtime's symbolic shape inference, or None where it fails or is absent."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        return _shapes(SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False))
+    except Exception:
+        return None
 
 
 def count_flops_or_none(model: onnx.ModelProto | str | Path, batch: int,
-                        log: Callable[[str], None] = lambda s: None) -> int | None:
+                        log: Callable[[str], None] = lambda s: None, symbolic: bool = False) -> int | None:
     """count_flops, or None (the reason goes to `log`) where ONNX shape inference cannot count them: the
     guided step's doubled batch, for one. Callers then go without: no thread policy, no GFLOP/s."""
     try:
-        return count_flops(model, batch)
+        return count_flops(model, batch, symbolic)
     except GenccError as e:
         log(str(e))
         return None

@@ -21,10 +21,10 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from gencc.runtime.conventions import LABEL_INPUTS, PREDICTION_ALIASES, PREDICTIONS, TimeInput  # noqa: F401
+from gencc.runtime.conventions import LABEL_INPUTS, PREDICTION_ALIASES, PREDICTIONS, TimeInput
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import short
-from gencc.runtime.sde import SCHEDULES   # "vp", then diffusers' table names
+from gencc.runtime.sde import SCHEDULES  # "vp", then diffusers' table names
 
 KINDS = ("diffusion", "gan")
 
@@ -77,7 +77,7 @@ class CompileOptions:
             raise GenccError("a generator (kind 'gan') needs latent_shape, the shape of its input z, e.g. (64,)")
 
     @classmethod
-    def make(cls, **options) -> "CompileOptions":
+    def make(cls, **options) -> CompileOptions:
         """Options from keywords, refusing an unknown one by name (a typo must not be ignored)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)

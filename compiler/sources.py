@@ -13,9 +13,9 @@ from __future__ import annotations
 import importlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable
 
 from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import one_line
@@ -66,11 +66,16 @@ def resolve(source, options: CompileOptions, log: Log = lambda s: None):
 
 def from_torch(net, options: CompileOptions):
     """The adapted network as a runtime Model on the torch backend (what the compiled artifact computes)."""
+    return model_of(_user_model(net, options))
+
+
+def model_of(user):
+    """A prepared UserModel as a runtime Model on the torch backend."""
     from gencc.models.torch_backend import model_from_net
 
     from .user_model import identity
 
-    user = _user_model(net, options)
+    options = user.options
     conventions = {} if options.kind == "gan" else {"conventions": options.conventions()}
     return model_from_net(options.kind, user.module, user.sample_shape, identity(user.sample_shape), sde=user.sde,
                           latent_dim=options.latent_shape, info={"source": user.source, **conventions},

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ class UserModel:
     sde: object | None = None     # diffusion: the schedule's SDE (runtime/sde.py)
 
     @classmethod
-    def prepare(cls, net: nn.Module, options: CompileOptions, source: dict | None = None) -> "UserModel":
+    def prepare(cls, net: nn.Module, options: CompileOptions, source: dict | None = None) -> UserModel:
         """Adapt and probe `net`; raises GenccError naming the problem."""
         if not isinstance(net, nn.Module):
             raise GenccError(f"expected a torch.nn.Module, got {type(net).__name__}")
@@ -158,9 +158,9 @@ def _probe_eps(adapter: EpsAdapter, shape: tuple[int, ...], sde, num_classes: in
     outs = {}
     for t in (float(sde.t_eps), *PROBE_TIMES, 1.0):
         what = f"a probe input of shape {tuple(x.shape)} at t={t:g}"
-        raw = _run(what, lambda: adapter.network_output(x, torch.full((2,), t), *label))
+        raw = _run(what, lambda t=t: adapter.network_output(x, torch.full((2,), t), *label))
         _check_output(raw, x.shape, what)
-        eps = _run(what, lambda: adapter(x, torch.full((2,), t), *label))
+        eps = _run(what, lambda t=t: adapter(x, torch.full((2,), t), *label))
         _check_output(eps, x.shape, what + f" after the {adapter.prediction} -> eps conversion")
         outs[t] = raw
     if torch.equal(outs[PROBE_TIMES[0]], outs[PROBE_TIMES[1]]):

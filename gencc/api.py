@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gencc._describing import describe, describe_text
 from gencc._outputs import as_paths, check_out_file, check_overwrite
@@ -69,16 +69,18 @@ def evaluate(samples: str | Path, data: str, n_ref: int | None = None, seed: int
 
 @dataclass(frozen=True)
 class BenchRequest:
-    """`gencc bench`: measure `config`'s backends on one checkpoint; optionally write a table and a plot."""
-    checkpoint: Path
+    """`gencc bench`: measure `config`'s backends on one checkpoint or user's network source (a diffusers
+    folder, an .onnx file, pkg.module:factory); optionally write a table and a plot."""
+    checkpoint: str | Path
     config: BenchConfig | None = None     # compiler/bench.py's defaults when None
     artifact: Path | None = None          # use this artifact as 'tvm' instead of compiling one
     tuned: Path | None = None             # the artifact measured as 'tvm-tuned'
     md: Path | None = None
     plot: Path | None = None
+    options: Any = None                   # a user's network: its CompileOptions (docs/YOUR_MODEL.md)
 
     def __post_init__(self) -> None:
-        as_paths(self, "checkpoint", "artifact", "tuned", "md", "plot")
+        as_paths(self, "artifact", "tuned", "md", "plot")
 
 
 def bench(request: BenchRequest, log: Log = _quiet, on_report: Callable[[dict], None] | None = None) -> dict:
@@ -90,7 +92,7 @@ def bench(request: BenchRequest, log: Log = _quiet, on_report: Callable[[dict], 
         if p is not None:
             check_out_file(p)
     arts = {k: v for k, v in (("tvm", request.artifact), ("tvm-tuned", request.tuned)) if v is not None}
-    report = run_bench(request.checkpoint, request.config or BenchConfig(), arts, log=log)
+    report = run_bench(request.checkpoint, request.config or BenchConfig(), arts, log=log, options=request.options)
     if on_report is not None:
         on_report(report)
     save_outputs(report, None, request.md, request.plot)

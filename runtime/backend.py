@@ -12,8 +12,9 @@ Class-conditional networks take their labels through the same calls: `eps(x, t, 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 

@@ -35,7 +35,7 @@ def import_tvm_runtime():
     # raise ImportError, which tvm_ffi handles. Only an absent torch is hidden, and only during the import.
     hide_torch = "torch" not in sys.modules
     if hide_torch:
-        sys.modules["torch"] = None
+        sys.modules["torch"] = None   # type: ignore[assignment]
     try:
         with _import_environment():
             import tvm

@@ -23,7 +23,7 @@ class TimeInput:
     steps: int = 0   # N of "timestep:N": the network's timesteps run 0 .. N - 1
 
     @classmethod
-    def parse(cls, text: str) -> "TimeInput":
+    def parse(cls, text: str) -> TimeInput:
         if text in ("t", "sigma"):
             return cls(text)
         m = _TIMESTEP.fullmatch(str(text))

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import Iterable
 
 from .artifact import is_artifact
 from .atomic import readable_dir

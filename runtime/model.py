@@ -13,8 +13,9 @@ import functools
 import math
 import os
 import types
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, ContextManager, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -25,8 +26,16 @@ from .errors import GenccError, size_text
 from .kinds import Kind
 from .noise import SampleNoise
 from .normalize import Normalization
-from .samplers import (DEFAULT_SPACING, PLANS, STOCHASTIC, PlanStep, affine_step, get_sampler, run_plan_chained,
-                       time_grid)
+from .samplers import (
+    DEFAULT_SPACING,
+    PLANS,
+    STOCHASTIC,
+    PlanStep,
+    affine_step,
+    get_sampler,
+    run_plan_chained,
+    time_grid,
+)
 from .sde import VPSDE
 from .watch import LastEval, StepView
 
@@ -93,7 +102,8 @@ class Model:
     info: dict = field(default_factory=dict)    # the checkpoint or artifact description
     data_name: str = ""                         # the training data: a built-in name or a user path
     num_classes: int = 0                        # > 0: class-conditional (diffusion and GAN; conditioning.py)
-    around_sample: Callable[[], ContextManager] = contextlib.nullcontext   # entered once per sample(): threads
+    # Entered once per sample(): the torch backend's thread policy (runtime/threads.py).
+    around_sample: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     # The network's largest intermediate tensor, bytes per sample (compiler/flops.py; for torch, measured);
     # 0: unknown, and the memory check assumes ACTIVATION_MULTIPLE samples' worth.
     activation_bytes: int = 0
@@ -104,7 +114,7 @@ class Model:
         return self.net.name
 
     @classmethod
-    def from_manifest(cls, m, net: Backend) -> "Model":
+    def from_manifest(cls, m, net: Backend) -> Model:
         """The model of an artifact's kind for its manifest (runtime/artifact.py), running on `net`."""
         kind_cls = MODEL_CLASSES[Kind(m.model)]
         return kind_cls(m.sample_shape, m.normalization, net, info=m.raw, data_name=str(m.raw.get("data", "")),
@@ -209,7 +219,9 @@ class DiffusionModel(Model):
         fused = chunk.step is not None
         net = self.net if fused else _HOST
         # The unfused step is the one the samplers would build; naming it here lets LastEval watch it.
+        assert chunk.eps is not None   # a diffusion chunk always has its eps (_chunk)
         step = chunk.step if fused else affine_step(chunk.eps)
+        assert step is not None
         last = LastEval(step) if watchers.on_step else None
         x = get_sampler(config.sampler)(
             chunk.eps, net.to_device(noise.prior()), time_grid(self.sde, config.steps, config.grid_spacing), self.sde,
@@ -226,6 +238,7 @@ class DiffusionModel(Model):
 
     def _diffuse_chained(self, noise: SampleNoise, config: SamplingConfig, step: Callable | None) -> np.ndarray:
         net, length = self.net, self.net.chain_length
+        assert step is not None   # a backend with a chain has the fused step too (its tail steps run on it)
         plan = self._plan(config)   # every chunk shares it
         # The few steps after the last full chain draw exactly their own noise, not a whole block.
         tail = [p.draw for p in plan[len(plan) // length * length:] if p.draw is not None]
@@ -256,11 +269,12 @@ class DiffusionModel(Model):
             if callback:
                 callback(k, x)
             if on_step:
+                assert last is not None   # made whenever on_step is (_diffuse)
                 on_step(StepView(k, int(chunk.idx[0]), float(last.t), x, last.x_in, last.eps, self.sde,
                                  self.normalization, net.to_numpy))
         return watch
 
-    def _bulk_noise(self, noise: SampleNoise, on_device: bool, block: int | None = None) -> "_BulkNoise":
+    def _bulk_noise(self, noise: SampleNoise, on_device: bool, block: int | None = None) -> _BulkNoise:
         """Step noise for the fused step (on the backend's device) or for the unfused one (numpy)."""
         if on_device and self.net.has("noise"):
             return _BulkNoise(noise, self.net.noise, block)
@@ -320,6 +334,7 @@ class GanModel(Model):
         return _Chunk(idx, generate=lambda z: self.net.generate(z, y))
 
     def _sample_chunk(self, chunk: _Chunk, config: SamplingConfig, watchers: Watchers) -> np.ndarray:
+        assert chunk.generate is not None   # a GAN chunk always has its generator (_chunk)
         x = np.asarray(self.net.to_numpy(chunk.generate(SampleNoise(config.seed, chunk.idx,
                                                                     self.latent_shape).prior())))
         _check_finite(x, "the generator output")
@@ -355,7 +370,7 @@ class _BulkNoise:
     def __call__(self, k: int):
         if not (0 <= k - self.k0 < self.block) or self.buf is None:
             self.k0, self.buf = k, self.draw(self.noise, k, k + self.block)
-        return self.buf[k - self.k0]
+        return self.buf[k - self.k0]   # type: ignore[index]  # drawn just above when it was None
 
 
 def _check_positive(name: str, v: int) -> None:

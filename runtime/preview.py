@@ -73,7 +73,9 @@ class _Frames:
     """The on_step callback: keeps x0_hat every `every` steps (one chunk: the preview is one batch)."""
 
     def __init__(self, every: int):
-        self.every, self.arrays, self.meta = every, [], []
+        self.every = every
+        self.arrays: list = []
+        self.meta: list = []
 
     def __call__(self, view: StepView) -> None:
         if view.t is not None and (view.k + 1) % self.every == 0:
@@ -89,7 +91,7 @@ class _Frames:
         # One frame for every picture: the reference's, else the final samples' (x0_hat starts near the mean).
         frame = reference if reference is not None else self.arrays[-1]
         images = []
-        for meta, x in zip(self.meta, self.arrays):
+        for meta, x in zip(self.meta, self.arrays, strict=True):
             img = Image.fromarray(picture(x, reference, frame=frame))
             img = _caption(img, "final samples" if meta["step"] is None
                            else f"step {meta['step']}  t={meta['t']:.3f}  x0 estimate")

@@ -176,16 +176,16 @@ def pc_plan(ts, sde: VPSDE, corrector_steps: int = PC_CORRECTOR_STEPS, snr: floa
 
 
 def sample_pc(eps_fn: EpsFn, x, ts, sde: VPSDE, noise: NoiseFn, callback: Callback | None = None,
-              step_fn: StepFn | None = None, corrector_steps: int = PC_CORRECTOR_STEPS, snr: float = PC_SNR):
+              step_fn: StepFn | None = None, **options):
     """Predictor-corrector (Song et al. 2021): Langevin corrector steps at t, then an EM predictor step.
 
     Langevin: x <- x + e score + sqrt(2 e) z with e = 2 alpha (snr ||z|| / ||score||)^2, where alpha is
     DDPM's 1 - beta_i written exactly for the step: exp(-int_{t_next}^t beta), positive on any grid.
     The norm ratio is taken at its expectation sigma_t (E||eps||^2 = E||z||^2 = D), not measured per
     batch as score_sde does: this keeps each sample independent of the batch and the corrector fusable.
-    NFE = steps (1 + corrector_steps) + 1.
+    NFE = steps (1 + corrector_steps) + 1. `options`: pc_plan's corrector_steps and snr.
     """
-    return run_plan(_step_of(eps_fn, step_fn), x, pc_plan(ts, sde, corrector_steps, snr), noise, callback)
+    return run_plan(_step_of(eps_fn, step_fn), x, pc_plan(ts, sde, **options), noise, callback)
 
 
 def ancestral_plan(ts, sde: VPSDE) -> list[PlanStep]:

@@ -20,9 +20,9 @@ import shutil
 import struct
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -111,11 +111,11 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
-def sample_to_file(model: Model, n: int, out: str | Path, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                   resume: bool = False, progress: Progress | None = None, start: int = 0,
+def sample_to_file(model: Model, n: int, out: str | Path, *, resume: bool = False, progress: Progress | None = None,
                    extra: dict[str, np.ndarray] | None = None, **sampling) -> np.ndarray:
-    """Write samples start..start+n-1 (`sampling`: Model.sample's steps, sampler, seed, ...) to `out`,
-    a .npy or .npz (key "samples", plus the `extra` arrays); return the first PREVIEW_ROWS of them."""
+    """Write samples start..start+n-1 (`sampling`: Model.sample's batch_size, start, steps, sampler, seed, ...)
+    to `out`, a .npy or .npz (key "samples", plus the `extra` arrays); return the first PREVIEW_ROWS of them."""
+    batch_size, start = sampling.pop("batch_size", DEFAULT_BATCH_SIZE), sampling.pop("start", 0)
     out = Path(out)
     if out.suffix not in SUFFIXES:
         raise GenccError(f"output {str(out)!r} must end in .npy or .npz")
@@ -129,13 +129,13 @@ def sample_to_file(model: Model, n: int, out: str | Path, *, batch_size: int = D
 def _sample_locked(model: Model, out: Path, job: dict, resume: bool, progress: Progress | None,
                    extra: dict[str, np.ndarray] | None, sampling: dict) -> np.ndarray:
     """The job (n, batch size and first sample in `job`) under the output's lock."""
-    n, batch_size = job["n"], job["batch_size"]
+    n = job["n"]
     partial, job_file = partial_paths(out)
     done = _resume(partial, job_file, job, model.sample_shape) if resume else _no_leftover(partial, job_file)
     _check_disk(out, (n - done) * _row_bytes(model.sample_shape) * (2 if out.suffix == ".npz" else 1))
     try:
         try:
-            _write_batches(model, n, done, batch_size, partial, job_file, job, sampling, progress)
+            _write_batches(model, done, (partial, job_file), job, sampling, progress)
         except KeyboardInterrupt:
             kept = _read_count(partial, model.sample_shape) if partial.exists() else 0
             raise Interrupted(kept, n, partial) from None
@@ -148,9 +148,11 @@ def _sample_locked(model: Model, out: Path, job: dict, resume: bool, progress: P
     return preview
 
 
-def _write_batches(model: Model, n: int, done: int, batch_size: int, partial: Path, job_file: Path, job: dict,
-                   sampling: dict, progress: Progress | None) -> None:
-    """Samples done..n-1 appended to the partial file, one batch at a time."""
+def _write_batches(model: Model, done: int, files: tuple[Path, Path], job: dict, sampling: dict,
+                   progress: Progress | None) -> None:
+    """Samples done..n-1 of the job appended to its partial file (`files`: that and the job's description),
+    one batch at a time."""
+    (partial, job_file), n, batch_size = files, job["n"], job["batch_size"]
     writer = None
     try:
         for lo in range(done, n, batch_size):
@@ -229,7 +231,7 @@ class _Appender:
         if rows == 0:
             write_bytes_atomic(job_file, (json.dumps(job, indent=2) + "\n").encode())
             write_bytes_atomic(partial, header(0, shape))
-        self.f = open(partial, "r+b")
+        self.f = open(partial, "r+b")   # noqa: SIM115 (held across appends; close() closes it)
         self.f.seek(0, os.SEEK_END)
         self.shape, self.rows, self.last = shape, rows, time.monotonic()
 
@@ -268,13 +270,12 @@ def publish(partial: Path, out: Path, extra: dict[str, np.ndarray] | None = None
         return
     info = zipfile.ZipInfo("samples.npy", date_time=(1980, 1, 1, 0, 0, 0))
     info.file_size = partial.stat().st_size   # lets zipfile choose ZIP64 up front for outputs over 2 GiB
-    with atomic_path(out) as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
-            with z.open(info, "w") as dst, open(partial, "rb") as src:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            for name, a in (extra or {}).items():
-                with z.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as dst:
-                    np.lib.format.write_array(dst, np.ascontiguousarray(a), allow_pickle=False)
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+        with z.open(info, "w") as dst, open(partial, "rb") as src:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        for name, a in (extra or {}).items():
+            with z.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as dst:
+                np.lib.format.write_array(dst, np.ascontiguousarray(a), allow_pickle=False)
     partial.unlink()
 
 

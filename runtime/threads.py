@@ -20,8 +20,8 @@ import functools
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 SMALL_CALL_FLOPS = 20_000_000   # the UNet's batch 1 (19 MFLOP) below, the MLP's batch 64 (35 MFLOP) above
 
@@ -46,7 +46,7 @@ class TvmThreads:
     cores: int = _CORES
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "TvmThreads":
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> TvmThreads:
         return cls("TVM_NUM_THREADS" in (os.environ if environ is None else environ))
 
     def use(self, tvm, n: int) -> None:
@@ -151,7 +151,7 @@ def _busy_now() -> int:
     now = time.monotonic()
     if now - _busy_cache[0] > BUSY_TTL_S:
         _busy_cache[:] = [now, busy_elsewhere()]
-    return _busy_cache[1]
+    return int(_busy_cache[1])
 
 
 BUSY_TTL_S = 1.0

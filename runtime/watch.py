@@ -56,7 +56,7 @@ class LastEval:
     def __init__(self, step_fn: Callable):
         self.step_fn = step_fn
         self.x_in: Any = None
-        self.t: float | None = None
+        self.t: Any = None   # a float once the step has run
         self.eps: Any = None
 
     def __call__(self, x, t, coef, z=None, x_prev=None, e_prev=None):

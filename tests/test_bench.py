@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -92,7 +93,7 @@ def test_uncountable_flops_are_reported_as_unknown_not_a_crash(tmp_path, monkeyp
     from gencc.compiler.bench import markdown
     from gencc.runtime.errors import GenccError
 
-    def fails(path, batch):
+    def fails(path, batch, symbolic=False):
         raise GenccError("cannot count FLOPs at batch 1: ONNX shape inference fails")
     monkeypatch.setattr(flops, "count_flops", fails)
     logged = []
@@ -160,3 +161,97 @@ def test_other_processes_running_or_wide_repeat_spread_mark_the_run():
     one_thread = {k: v for k, v in QUIET_PEAK.items() if k != "one_thread_gflops"}   # no torch: no scaling check
     assert busy_reasons({**one_thread, "torch_gflops": None}, quiet_rows) == []
     assert busy_reasons({**QUIET_PEAK, "threads": 1, "torch_gflops": 100.0}, quiet_rows) == []
+
+
+# ---- a user's network as the bench's source (issue 15): classified and resolved without a TVM compile ----
+
+TINY_EPS = '''
+import torch
+from torch import nn
+
+
+class Eps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+
+    def forward(self, x, t):
+        return self.lin(x) * t[:, None]
+
+
+def build():
+    torch.manual_seed(0)
+    return Eps()
+'''
+
+
+def test_bench_sources_are_classified_as_gencc_compile_takes_them(tmp_path, tiny_moons_diffusion):
+    from gencc.compiler.bench import BenchSource
+    from gencc.compiler.options import CompileOptions
+
+    assert not BenchSource.of(tiny_moons_diffusion).user
+    with pytest.raises(GenccError, match="describes itself"):
+        BenchSource.of(tiny_moons_diffusion, CompileOptions(prediction="v"))
+    with pytest.raises(GenccError, match="nowhere"):
+        BenchSource.of(tmp_path / "nowhere")
+    folder = tmp_path / "unet"   # classified without loading: diffusers is not needed yet
+    folder.mkdir()
+    (folder / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    src = BenchSource.of(folder, CompileOptions(sample_shape=(3, 8, 8), weights=tmp_path / "w.safetensors"))
+    assert src.user and src.options.target == "llvm"
+    opts = json.loads(json.dumps(src.options_json()))   # what the torch worker receives
+    assert opts["sample_shape"] == [3, 8, 8] and opts["weights"] == str(tmp_path / "w.safetensors")
+    assert src.config()["data"]["name"] == "unet"
+    with pytest.raises(GenccError, match="class-conditional"):
+        BenchSource.of(folder, CompileOptions(num_classes=10))
+
+
+def test_bench_of_a_missing_source_is_one_line(tmp_path):
+    from cli_helpers import assert_user_error, gencc
+
+    assert_user_error(gencc("bench", tmp_path / "nowhere", "--batch", "1"), "nowhere", "does not exist")
+    assert_user_error(gencc("bench", tmp_path, "--rounds", "0"), "rounds")
+
+
+def test_the_torch_worker_runs_a_users_network_as_the_artifact_would(tmp_path, monkeypatch):
+    from gencc.compiler.bench_worker import user_torch_step
+
+    (tmp_path / "bench_tiny_eps.py").write_text(TINY_EPS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    make, model, net = user_torch_step("bench_tiny_eps:build", {"sample_shape": [2], "time_input": "t"}, False)
+    assert tuple(make(3)().shape) == (3, 2)
+    assert model.sample(4, steps=3, seed=0).shape == (4, 2)
+    x = np.ones((2, 2), np.float32)
+    assert np.allclose(model.net.eps(x, 0.5), 0.5 * net.net.lin(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
+
+
+def test_alternating_rounds_merge_to_the_median_round():
+    from gencc.compiler.bench import merge_rounds
+
+    def run(step, p10, p90, startup=1.0, rss=100.0):
+        return {"backend": "tvm", "startup_s": startup, "peak_rss_mb": rss,
+                "batches": {"1": {"step": {"median_s": step, "p10_s": p10, "p90_s": p90, "calls": 7}}}}
+    merged = merge_rounds([run(3.0, 2.9, 3.5), run(1.0, 0.9, 1.1, rss=300.0), run(2.0, 1.8, 2.2, startup=2.0)])
+    step = merged["batches"]["1"]["step"]
+    assert (step["median_s"], step["p10_s"], step["p90_s"]) == (2.0, 0.9, 3.5)
+    assert merged["peak_rss_mb"] == 300.0 and merged["startup_s"] == 1.0 and merged["rounds"] == 3
+    assert merge_rounds([run(1.0, 1.0, 1.0), {"backend": "tvm", "error": "boom"}])["error"] == "boom"
+    with pytest.raises(GenccError, match="rounds"):
+        BenchConfig(rounds=0)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # the TorchScript exporter, knowingly used
+def test_flops_of_an_exported_diffusers_unet_need_symbolic_shapes(tmp_path):
+    # ONNX's shape inference loses the time embedding's shape in diffusers' export: the bench then asks
+    # ONNX Runtime's symbolic inference, so a user's UNet still gets GFLOP/s.
+    from gencc.compiler.diffusers_source import DiffusersUNet
+    from gencc.compiler.options import CompileOptions
+    from gencc.compiler.user_model import UserModel
+    from test_user_models import tiny_unet
+
+    options = CompileOptions(sample_shape=(1, 8, 8), time_input="timestep:1000")
+    UserModel.prepare(DiffusersUNet(tiny_unet(attention=True)), options).export_into(tmp_path, lambda s: None)
+    with pytest.raises(GenccError, match="cannot count FLOPs"):
+        count_flops(tmp_path / "step.onnx", 1)
+    one = count_flops(tmp_path / "step.onnx", 1, symbolic=True)
+    assert one > 0 and count_flops(tmp_path / "step.onnx", 4, symbolic=True) == 4 * one

@@ -15,10 +15,9 @@ MAX_PARAMS = 8
 # Functions over the limit today, as "path:qualified.name". The issue-14 refactor removes them one by one;
 # an entry that is no longer over the limit fails the test too, so the list only shrinks.
 ALLOWED = {
+    # Issue 14 keeps Model.sample's documented keyword signature for users; Model.sample_with(n, config,
+    # watchers) is the 3-parameter form the library itself calls.
     "runtime/model.py:Model.sample",
-    "runtime/samplers.py:sample_pc",
-    "runtime/stream.py:_write_batches",
-    "runtime/stream.py:sample_to_file",
 }
 
 

@@ -1,4 +1,5 @@
 """The compiler against independent references: torch for the ONNX export, ONNX Runtime for TVM builds."""
+import re
 import shutil
 
 import numpy as np
@@ -6,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 from gencc.compiler.build import build, llvm_passes, resolve_target, rewrite_conv_transpose, rewrite_sigmoid, run_parity
@@ -284,3 +286,53 @@ def test_build_errors_are_one_line_gencc_errors(tmp_path):
     with pytest.raises(GenccError, match="TVM failed importing celu.onnx.*Celu") as err:
         build(tmp_path / "celu.onnx", "llvm", None, tmp_path / "celu.so")
     assert "\n" not in str(err.value) and not (tmp_path / "celu.so").exists()
+
+
+def _parallel_loop(k: int, n: int) -> str:
+    """The name of the parallel tile loop Contraction gives a (64, k) x (k, n) matmul."""
+    from tvm import te
+
+    from gencc.compiler import cpu_schedules
+
+    a, b = te.placeholder((64, k), name="a"), te.placeholder((k, n), name="b")
+    r = te.reduce_axis((0, k), name="k")
+    c = te.compute((64, n), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="c")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    sch = cpu_schedules.Contraction().apply(te.create_prim_func([a, b, c]), target, False)
+    return re.search(r"for (\w+) in T\.parallel", sch.mod.script()).group(1)
+
+
+def test_weights_bigger_than_l2_put_column_tiles_outside_row_tiles():
+    # ax0: the rows, ax1: the columns. 256 x 256 weights (256 KB, gencc's MLP) keep the row-major order that
+    # its goldens were made with; 1024 x 1024 (4 MB, like a 256-channel 3x3 conv's) walk a weight slice's
+    # row tiles while it is in cache.
+    assert _parallel_loop(256, 256).startswith("ax0")
+    assert _parallel_loop(1024, 1024).startswith("ax1")
+
+
+class AsymmetricPad(torch.nn.Module):
+    """diffusers' Downsample2D with downsample_padding=0 (DDPM's CIFAR-10 UNet): pad right and bottom, then conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 2, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(torch.nn.functional.pad(x, (0, 1, 0, 1)))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")   # the exporter's notes
+def test_a_pad_whose_widths_torch_computes_compiles(tmp_path):
+    # torch cannot fold the widths' negative-step Slice, so they reach TVM as a computation, which its
+    # importer refused ("Dynamic pads are not supported yet"); gencc folds them first.
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 8, 8)
+    torch.onnx.export(AsymmetricPad().eval(), (x,), str(tmp_path / "pad.onnx"), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17,
+                      dynamo=False)
+    graph = onnx.load(tmp_path / "pad.onnx").graph
+    assert any(n.op_type == "Pad" and n.input[1] not in {i.name for i in graph.initializer} for n in graph.node)
+    build(tmp_path / "pad.onnx", "llvm", None, tmp_path / "pad.so")
+    def make_inputs(b):
+        return {"x": np.random.default_rng(b).standard_normal((b, 2, 8, 8)).astype(np.float32)}
+    assert run_parity(tmp_path / "pad.so", tmp_path / "pad.onnx", make_inputs, batches=(1, 3)) <= 1e-5

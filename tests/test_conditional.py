@@ -11,9 +11,9 @@ import torch
 from cli_helpers import assert_user_error, gencc
 from gencc.compiler.export import export_function, random_inputs
 from gencc.compiler.export_conditional import GuidedFusedStep, guided_step_io
-from gencc.models.guidance import GuidedEps, drop_labels, null_row, one_hot
 from gencc.models.data import load_dataset
 from gencc.models.gan import Discriminator, GANConfig, Generator
+from gencc.models.guidance import GuidedEps, drop_labels, null_row, one_hot
 from gencc.models.nets import MLPConfig, MLPEps
 from gencc.models.train import default_config, train
 from gencc.models.unet import UNetConfig, UNetEps

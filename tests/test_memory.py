@@ -8,8 +8,8 @@ import gencc
 from cli_helpers import assert_user_error, gencc as run_cli
 from fake_artifact import edit_manifest, fake_artifact
 from gencc.runtime import model as model_mod
-from gencc.runtime.backend import Functions
 from gencc.runtime.artifact import read_manifest
+from gencc.runtime.backend import Functions
 from gencc.runtime.errors import GenccError
 
 SMALL = 64 * 2 ** 20   # a machine of 64 MiB: sample buffers of 100k moons samples fit, their activations don't

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from cli_helpers import assert_user_error, gencc
-from gencc.models.digits_classifier import features, held_out_accuracy, load_classifier, probs, read_meta
 from gencc.models.data import load_dataset, load_digits_split
+from gencc.models.digits_classifier import features, held_out_accuracy, load_classifier, probs, read_meta
 from gencc.models.evaluate import evaluate
-from gencc.runtime.errors import GenccError
 from gencc.models.metrics import class_coverage, frechet_distance, mmd_rbf, sliced_wasserstein
+from gencc.runtime.errors import GenccError
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from cli_helpers import assert_user_error, gencc
-from gencc.runtime.errors import GenccError
 from gencc.runtime.backend import Functions
+from gencc.runtime.errors import GenccError
 from gencc.runtime.model import DiffusionModel, GanModel
 from gencc.runtime.noise import SampleNoise
 from gencc.runtime.normalize import Normalization

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 
 import gencc
+from cli_helpers import assert_user_error, gencc as run
 from gencc.models.data import load_dataset
 from gencc.models.evaluate import format_table
 from gencc.models.train import default_config, train
 from gencc.runtime import stream
 from gencc.runtime.errors import GenccError
-
-from cli_helpers import assert_user_error, gencc as run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TVM_NUM_THREADS": "1"}
 

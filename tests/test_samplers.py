@@ -6,8 +6,8 @@ prediction is eps*(x, t) = sigma_t (x - gamma_t mu) / (gamma_t^2 s^2 + sigma_t^2
 import numpy as np
 import pytest
 
-from gencc.runtime.errors import GenccError
 from gencc.runtime.backend import Functions
+from gencc.runtime.errors import GenccError
 from gencc.runtime.model import DiffusionModel
 from gencc.runtime.noise import SampleNoise
 from gencc.runtime.normalize import Normalization

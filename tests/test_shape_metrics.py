@@ -7,8 +7,17 @@ import pytest
 
 from gencc.models.data import load_dataset
 from gencc.models.evaluate import evaluate
-from gencc.models.shapes_classifier import (COMMAND, ShapeClassifierConfig, held_out_accuracy, load_classifier,
-                                            negatives, probs, read_meta, shape_coverage, valid_shapes)
+from gencc.models.shapes_classifier import (
+    COMMAND,
+    ShapeClassifierConfig,
+    held_out_accuracy,
+    load_classifier,
+    negatives,
+    probs,
+    read_meta,
+    shape_coverage,
+    valid_shapes,
+)
 from gencc.runtime.errors import GenccError
 
 

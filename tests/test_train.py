@@ -8,9 +8,9 @@ import torch
 import gencc
 from gencc.models import checkpoint as ckpt
 from gencc.models.data import load_dataset
+from gencc.models.metrics import sliced_wasserstein
 from gencc.models.train import TrainConfig, default_config, train
 from gencc.runtime.errors import GenccError
-from gencc.models.metrics import sliced_wasserstein
 
 MOONS = load_dataset("moons", n=4000)
 

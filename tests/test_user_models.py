@@ -22,7 +22,6 @@ from gencc.models.adapters import EpsAdapter, Schedule
 from gencc.runtime.errors import GenccError
 from gencc.runtime.sde import make_sde
 
-
 SCHEDULE_SDES = [make_sde("vp"), make_sde("linear"), make_sde("scaled_linear", beta_start=0.00085, beta_end=0.012),
                  make_sde("squaredcos_cap_v2")]
 SAMPLERS = ("em", "ddim", "dpm2m")
@@ -292,8 +291,8 @@ def test_onnx_file_v_prediction_scaled_linear(tmp_path):
         torch.onnx.export(net, (torch.randn(2, 1, 8, 8), torch.rand(2)), tmp_path / "eps.onnx", dynamo=False,
                           input_names=["sample", "timestep"], output_names=["out"], opset_version=14,
                           dynamic_axes={"sample": {0: "b"}, "timestep": {0: "b"}, "out": {0: "b"}})
-    options = dict(time_input="timestep:1000", prediction="v", schedule="scaled_linear", beta_start=0.00085,
-                   beta_end=0.012)
+    options = {"time_input": "timestep:1000", "prediction": "v", "schedule": "scaled_linear", "beta_start": 0.00085,
+                   "beta_end": 0.012}
     gencc.compile(tmp_path / "eps.onnx", tmp_path / "v.gencc", **options)   # sample_shape read from the graph
     assert_artifact_matches(tmp_path / "v.gencc", gencc.from_torch(net, sample_shape=(1, 8, 8), **options))
 
@@ -301,7 +300,8 @@ def test_onnx_file_v_prediction_scaled_linear(tmp_path):
 @pytest.mark.slow
 def test_module_x0_prediction_cosine_and_the_runtime_stays_light(tmp_path):
     torch.manual_seed(0)
-    net, options = Eps(), dict(sample_shape=(2,), time_input="sigma", prediction="x0", schedule="squaredcos_cap_v2")
+    net = Eps()
+    options = {"sample_shape": (2,), "time_input": "sigma", "prediction": "x0", "schedule": "squaredcos_cap_v2"}
     gencc.compile(net, tmp_path / "x0.gencc", **options)
     assert_artifact_matches(tmp_path / "x0.gencc", gencc.from_torch(net, **options), n=64, steps=20)
     code = ("import sys, gencc\n"
@@ -350,7 +350,7 @@ def test_dcgan_generator_through_the_module_api(tmp_path):
 def test_unet_3x16x16_with_attention_vp(tmp_path):
     """The one larger case: attention blocks, RGB, gencc's continuous schedule under DDPM timesteps."""
     net = UnetEps(tiny_unet((3, 16, 16), attention=True))
-    options = dict(sample_shape=(3, 16, 16), time_input="timestep:1000", schedule="vp")
+    options = {"sample_shape": (3, 16, 16), "time_input": "timestep:1000", "schedule": "vp"}
     gencc.compile(net, tmp_path / "attn.gencc", **options)
     assert_artifact_matches(tmp_path / "attn.gencc", gencc.from_torch(net, **options), n=2, steps=5)
 
@@ -370,14 +370,14 @@ class LabelledEps(nn.Module):
 @pytest.mark.slow
 def test_class_conditional_index_labels_with_guidance(tmp_path):
     torch.manual_seed(0)
-    net, options = LabelledEps(), dict(sample_shape=(2,), num_classes=3, label_input="index")
+    net, options = LabelledEps(), {"sample_shape": (2,), "num_classes": 3, "label_input": "index"}
     m = gencc.compile(net, tmp_path / "c.gencc", **options)
     assert m["num_classes"] == 3 and m["step_contract"] == "affine5-cfg-v1"
     reference = gencc.from_torch(net, **options)
     for backend in ("tvm", "ort"):
         model = gencc.load(tmp_path / "c.gencc", backend=backend)
         for sampler in SAMPLERS:
-            kw = dict(steps=10, sampler=sampler, seed=4, label=[0, 1, 2, 1], guidance=1.5)
+            kw = {"steps": 10, "sampler": sampler, "seed": 4, "label": [0, 1, 2, 1], "guidance": 1.5}
             got, want = model.sample(4, **kw), reference.sample(4, **kw)
             assert np.abs(got - want).max() / np.abs(want).max() < 1e-4, (backend, sampler)
 
