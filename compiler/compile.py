@@ -1,22 +1,22 @@
 """`gencc export` and `gencc compile`: checkpoint -> ONNX -> TVM libraries -> a verified artifact.
 
-The artifact directory (format in runtime/artifact.py) is assembled in a temporary sibling and renamed
+The artifact directory (format: runtime/artifact.py, docs/ARTIFACT.md) is assembled in a temporary sibling and renamed
 into place only after every library passed its parity check, so a failed or interrupted compile
 leaves nothing behind.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from gencc.runtime import artifact, signing
+from gencc.runtime.artifact import FunctionSpec, IOSpec, Manifest, StaticLibrary
 from gencc.runtime.atomic import atomic_dir, check_output_path
 from gencc.runtime.errors import GenccError
 
-EXPORT_META = "export.json"
 Log = Callable[[str], None]
 
 
@@ -29,8 +29,7 @@ def export(checkpoint: str | Path, out: str | Path, log: Log = lambda s: None) -
     load_latent_checkpoint(checkpoint) if is_latent_checkpoint(checkpoint) else load_config(checkpoint)
     out = _check_new_output(out, force=True)
     with atomic_dir(out) as tmp:
-        meta = _export_into(Path(checkpoint), tmp, log)
-        (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
+        meta = artifact.write_export(tmp, *_export_into(Path(checkpoint), tmp, log))
     return meta
 
 
@@ -56,42 +55,46 @@ def compile_artifact(source, out: str | Path, target: str = "llvm", arch: str | 
     tvm_target, target_desc = resolve_target(target, arch)   # a bad target fails before any work
     key = signing.load_private_key(sign) if sign is not None else None
     start = time.perf_counter()
+    llvm = target_desc["kind"] == "llvm"
     with atomic_dir(out) as tmp:
-        meta = _onnx_into(source, tmp, log)
+        description, exported = _onnx_into(source, tmp, log)
         functions, parity = {}, {}
-        for name, f in meta["functions"].items():
+        for name, f in exported.items():
             so = f"{name}.so"
             info = build(tmp / f["file"], target, arch, tmp / so)
             log(f"compiled {so} for {target_desc} in {info['seconds']['total']:.1f} s")
-            functions[name] = {"library": so, "onnx": f["file"], "inputs": f["inputs"], "outputs": f["outputs"],
-                               "pipeline": info["pipeline"]}
-            flops = count_flops_or_none(tmp / f["file"], 1)
-            if flops:   # lets the runtime run small calls on one thread (runtime/threads.py)
-                functions[name]["flops_per_sample"] = flops
-            activations = activation_bytes_per_sample(tmp / f["file"])
-            if activations:   # lets the runtime refuse a batch whose activations cannot fit (runtime/model.py)
-                functions[name]["activation_bytes_per_sample"] = activations
-            if target_desc["kind"] == "llvm":   # the parity gate: refuse to write a library that disagrees
-                parity[name] = run_parity(tmp / so, tmp / f["file"], random_inputs(f["inputs"]))
+            onnx = tmp / f["file"]
+            if llvm:   # the parity gate: refuse to write a library that disagrees
+                parity[name] = run_parity(tmp / so, onnx, random_inputs(f["inputs"]))
                 log(f"parity {so} vs ONNX Runtime: max abs err {parity[name]:.2g}")
-            if tuning is not None and name in TUNED_FUNCTIONS and target_desc["kind"] == "llvm":
-                functions[name]["static"] = tune_into(tmp, name, f["file"], f["inputs"], tuning,
-                                                      target_desc["mcpu"], log)
-        fields = {k: v for k, v in meta.items() if k != "functions"}
-        if meta["model"] in artifact.DIFFUSION_KINDS and target_desc["kind"] == "llvm":
-            fields["noise"] = _noise_into(tmp, tvm_target, log)
-        manifest = artifact.write_manifest(tmp, {
-            **fields, "target": target_desc, "tvm_version": tvm.__version__,
-            "verified": target_desc["kind"] == "llvm", "parity_max_abs_err": parity,
-            "functions": functions, "compile_seconds": round(time.perf_counter() - start, 1)})
+            static = {}
+            if tuning is not None and name in TUNED_FUNCTIONS and llvm:
+                static = tune_into(tmp, name, f["file"], f["inputs"], tuning, target_desc["mcpu"], log)
+            functions[name] = FunctionSpec(
+                library=so, onnx=f["file"], inputs=_specs(f["inputs"]), outputs=_specs(f["outputs"]),
+                static={int(b): StaticLibrary.from_json(v) for b, v in static.items()},
+                # lets the runtime run small calls on one thread (runtime/threads.py)
+                flops_per_sample=count_flops_or_none(onnx, 1) or None,
+                # lets the runtime refuse a batch whose activations cannot fit (runtime/model.py)
+                activation_bytes_per_sample=activation_bytes_per_sample(onnx) or None,
+                extra={"pipeline": info["pipeline"]})
+        noise = _noise_into(tmp, tvm_target, log) if description.model in artifact.DIFFUSION_KINDS and llvm else None
+        about = {**description.info, "tvm_version": tvm.__version__, "parity_max_abs_err": parity,
+                 "compile_seconds": round(time.perf_counter() - start, 1)}
+        manifest = replace(description, functions=functions, target=target_desc, verified=llvm,
+                           noise_library=noise, info=about).write(tmp)
         if key is not None:
             signing.sign_into(tmp, key)
     if target_desc["kind"] == "cuda":
         log(f"cross-compiled for {target_desc}: unverified until `gencc verify {out}` passes on that GPU")
-    return manifest
+    return manifest.to_json()
 
 
-def _noise_into(tmp: Path, tvm_target, log: Log) -> dict:
+def _specs(specs: list[dict]) -> tuple[IOSpec, ...]:
+    return tuple(IOSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in specs)
+
+
+def _noise_into(tmp: Path, tvm_target, log: Log) -> str:
     """The compiled sampler-noise kernel, gated like every library: it must equal runtime/noise.py exactly."""
     from .noise_kernel import build_noise, check_noise
 
@@ -99,7 +102,7 @@ def _noise_into(tmp: Path, tvm_target, log: Log) -> dict:
     build_noise(tmp / so, tvm_target)
     compared = check_noise(tmp / so)
     log(f"compiled {so}: equals runtime/noise.py on {compared} values")
-    return {"library": so, "contract": artifact.NOISE_CONTRACT}
+    return so
 
 
 def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None = None) -> dict:
@@ -124,28 +127,24 @@ def verify(path: str | Path, log: Log = lambda s: None, sign: str | Path | None 
     dev = device_for(import_tvm_runtime(), m.target, None)
     errors = {}
     for name, f in m.functions.items():
-        make_inputs = lambda b, specs=f["inputs"]: random_inputs(specs, seed=b)(b)   # noqa: E731
+        specs = [s.to_json() for s in f.inputs]
+        make_inputs = lambda b, specs=specs: random_inputs(specs, seed=b)(b)   # noqa: E731
         err = run_parity(m.path(name, "library"), m.path(name, "onnx"), make_inputs, batches=(1, 5, 64), device=dev)
         errors[name] = err
-        log(f"verified {f['library']} on {dev}: max abs err vs ONNX Runtime {err:.2g}")
+        log(f"verified {f.library} on {dev}: max abs err vs ONNX Runtime {err:.2g}")
     if m.noise_library is not None:
         from .noise_kernel import check_noise
 
         compared = check_noise(m.root / m.noise_library, device=dev)
         log(f"verified {m.noise_library} on {dev}: equals runtime/noise.py on {compared} values")
-    raw = {**m.raw, "verified": True, "parity_max_abs_err": errors}
-    from gencc.runtime.atomic import write_bytes_atomic
-
-    data = (json.dumps(raw, indent=2) + "\n").encode()
-    if key is None:
-        write_bytes_atomic(m.root / artifact.MANIFEST, data)
-    else:
-        signing.replace_manifest(m.root, data, key)   # manifest and signature swap in together
-    return raw
+    # the listed files (and their hashes, just checked) stay as they are; `key` re-signs in the same swap
+    marked = replace(m, verified=True, info={**m.info, "parity_max_abs_err": errors}).write(m.root, key=key)
+    return marked.to_json()
 
 
-def _onnx_into(source: Path, tmp: Path, log: Log) -> dict:
-    """Put the ONNX functions into `tmp` (exporting a checkpoint or a user's network, or copying an export folder)."""
+def _onnx_into(source, tmp: Path, log: Log) -> tuple[Manifest, dict]:
+    """Put the ONNX functions into `tmp` (exporting a checkpoint or a user's network, or copying an export
+    folder); returns the model's description and {name: {"file", "inputs", "outputs", ...}} of the functions."""
     from gencc.models.checkpoint import is_checkpoint
     from gencc.models.latent import is_latent_checkpoint
 
@@ -153,23 +152,16 @@ def _onnx_into(source: Path, tmp: Path, log: Log) -> dict:
         return source.export_into(tmp, log)
     if is_checkpoint(source) or is_latent_checkpoint(source):
         return _export_into(source, tmp, log)
-    meta_path = source / EXPORT_META
-    if not meta_path.is_file():
+    if not (source / artifact.EXPORT).is_file():
         raise GenccError(f"{str(source)!r} is neither a gencc checkpoint nor an exported ONNX folder "
-                         f"(no config.json or {EXPORT_META})")
-    try:
-        meta = json.loads(meta_path.read_text())
-        files = [f["file"] for f in meta["functions"].values()]
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise GenccError(f"{str(meta_path)!r} is corrupt: {e}") from None
-    for name in files:
-        if not artifact._FILE_NAME.match(str(name)) or not (source / name).is_file():
-            raise GenccError(f"{str(meta_path)!r} names ONNX file {name!r}, which is not in {str(source)!r}")
-        shutil.copyfile(source / name, tmp / name)
-    return meta
+                         f"(no config.json or {artifact.EXPORT})")
+    description, functions = artifact.read_export(source)
+    for f in functions.values():
+        shutil.copyfile(source / f["file"], tmp / f["file"])
+    return description, functions
 
 
-def _export_into(checkpoint: Path, tmp: Path, log: Log) -> dict:
+def _export_into(checkpoint: Path, tmp: Path, log: Log) -> tuple[Manifest, dict]:
     from gencc.models import checkpoint as ckpt
     from gencc.models.latent import is_latent_checkpoint
 
@@ -181,32 +173,32 @@ def _export_into(checkpoint: Path, tmp: Path, log: Log) -> dict:
     functions = export_checkpoint(checkpoint, tmp)
     for f in functions.values():
         log(f"exported {f['file']} (ONNX Runtime vs torch: max abs err {f['max_abs_err_vs_torch']:.2g})")
-    return _describe(ckpt.load_config(checkpoint), functions)
+    return _describe(ckpt.load_config(checkpoint)), functions
 
 
-def _export_latent_into(root: Path, tmp: Path, log: Log) -> dict:
+def _export_latent_into(root: Path, tmp: Path, log: Log) -> tuple[Manifest, dict]:
     from .export_latent import describe_latent, export_latent_checkpoint
 
     functions = export_latent_checkpoint(root, tmp)
     for f in functions.values():
         log(f"exported {f['file']} (ONNX Runtime vs torch: max abs err {f['max_abs_err_vs_torch']:.2g})")
-    return describe_latent(root, functions)
+    return describe_latent(root, functions), functions
 
 
-def _describe(config: dict, functions: dict) -> dict:
-    """The model description an export and an artifact manifest share."""
-    data = config["data"]
-    meta = {"model": config["model"], "sample_shape": data["sample_shape"],
-            "normalization": data["normalization"], "data": data["name"],
-            "source": {"checkpoint_step": config["step"], "net": config["net"]}, "functions": functions}
-    num_classes = config["net"].get("num_classes", 0)
-    if num_classes:   # class-conditional: labels (and guidance) are inputs of every function
-        meta["num_classes"] = num_classes
-    if config["model"] == "diffusion":
-        meta.update(sde=config["sde"], step_contract=artifact.CFG_STEP_CONTRACT if num_classes else artifact.STEP_CONTRACT)
-    else:
-        meta["latent_shape"] = [config["net"]["latent_dim"]]
-    return meta
+def _describe(config: dict) -> Manifest:
+    """The model fields an export and an artifact manifest share, from a checkpoint's config."""
+    from gencc.runtime.normalize import Normalization
+    from gencc.runtime.sde import sde_from_dict
+
+    data, net = config["data"], config["net"]
+    diffusion = config["model"] == "diffusion"
+    return Manifest(model=config["model"], sample_shape=tuple(data["sample_shape"]),
+                    normalization=Normalization.from_dict(data["normalization"]),
+                    # class-conditional: labels (and guidance) are inputs of every function
+                    num_classes=net.get("num_classes", 0),
+                    sde=sde_from_dict(config["sde"]) if diffusion else None,
+                    latent_shape=() if diffusion else (net["latent_dim"],),
+                    info={"data": data["name"], "source": {"checkpoint_step": config["step"], "net": net}})
 
 
 def _check_new_output(out: str | Path, force: bool) -> Path:

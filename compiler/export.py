@@ -1,26 +1,18 @@
 """Export a checkpoint's networks from torch to ONNX, each checked against torch with ONNX Runtime.
 
-Three functions, every batched tensor with a symbolic batch axis "batch" (dim 0), all float32:
+The functions and their inputs and outputs (names, order, shapes) are the artifact format's, defined once in
+runtime/artifact.py (`signature`) and tabled in docs/ARTIFACT.md §3: eps, step (the fused sampler step of
+docs/ARTIFACT.md §4), generator and, for MLPs, chain. Every batched tensor has the symbolic batch axis "batch"
+(dim 0), and all are float32. Class-conditional checkpoints add labels and a guidance scale
+(compiler/export_conditional.py).
 
-  eps.onnx        x (B, *shape), t (B,)                                   -> eps (B, *shape)
-  step.onnx       x, t (1,), coef (5,), z, x_prev, e_prev (all but t, coef: (B, *shape))
-                                                                          -> x_next, eps
-  generator.onnx  z (B, latent)                                           -> x (B, *shape)
-  chain.onnx      MLPs only: x, ts (L,), coefs (L, 3), zs (B, L, *shape)  -> x after L steps
-
-Class-conditional checkpoints add labels and a guidance scale to these (compiler/export_conditional.py).
-
-The fused step evaluates eps = eps_theta(x, t) once, with t shared by the batch (so the time embedding
-is computed once per call), and returns it together with the linear update
-
-    x_next = coef[0] x + coef[1] eps + coef[2] z + coef[3] x_prev + coef[4] e_prev.
-
-Euler-Maruyama, probability-flow Euler and DDIM use (a, b, c, 0, 0); second-order and multistep
-solvers (Heun, DPM-Solver-2M, ...) pass the previous state and the previous eps back in through
-x_prev and e_prev. Inputs whose coefficient is 0 must still be given, finite and of the right shape
-(zeros, or x itself), so every solver runs the same graph and the state never leaves the device
-between steps. chain.onnx runs L = CHAIN_LENGTH such steps of the (a, b, c, 0, 0) kind in one call:
-for a tiny MLP the per-call overhead of the runtime is larger than the network itself.
+The fused step evaluates eps = eps_theta(x, t) once, with t shared by the batch (so the time embedding is
+computed once per call), and returns it together with the linear update. Euler-Maruyama, probability-flow
+Euler and DDIM use (a, b, c, 0, 0); second-order and multistep solvers (Heun, DPM-Solver-2M, ...) pass the
+previous state and the previous eps back in through x_prev and e_prev, so every solver runs the same graph
+and the state never leaves the device between steps. chain.onnx runs L = CHAIN_LENGTH such steps of the
+(a, b, c, 0, 0) kind in one call: for a tiny MLP the per-call overhead of the runtime is larger than the
+network itself.
 """
 from __future__ import annotations
 
@@ -34,13 +26,11 @@ import onnx
 import torch
 from torch import nn
 
+from gencc.runtime.artifact import BATCH, Dims, function_io
 from gencc.runtime.atomic import check_output_path, write_bytes_atomic
 from gencc.runtime.errors import GenccError
 
 OPSET = 17                      # has every op these nets need; TVM's frontend and ORT both read it
-BATCH = "batch"                 # the symbolic batch dimension in every exported graph
-STEP_INPUTS = ("x", "t", "coef", "z", "x_prev", "e_prev")
-STEP_OUTPUTS = ("x_next", "eps")
 CHAIN_LENGTH = 8                # steps per call of chain.onnx (MLPs only)
 ATOL = 1e-4                     # float32 graphs of these sizes agree to ~1e-6; 1e-4 means a real bug
 
@@ -48,7 +38,7 @@ MakeInputs = Callable[[int], dict[str, np.ndarray]]
 
 
 class FusedStep(nn.Module):
-    """One network call plus the solver's linear update (see the module docstring for the contract)."""
+    """One network call plus the solver's linear update: the step contract of docs/ARTIFACT.md §4."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -145,27 +135,34 @@ def check_onnx_against_torch(module: nn.Module, path: str | Path, make_inputs: M
     return err
 
 
+def io_json(name: str, dims: Dims) -> tuple[list[dict], list[dict]]:
+    """The JSON input and output descriptions of function `name` (runtime/artifact.py's `signature`)."""
+    inputs, outputs = function_io(name, dims)
+    return [s.to_json() for s in inputs], [s.to_json() for s in outputs]
+
+
 def eps_io(shape: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
     """Input and output descriptions of eps.onnx for samples of `shape`."""
-    return [_spec("x", shape), _spec("t", ())], [_spec("eps", shape)]
+    return io_json("eps", Dims(state=_ints(shape)))
 
 
 def step_io(shape: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
     """Input and output descriptions of step.onnx (the FusedStep contract) for samples of `shape`."""
-    shared = {"t": _spec("t", (1,), batched=False), "coef": _spec("coef", (5,), batched=False)}
-    inputs = [shared.get(name) or _spec(name, shape) for name in STEP_INPUTS]
-    return inputs, [_spec(name, shape) for name in STEP_OUTPUTS]
+    return io_json("step", Dims(state=_ints(shape)))
 
 
 def chain_io(shape: tuple[int, ...], length: int) -> tuple[list[dict], list[dict]]:
     """Input and output descriptions of chain.onnx: zs is (B, length, *shape), batch first like every input."""
-    return ([_spec("x", shape), _spec("ts", (length,), batched=False), _spec("coefs", (length, 3), batched=False),
-             _spec("zs", (length, *shape))], [_spec("x_next", shape)])
+    return io_json("chain", Dims(state=_ints(shape), chain_length=int(length)))
 
 
 def generator_io(latent_dim: int, shape: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
     """Input and output descriptions of generator.onnx."""
-    return [_spec("z", (latent_dim,))], [_spec("x", shape)]
+    return io_json("generator", Dims(sample_shape=_ints(shape), latent_shape=(int(latent_dim),)))
+
+
+def _ints(shape) -> tuple[int, ...]:
+    return tuple(int(d) for d in shape)   # config values may be numpy integers, which JSON cannot write
 
 
 def export_function(module: nn.Module, path: str | Path, inputs: list[dict], outputs: list[dict],
@@ -212,10 +209,6 @@ def export_checkpoint(ckpt_dir: str | Path, out_dir: str | Path) -> dict:
             functions["chain"] = (ChainStep(net, CHAIN_LENGTH), chain_io(shape, CHAIN_LENGTH))
     return {name: export_function(module, out_dir / f"{name}.onnx", *io)
             for name, (module, io) in functions.items()}
-
-
-def _spec(name: str, shape: tuple[int, ...], batched: bool = True) -> dict:
-    return {"name": name, "shape": ([BATCH] if batched else []) + [int(d) for d in shape], "dtype": "float32"}
 
 
 def _prepare_out_dir(out_dir: str | Path) -> Path:

@@ -1,14 +1,10 @@
 """ONNX functions of class-conditional checkpoints: the guided fused step, guided eps, labelled generator.
 
-The contract (runtime/artifact.py, "affine5-cfg-v1") extends the unconditional one by two inputs:
-
-  eps.onnx        x, t (B,), y (B, K+1), w (1,)                                -> eps
-  step.onnx       x, t (1,), coef (5,), z, x_prev, e_prev, y (B, K+1), w (1,)  -> x_next, eps
-  generator.onnx  z (B, latent), y (B, K)                                      -> x
-
-where eps is the classifier-free guided (1 + w) eps(x, t, y) - w eps(x, t, null) and y holds one-hot
-rows (models/guidance.py). Guidance runs inside the compiled function: the batch is doubled,
-cond and null halves go through one network call, and the halves are combined before the update.
+Their contract is "affine5-cfg-v1" (docs/ARTIFACT.md §4; inputs and outputs: runtime/artifact.py's
+`signature`): step and eps take labels y (B, K+1, the last column the null class) and the guidance scale
+w (1,), and the generator y (B, K), after the unconditional inputs. Guidance runs inside the compiled
+function: the batch is doubled, cond and null halves go through one network call, and the halves are
+combined into the classifier-free guided eps before the update (models/guidance.py).
 """
 from __future__ import annotations
 
@@ -16,12 +12,13 @@ import torch
 from torch import nn
 
 from gencc.models.guidance import GuidedEps
+from gencc.runtime.artifact import Dims
 
-from .export import FusedStep, _spec, eps_io, generator_io, step_io
+from .export import FusedStep, _ints, io_json
 
 
 class GuidedFusedStep(nn.Module):
-    """FusedStep over the guided eps: x_next = c0 x + c1 eps_w + c2 z + c3 x_prev + c4 e_prev, and eps_w."""
+    """FusedStep over the guided eps (the "affine5-cfg-v1" contract, docs/ARTIFACT.md §4)."""
 
     def __init__(self, net: nn.Module, num_classes: int, sample_shape: tuple[int, ...]):
         super().__init__()
@@ -33,24 +30,17 @@ class GuidedFusedStep(nn.Module):
         return FusedStep.update(coef, x, eps, z, x_prev, e_prev), eps
 
 
-def _label_inputs(num_classes: int, with_null: bool) -> list[dict]:
-    y = _spec("y", (num_classes + (1 if with_null else 0),))
-    return [y, _spec("w", (1,), batched=False)] if with_null else [y]
-
-
 def guided_eps_io(shape: tuple[int, ...], num_classes: int) -> tuple[list[dict], list[dict]]:
-    inputs, outputs = eps_io(shape)
-    return inputs + _label_inputs(num_classes, with_null=True), outputs
+    return io_json("eps", Dims(state=_ints(shape), num_classes=int(num_classes)))
 
 
 def guided_step_io(shape: tuple[int, ...], num_classes: int) -> tuple[list[dict], list[dict]]:
-    inputs, outputs = step_io(shape)
-    return inputs + _label_inputs(num_classes, with_null=True), outputs
+    return io_json("step", Dims(state=_ints(shape), num_classes=int(num_classes)))
 
 
 def labelled_generator_io(latent_dim: int, shape: tuple[int, ...], num_classes: int) -> tuple[list[dict], list[dict]]:
-    inputs, outputs = generator_io(latent_dim, shape)
-    return inputs + _label_inputs(num_classes, with_null=False), outputs
+    return io_json("generator", Dims(sample_shape=_ints(shape), latent_shape=(int(latent_dim),),
+                                     num_classes=int(num_classes)))
 
 
 def conditional_functions(model: str, net: nn.Module, shape: tuple[int, ...]) -> dict:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gencc.runtime import artifact
+from gencc.runtime.artifact import Dims, Manifest
 from gencc.runtime.errors import GenccError
+from gencc.runtime.sde import sde_from_dict
 
-from .export import FusedStep, _prepare_out_dir, _spec, eps_io, export_function, step_io
+from .export import FusedStep, _ints, _prepare_out_dir, eps_io, export_function, io_json, step_io
 
 
 def decoder_io(latent_shape: tuple[int, ...], shape: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
     """Input and output descriptions of decoder.onnx."""
-    return [_spec("z", latent_shape)], [_spec("x", shape)]
+    return io_json("decoder", Dims(sample_shape=_ints(shape), latent_shape=_ints(latent_shape)))
 
 
 def export_latent_checkpoint(root: str | Path, out_dir: str | Path) -> dict:
@@ -36,17 +37,17 @@ def export_latent_checkpoint(root: str | Path, out_dir: str | Path) -> dict:
             for name, (module, io) in functions.items()}
 
 
-def describe_latent(root: str | Path, functions: dict) -> dict:
-    """The model description an export and an artifact manifest share (see runtime/artifact.py)."""
+def describe_latent(root: str | Path, functions: dict) -> Manifest:
+    """The model fields an export and an artifact manifest share (runtime/artifact.py), without functions."""
     from gencc.models.latent import load_latent_checkpoint
 
     lc = load_latent_checkpoint(root)
     if set(functions) != {"eps", "step", "decoder"}:
         raise GenccError(f"a latent-diffusion export needs eps, step and decoder, got {sorted(functions)}")
-    return {"model": "latent-diffusion", "sample_shape": list(lc.sample_shape),
-            "normalization": lc.normalization.to_dict(), "data": lc.autoencoder["data"]["name"],
-            "latent_shape": list(lc.latent_shape), "latent_scale": lc.scale,
-            "sde": lc.diffusion["sde"], "step_contract": artifact.STEP_CONTRACT,
-            "source": {"checkpoint_step": lc.diffusion["step"], "net": lc.diffusion["net"],
-                       "autoencoder_step": lc.autoencoder["step"], "autoencoder_net": lc.autoencoder["net"]},
-            "functions": functions}
+    return Manifest(model="latent-diffusion", sample_shape=tuple(lc.sample_shape), normalization=lc.normalization,
+                    latent_shape=tuple(lc.latent_shape), latent_scale=float(lc.scale),
+                    sde=sde_from_dict(lc.diffusion["sde"]),
+                    info={"data": lc.autoencoder["data"]["name"],
+                          "source": {"checkpoint_step": lc.diffusion["step"], "net": lc.diffusion["net"],
+                                     "autoencoder_step": lc.autoencoder["step"],
+                                     "autoencoder_net": lc.autoencoder["net"]}})

@@ -123,11 +123,11 @@ def load_weights(net, weights: str | Path) -> None:
 
 def _is_gencc(path: Path) -> bool:
     """A gencc checkpoint (its config says so), a latent-diffusion checkpoint, or a `gencc export` folder."""
-    from .compile import EXPORT_META
+    from gencc.runtime.artifact import EXPORT
 
     if not path.is_dir():
         return False
-    if (path / EXPORT_META).is_file() or (path / "latent-diffusion.json").is_file():
+    if (path / EXPORT).is_file() or (path / "latent-diffusion.json").is_file():
         return True
     try:
         config = json.loads((path / "config.json").read_text())

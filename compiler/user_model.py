@@ -25,7 +25,7 @@ from gencc.runtime.errors import GenccError
 from gencc.runtime.jsonfile import one_line
 from gencc.runtime.normalize import Normalization
 
-from .export import BATCH, FusedStep, eps_io, export_function, step_io
+from .export import FusedStep, _ints, eps_io, export_function, io_json, step_io
 from .export_conditional import GuidedFusedStep, guided_eps_io, guided_step_io
 from .options import CompileOptions
 
@@ -64,25 +64,25 @@ class UserModel:
         _probe_eps(adapter, options.sample_shape, sde, options.num_classes)
         return cls(adapter, options, options.sample_shape, source, sde)
 
-    def export_into(self, folder: Path, log: Log) -> dict:
-        """Write the ONNX functions into `folder`; returns the export description compile_artifact reads."""
+    def export_into(self, folder: Path, log: Log) -> tuple[artifact.Manifest, dict]:
+        """Write the ONNX functions into `folder`; returns the model's description and the functions'
+        (what compile_artifact reads from an export folder)."""
         functions = {name: _export(module, folder / f"{name}.onnx", io) for name, (module, io) in self._functions()}
         for f in functions.values():
             log(f"exported {f['file']} (ONNX Runtime vs torch: max abs err {f['max_abs_err_vs_torch']:.2g})")
-        meta = {"model": self.options.kind, "sample_shape": list(self.sample_shape),
-                "normalization": identity(self.sample_shape).to_dict(), "data": "", "source": self.source,
-                "functions": functions}
-        if self.options.kind == "gan":
-            return {**meta, "latent_shape": list(self.options.latent_shape)}
-        k = self.options.num_classes
-        labels = {"num_classes": k, "step_contract": artifact.CFG_STEP_CONTRACT} if k else \
-            {"step_contract": artifact.STEP_CONTRACT}
-        return {**meta, "sde": self.sde.to_dict(), **labels, "conventions": self.options.conventions()}
+        gan = self.options.kind == "gan"
+        about = {"data": "", "source": self.source}
+        return artifact.Manifest(
+            model=self.options.kind, sample_shape=tuple(self.sample_shape), normalization=identity(self.sample_shape),
+            latent_shape=_ints(self.options.latent_shape) if gan else (), sde=None if gan else self.sde,
+            num_classes=self.options.num_classes,
+            info=about if gan else {**about, "conventions": self.options.conventions()}), functions
 
     def _functions(self) -> list[tuple[str, tuple[nn.Module, tuple]]]:
         if self.options.kind == "gan":
             latent = self.options.latent_shape
-            return [("generator", (self.module, ([_spec("z", latent)], [_spec("x", self.sample_shape)])))]
+            dims = artifact.Dims(sample_shape=_ints(self.sample_shape), latent_shape=_ints(latent))
+            return [("generator", (self.module, io_json("generator", dims)))]
         k, shape = self.options.num_classes, self.sample_shape
         if k:   # guidance inside the graph, as for gencc's own conditional checkpoints
             return [("eps", (GuidedEps(self.module, k, shape, shared_t=False), guided_eps_io(shape, k))),
@@ -93,10 +93,6 @@ class UserModel:
 def identity(shape: tuple[int, ...]) -> Normalization:
     """A user's network works in its own units: samples come out as the network makes them."""
     return Normalization((0.0,), (1.0,), tuple(shape))
-
-
-def _spec(name: str, shape: tuple[int, ...]) -> dict:
-    return {"name": name, "shape": [BATCH, *map(int, shape)], "dtype": "float32"}
 
 
 def _export(module: nn.Module, path: Path, io: tuple) -> dict:

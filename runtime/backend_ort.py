@@ -39,33 +39,37 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
         return s
 
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)   # noqa: E731
+
+    def feed(name: str, *args) -> dict:
+        """The inputs of function `name` by the names of its (contract-checked) manifest entry, in call order."""
+        return dict(zip(m.functions[name].input_names, args, strict=True))
+
     if m.model == Kind.GAN:
         gen = session("generator")
         return Model.from_manifest(m, Functions("ort", generate_fn=lambda z, *y: gen.run(
-            None, {"z": f32(z), **({"y": f32(y[0])} if y else {})})[0]))
+            None, feed("generator", f32(z), *map(f32, y[:1])))[0]))
 
     step, eps = session("step"), session("eps")
     num_classes = m.num_classes
 
-    def labels(x, y, w) -> dict:
+    def labels(x, y, w) -> tuple:
         """The conditional inputs (none for an unconditional artifact); y None: the null class."""
         if not num_classes:
-            return {}
-        return {"y": null_labels(len(x), num_classes) if y is None else f32(y), "w": np.array([w], np.float32)}
+            return ()
+        return null_labels(len(x), num_classes) if y is None else f32(y), np.array([w], np.float32)
 
     def step_fn(x, t, coef, z=None, x_prev=None, e_prev=None, y=None, w=0.0):
         zero = np.zeros_like(x)
-        feed = {"x": f32(x), "t": np.array([t], np.float32), "coef": np.asarray(coef, np.float32),
-                **{k: zero if v is None else f32(v) for k, v in (("z", z), ("x_prev", x_prev), ("e_prev", e_prev))},
-                **labels(x, y, w)}
-        x_next, eps = step.run(["x_next", "eps"], feed)
+        x_next, eps = step.run(None, feed("step", f32(x), np.array([t], np.float32), np.asarray(coef, np.float32),
+                                          *(zero if v is None else f32(v) for v in (z, x_prev, e_prev)),
+                                          *labels(x, y, w)))
         return x_next, eps
 
     def eps_fn(x, t, y=None, w=0.0):
-        return eps.run(None, {"x": f32(x), "t": np.full((len(x),), t, np.float32), **labels(x, y, w)})[0]
+        return eps.run(None, feed("eps", f32(x), np.full((len(x),), t, np.float32), *labels(x, y, w)))[0]
 
     decode_fn = None
     if m.model == Kind.LATENT_DIFFUSION:
         decoder = session("decoder")
-        decode_fn = lambda z: decoder.run(None, {"z": f32(z)})[0]   # noqa: E731
+        decode_fn = lambda z: decoder.run(None, feed("decoder", f32(z)))[0]   # noqa: E731
     return Model.from_manifest(m, Functions("ort", eps_fn=eps_fn, step_fn=step_fn, decode_fn=decode_fn))

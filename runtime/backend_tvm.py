@@ -19,7 +19,7 @@ from . import threads
 from .artifact import read_manifest
 from .backend import Functions
 from .conditioning import null_labels
-from .contract import BATCH, check_loaded
+from .contract import BATCH, chain_length as manifest_chain_length, check_loaded
 from .device_noise import DeviceNoise, host_chain_block, host_steps
 from .errors import GenccError
 from .kinds import Kind
@@ -173,8 +173,7 @@ def load_artifact(path: str | Path, device: str | None = None) -> Model:
 
     chain_fn, chain_length = None, 0
     if "chain" in m.functions and on_cpu:
-        chain, spec = function("chain"), {s["name"]: s["shape"] for s in m.functions["chain"]["inputs"]}
-        chain_length = spec["ts"][0]
+        chain, chain_length = function("chain"), manifest_chain_length(m)   # the checked manifest's ts (L,)
         ts_buf, coefs_buf = _Buffer(to_device, (chain_length,), on_cpu), _Buffer(to_device, (chain_length, 3), on_cpu)
 
         def chain_fn(x, ts: np.ndarray, coefs: np.ndarray, zs):
@@ -219,7 +218,7 @@ def _check_library(tvm, vm, m, name: str, file: str, batch: int, dev) -> None:
     """The VM's own parameter names (TVM passes arguments by position), then one call on zeros of the declared
     shapes at `batch` and its output shapes: a library compiled for other arguments fails here, with a line
     naming it, instead of inside a sampler (a shape or arity mismatch is a checked error in the VM, not a crash)."""
-    inputs = m.functions[name]["inputs"]
+    inputs = m.functions[name].inputs
     try:
         arity = vm._get_function_arity("main")
         params = [(vm._get_function_param_name("main", i), None) for i in range(arity)]
@@ -227,7 +226,7 @@ def _check_library(tvm, vm, m, name: str, file: str, batch: int, dev) -> None:
         params = None
     if params is not None:
         check_loaded(m, name, file, "input", params)
-    args = [tvm.runtime.tensor(np.zeros([batch if d == BATCH else d for d in s["shape"]], np.float32), device=dev)
+    args = [tvm.runtime.tensor(np.zeros([batch if d == BATCH else d for d in s.shape], np.float32), device=dev)
             for s in inputs]
     try:
         out = vm["main"](*args)

@@ -5,12 +5,11 @@ from 1 down to t_eps, the SDE, and an explicit noise source `noise(j)` for the j
 never know what the network is: torch, ONNX Runtime, a compiled TVM step and an exact analytic eps all
 plug in.
 
-Every update is written in one linear form, the fused-step contract of compiled artifacts:
-
-    x_next = c0 x + c1 eps_theta(x, t) + c2 z + c3 x_prev + c4 e_prev,   returning (x_next, eps)
-
-so a backend can run the network and the update in one compiled call and keep the state on its
-device. Second-order and multistep methods pass an earlier state and eps back in as x_prev, e_prev.
+Every update is written in one linear form, the fused-step contract of compiled artifacts
+(docs/ARTIFACT.md §4): x_next is a linear combination of x, eps_theta(x, t), the noise z and an earlier
+x_prev and e_prev, with the coefficients of `Coef`, returning (x_next, eps). So a backend can run the
+network and the update in one compiled call and keep the state on its device. Second-order and
+multistep methods pass an earlier state and eps back in as x_prev, e_prev.
 Each sampler's NFE (network evaluations) is in its docstring; all end with one noise-free denoising
 evaluation, Tweedie's x0 = (x - sigma_t eps) / gamma_t at t_eps.
 """

@@ -31,6 +31,21 @@ def test_worked_example_passes_the_reader(tmp_path):
     assert m.model == "diffusion" and m.sample_shape == (2,) and set(m.functions) == {"eps", "step"}
 
 
+def test_the_python_writer_example_writes_the_worked_example(tmp_path, monkeypatch):
+    """The document's gencc-writer snippet gives the manifest of its JSON example (files apart)."""
+    code = next(b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S) if "Manifest(" in b)
+    root = tmp_path / "moons.gencc"
+    root.mkdir()
+    for name in _example()["files"]:
+        (root / name).write_bytes(name.encode())
+    monkeypatch.chdir(tmp_path)
+    exec(code, {})
+    written = json.loads((root / MANIFEST).read_text())
+    example = _example()
+    assert written.pop("verified") is False and written.pop("files").keys() == example.pop("files").keys()
+    assert written == example
+
+
 @pytest.mark.slow
 def test_worked_example_samples_like_the_compiled_artifact(tmp_path, tiny_moons_artifact):
     """The minimal manifest over gencc's own eps/step libraries gives the full artifact's samples

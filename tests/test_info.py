@@ -3,9 +3,10 @@ library the artifact carries, the noise kernel and the tuned per-batch builds in
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 from fake_artifact import fake_artifact
-from gencc.runtime.artifact import NOISE_CONTRACT, write_manifest
+from gencc.runtime.artifact import NOISE_CONTRACT, read_manifest
 
 # Heavy imports made to fail: info on an artifact must not need them (torch alone took 1.6 s).
 BLOCKED = ("torch", "onnx", "onnxruntime", "tvm", "tvm_ffi")
@@ -18,10 +19,8 @@ RUN_INFO = ("import sys\n"
 
 def artifact_with_noise_kernel(root):
     fake_artifact(root)
-    manifest = json.loads((root / "manifest.json").read_text())
     (root / "noise.so").write_bytes(b"not a library: noise")
-    manifest["noise"] = {"library": "noise.so", "contract": NOISE_CONTRACT}
-    write_manifest(root, {k: v for k, v in manifest.items() if k not in ("format", "format_version", "files")})
+    replace(read_manifest(root), noise_library="noise.so", files={}).write(root)   # files={}: hash them anew
     return root
 
 
