@@ -20,7 +20,8 @@ app = typer.Typer(cls=GenccGroup, add_completion=False, no_args_is_help=True,
                        "gencc sample moons.ckpt --n 1000 --out s.npz --png s.png\n\n"
                        "Exit status: 0 ok, 2 user error (one line on stderr), 130 interrupted, 1 a bug "
                        "(with a traceback); gencc doctor: 3 when this machine cannot run gencc's CPU path.")
-_OTHER_SAMPLERS = [s for s in ("em", "pc", "ancestral", "ode-euler", "ode-heun", "ddim") if s != defaults.DEFAULT_SAMPLER]
+_OTHER_SAMPLERS = [s for s in ("em", "pc", "ancestral", "ode-euler", "ode-heun", "ddim")
+                   if s != defaults.DEFAULT_SAMPLER]
 SAMPLERS_HELP = f"{defaults.DEFAULT_SAMPLER} (default), " + ", ".join(_OTHER_SAMPLERS) + " or dpm2m"
 BENCH = BenchConfig()   # the defaults of `gencc bench`
 JSON_HELP = "write the result as JSON to this file, or - for stdout (the text then goes to stderr)"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 from gencc.runtime import artifact, signing
 from gencc.runtime.artifact import FunctionSpec, IOSpec, Manifest, StaticLibrary
