@@ -43,6 +43,19 @@ def test_pool_is_reconfigured_only_on_change_and_per_thread(monkeypatch):
     assert [len(c) for c in tvm.calls] == [3, 2, 2, 3] and tvm.calls[0][2] == tvm.calls[3][2] == cpus
 
 
+def test_large_tvm_calls_leave_the_cores_other_processes_use(monkeypatch):
+    monkeypatch.setattr(threads, "_pool", threading.local())
+    tvm, policy = FakeTVM(), threads.TvmThreads(user_set=False, cores=4)
+    for busy, want in ((0, 4), (1, 3), (3, 1), (9, 1)):
+        monkeypatch.setattr(threads, "_busy_now", lambda busy=busy: busy)
+        policy.for_call(tvm, threads.SMALL_CALL_FLOPS)
+        assert tvm.calls[-1][1] == want, (busy, tvm.calls)
+    calls = len(tvm.calls)
+    monkeypatch.setattr(threads, "_busy_now", lambda: pytest.fail("a small call needs no load reading"))
+    policy.for_call(tvm, 0)
+    assert len(tvm.calls) == calls   # already one thread wide
+
+
 def test_user_choice_of_tvm_num_threads_is_respected(monkeypatch):
     monkeypatch.setattr(threads, "_pool", threading.local())
     tvm = FakeTVM()
