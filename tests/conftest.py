@@ -1,13 +1,35 @@
-"""Shared fixtures: tiny trained checkpoints, built once per test session."""
+"""Shared fixtures: tiny trained checkpoints, built once per test session.
+
+They train on one torch thread: training follows the machine's load (runtime/threads.py), and an image
+model's weights differ in the last bits between 1 and 2 threads, while tests/test_golden.py pins the
+samples of these very checkpoints, whichever test happens to build them first and whatever else runs.
+"""
+import contextlib
 from dataclasses import replace
 
 import pytest
+import torch
 
 from gencc.models.data import load_dataset
 from gencc.models.train import default_config, train
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _train(tmp_path_factory, model: str, data: str, steps: int, **kw):
+    with one_torch_thread():
+        return _train_now(tmp_path_factory, model, data, steps, **kw)
+
+
+def _train_now(tmp_path_factory, model: str, data: str, steps: int, **kw):
     ds = load_dataset(data)
     out = tmp_path_factory.mktemp(f"{model}-{data}") / "ckpt"
     cfg = replace(default_config(model, ds.kind), steps=steps, ckpt_every=steps, **kw)
@@ -43,7 +65,8 @@ def tiny_shapes_latent(tmp_path_factory):
     ds = load_dataset("shapes", n=32)
     out = tmp_path_factory.mktemp("latent-shapes") / "ckpt"
     ae = replace(default_config("diffusion", "image"), steps=3, batch_size=8, ckpt_every=3)
-    train_latent_diffusion(ds, out, ae, ae, width=8, ae_width=8)
+    with one_torch_thread():
+        train_latent_diffusion(ds, out, ae, ae, width=8, ae_width=8)
     return out
 
 
