@@ -13,13 +13,14 @@ kernel of the workload is applied without new trials.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,21 @@ def seed_defaults(tasks: list, target: tvm.target.Target, db) -> int:
     return seeded
 
 
+@contextlib.contextmanager
+def _named_handlers_only(logger: logging.Logger) -> Iterator[None]:
+    """MetaSchedule builds its logging config from the names of the handlers already on its logger and fails
+    on an unnamed one ("'NoneType' object has no attribute 'format'"). A second tuning in one process failed
+    that way (reproduced with two tuning tests in one pytest run). Unnamed handlers step aside while it tunes."""
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for h in unnamed:
+        logger.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in unnamed:
+            logger.addHandler(h)
+
+
 def _runner():
     # MetaSchedule measures in worker processes. TVM sizes a pool, and caps any later resize, by
     # TVM_NUM_THREADS, else half the cores: the initializer puts each worker's pool on every core, as the
@@ -131,11 +147,12 @@ def tune_build(onnx_path: str | Path, inputs: list, batch: int, trials: int, db_
                 per_task = max(1, math.ceil(run_trials / len(todo)))
                 # MetaSchedule's own per-round tables go to its log file in db_dir/logs, not the console.
                 logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-                ms.relax_integration.tune_relax(
-                    kernels, {}, tvm_target, str(db_dir), run_trials, max_trials_per_task=per_task, database=db,
-                    builder=_builder(), runner=_runner(),
-                    measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
-                                       _progress(log, run_trials)])
+                with _named_handlers_only(logging.getLogger("tvm.s_tir.meta_schedule")):
+                    ms.relax_integration.tune_relax(
+                        kernels, {}, tvm_target, str(db_dir), run_trials, max_trials_per_task=per_task,
+                        database=db, builder=_builder(), runner=_runner(),
+                        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                           _progress(log, run_trials)])
         else:
             log(f"tuning {onnx_path.stem} at batch {batch}: the database covers all {len(tasks)} kernels; "
                 "no new trials")
