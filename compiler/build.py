@@ -22,7 +22,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_stages
 from tvm.relax.frontend.onnx import from_onnx
 from tvm.s_tir import dlight as dl
 
-from gencc.compiler import cpu_schedules
+from gencc.compiler import cpu_schedules, winograd
 from gencc.runtime.atomic import atomic_path, check_output_path
 from gencc.runtime.errors import GenccError
 
@@ -282,7 +282,7 @@ def llvm_passes(target: tvm.target.Target, tuning_db: str | None = None) -> list
 
 def llvm_kernel_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """The llvm pipeline up to the fused, unscheduled kernels: what gets scheduled, and what is tuned."""
-    return ([relax.transform.ConvertLayout(CONV_LAYOUT), relax.transform.FastMathTransform()]
+    return ([winograd.Winograd3x3(), relax.transform.ConvertLayout(CONV_LAYOUT), relax.transform.FastMathTransform()]
             + cpu_stages.library_dispatch_passes(target) + cpu_stages.legalize_passes(target))
 
 
