@@ -111,7 +111,7 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
     source = BenchSource.of(checkpoint, options)
     config = source.config()
     artifacts = dict(artifacts or {})
-    compile_s = None
+    compile_s, built = None, None
     with tempfile.TemporaryDirectory(prefix="gencc-bench-") as tmp:
         if "tvm-tuned" in cfg.backends and "tvm-tuned" not in artifacts:
             raise GenccError("backend tvm-tuned needs a tuned artifact: pass --tuned ARTIFACT "
@@ -119,7 +119,7 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
         needs_plain = any(b in cfg.backends for b in ("tvm", "ort")) or "tvm" not in artifacts
         if needs_plain and "tvm" not in artifacts:
             log("compiling an untuned artifact for this CPU ...")
-            artifacts["tvm"] = Path(tmp) / "model.gencc"
+            artifacts["tvm"] = built = Path(tmp) / "model.gencc"
             t = time.perf_counter()
             source.compile(artifacts["tvm"], log)
             compile_s = time.perf_counter() - t
@@ -139,10 +139,12 @@ def run_bench(checkpoint: str | Path, cfg: BenchConfig, artifacts: dict[str, Pat
                 path = checkpoint if backend.startswith("torch") else artifacts["tvm-tuned" if backend == "tvm-tuned"
                                                                                 else "tvm"]
                 log(f"measuring {backend}{f' (round {r + 1} of {cfg.rounds})' if cfg.rounds > 1 else ''} ...")
-                user = {"user_options": source.options_json()} if source.user and backend.startswith("torch") else {}
+                extra = {"user_options": source.options_json()} if source.user and backend.startswith("torch") else {}
+                # Signature policy applies to artifacts from elsewhere, not to the one built a moment ago in tmp.
+                extra["built_here"] = path == built
                 runs[backend].append(_worker({"backend": backend, "path": str(path), "batches": list(cfg.batches),
                                               "steps": cfg.steps if config["model"] != "gan" else 0,
-                                              "sampler": cfg.sampler, "min_seconds": cfg.min_seconds, **user},
+                                              "sampler": cfg.sampler, "min_seconds": cfg.min_seconds, **extra},
                                              cfg.timeout_s))
         results = {b: merge_rounds(rs) for b, rs in runs.items()}
     report = {**_summarise(checkpoint, config, cfg, flops, peak, results), "compile_s": compile_s}

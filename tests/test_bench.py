@@ -255,3 +255,16 @@ def test_flops_of_an_exported_diffusers_unet_need_symbolic_shapes(tmp_path):
         count_flops(tmp_path / "step.onnx", 1)
     one = count_flops(tmp_path / "step.onnx", 1, symbolic=True)
     assert one > 0 and count_flops(tmp_path / "step.onnx", 4, symbolic=True) == 4 * one
+
+
+def test_bench_trusts_the_artifact_it_just_built_when_signatures_are_required(tmp_path, tiny_moons_diffusion,
+                                                                               monkeypatch):
+    # A deployment that requires signatures still benches a checkpoint: the untuned artifact bench compiles
+    # itself never left this process's temp folder, as `gencc compile`'s own verify step trusts its output.
+    monkeypatch.setenv("GENCC_REQUIRE_SIGNATURE", "1")
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(app, ["bench", str(tiny_moons_diffusion), "--backends", "tvm", "--batch", "2",
+                                 "--steps", "0", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["error"] for row in rows] == [None], rows
