@@ -35,6 +35,9 @@ from .openapi import openapi_schema
 
 KEEPALIVE_S = 15.0
 PUBLIC_PREFIXES = ("/v2/health/",)   # reachable without the token: a load balancer's probes
+# The page itself holds no data (a browser cannot send a bearer token when it opens a URL); every API call it
+# makes carries the token typed into it.
+PUBLIC_PATHS = ("/",)
 MEDIA = {"npy": "application/x-npy", "png": "image/png", "json": "application/json"}
 
 
@@ -95,7 +98,8 @@ def _route(fn):
 
 
 def _authorize(request: Request, token: str | None) -> None:
-    if token is None or request.url.path.startswith(PUBLIC_PREFIXES):
+    path = request.url.path
+    if token is None or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
         return
     given = request.headers.get("authorization", "")
     scheme, _, value = given.partition(" ")
@@ -199,7 +203,7 @@ async def job_result(request: Request, server: GenccServer):
 @_route
 async def job_events(request: Request, server: GenccServer):
     job = server.job(request.path_params["id"])
-    return StreamingResponse(_stream(job, server), media_type="text/event-stream",
+    return StreamingResponse(_stream(job, _after(request)), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -208,16 +212,18 @@ def _sse(name: str, data: dict, seq: int | None = None) -> bytes:
     return (head + f"data: {json.dumps(data, separators=(',', ':'))}\n\n").encode()
 
 
-async def _stream(job: Job, server: GenccServer):
-    """The job's state now, then every event after it until the job ends (the last is `end`)."""
+def _after(request: Request) -> int:
+    """The event id a reader resumes after: the Last-Event-ID header (browsers send it on reconnect) or ?after=."""
+    given = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+    if not given.isdigit() or len(given) > 18:
+        raise ApiError(422, f"Last-Event-ID / after must be a non-negative integer, got {given[:20]!r}")
+    return int(given)
+
+
+async def _stream(job: Job, seen: int):
+    """The job's kept events after `seen` (the last EVENTS_KEPT), then each new one until `end`."""
     ev = job.subscribe()
     try:
-        seen = job.last_seq()
-        now = job.view(server.book.position(job))
-        if job.terminal:
-            yield _sse("end", {k: v for k, v in now.items() if k != "request"}, seen)
-            return
-        yield _sse("state", {k: v for k, v in now.items() if k != "request"}, seen)
         while True:
             for seq, name, data in job.events_after(seen):
                 seen = seq

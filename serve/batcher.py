@@ -115,14 +115,13 @@ class Worker:
     def _run_batch(self, batch: list[Job]) -> None:
         req = batch[0].request
         served = self.models[req.model]
+        rows = sum(j.request.n for j in batch)
         for job in batch:
-            job.set_state(RUNNING)
-            self.metrics.started()
+            job.set_state(RUNNING, batch_rows=rows)
         seeds = np.concatenate([np.full(j.request.n, j.request.seed, np.uint64) for j in batch])
         idx = np.concatenate([np.arange(j.request.n, dtype=np.int64) for j in batch])
         labels = np.concatenate([np.full(j.request.n, -1 if j.request.label is None else j.request.label, np.int64)
                                  for j in batch])
-        rows = len(idx)
         config = SamplingConfig(steps=req.steps, sampler=req.sampler, spacing=req.spacing, guidance=req.guidance,
                                 batch_size=min(rows, self.batch_size))
         watch = _Watch(batch, served, self)

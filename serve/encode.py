@@ -22,7 +22,9 @@ def png_bytes(x: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(picture(np.asarray(x, np.float32))).save(buf, format="PNG")
+    with np.errstate(invalid="ignore", divide="ignore"):   # one point, or all equal: a degenerate frame, no warning
+        img = picture(np.asarray(x, np.float32))
+    Image.fromarray(img).save(buf, format="PNG")
     return buf.getvalue()
 
 

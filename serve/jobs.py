@@ -59,6 +59,7 @@ class Job:
     error: str | None = None
     result: np.ndarray | None = None
     cancel_requested: bool = False
+    batch_rows: int = 0                                # rows of the compiled batch the job ran in (micro-batching)
     started: float | None = None
     finished: float | None = None
     _events: deque = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
@@ -76,6 +77,8 @@ class Job:
                                    "request": self.request.public(), "created": self.created}
             if self.state == QUEUED and queue_position is not None:
                 out["queue_position"] = queue_position
+            if self.batch_rows:
+                out["batch_rows"] = self.batch_rows
             if self.error:
                 out["error"] = self.error
             if self.state == DONE:
@@ -149,8 +152,11 @@ class JobBook:
             self.jobs[job.id] = job
             self.waiting.append(job)
             self._forget_old()
+            position = len(self.waiting) - 1
+            # Published before the worker can see the job, so `queued` is always a reader's first event.
+            job.publish("state", {"state": job.state, "step": 0, "steps": job.total_steps, "queue_position": position})
             self.cond.notify_all()
-            return len(self.waiting) - 1
+            return position
 
     def queued(self) -> int:
         with self.cond:

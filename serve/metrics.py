@@ -26,9 +26,6 @@ class Metrics:
                                       registry=r)
         self.http_errors = Counter("gencc_http_errors", "error responses, by status", ["status"], registry=r)
 
-    def started(self) -> None:
-        pass
-
     def finished(self, state: str) -> None:
         self.jobs_total.labels(state).inc()
 

@@ -56,9 +56,11 @@ def openapi_schema(models: dict, config: ServerConfig) -> dict:
             "responses": {"200": _json("#/components/schemas/Job"), **_errors(404)}}},
         "/v1/jobs/{id}/events": {"get": {
             "summary": "server-sent events: state, progress, preview, end", "operationId": "jobEvents",
-            "parameters": [job_id],
+            "parameters": [job_id, {"name": "after", "in": "query", "required": False, "description":
+                                    "resume after this event id (or send Last-Event-ID)",
+                                    "schema": {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}}],
             "responses": {"200": {"description": "an event stream", "content": {
-                "text/event-stream": {"schema": {"type": "string"}}}}, **_errors(404)}}},
+                "text/event-stream": {"schema": {"type": "string"}}}}, **_errors(404, 422)}}},
         "/v1/jobs/{id}/cancel": {"post": {
             "summary": "cancel at the next step boundary", "operationId": "cancelJob", "parameters": [job_id],
             "responses": {"200": _json("#/components/schemas/Job"), **_errors(404)}}},
@@ -124,6 +126,7 @@ def _components() -> dict:
             "id": {"type": "string"},
             "state": {"type": "string", "enum": ["queued", "running", "done", "failed", "cancelled"]},
             "step": {"type": "integer"}, "steps": {"type": "integer"}, "queue_position": {"type": "integer"},
+            "batch_rows": {"type": "integer"},
             "error": {"type": "string"}, "result": {"type": "string"}, "request": {"type": "object"},
             "created": {"type": "number"}}},
         "Samples": {"type": "object", "required": ["shape", "samples"], "properties": {
