@@ -48,10 +48,22 @@ class GenccServer:
         self.models, self.config = models, config
         self.book = JobBook(config.keep_jobs)
         self.metrics = Metrics(self.book)
-        self.worker = Worker(self.book, models, config.batch_size, config.batch_wait_ms, config.preview_every,
-                             self.metrics, lambda served, x: encode.preview(served.points, x))
+        self.worker = self._worker()
         self.closing = False
         self.started = time.time()
+
+    def _worker(self) -> Worker:
+        c = self.config
+        return Worker(self.book, self.models, c.batch_size, c.batch_wait_ms, c.preview_every, self.metrics,
+                      lambda served, x: encode.preview(served.points, x))
+
+    def open(self) -> None:
+        """Start serving (the lifespan's start); an app closed before (a test client left it) starts anew."""
+        if self.closing:
+            with self.book.cond:
+                self.book.closed = False
+            self.worker, self.closing = self._worker(), False
+        self.worker.start()
 
     def submit(self, request: JobRequest) -> tuple[Job, int]:
         if self.closing:
@@ -61,6 +73,7 @@ class GenccServer:
                            {"Retry-After": str(self.config.retry_after_s)})
         chunks = -(-request.n // self.config.batch_size)
         job = Job(request, total_steps=request.steps * chunks)
+        self.worker.start()
         return job, self.book.add(job)
 
     def job(self, job_id: str) -> Job:
@@ -312,7 +325,7 @@ def create_app(models: dict[str, Served], config: ServerConfig | None = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        server.worker.start()
+        server.open()
         try:
             yield
         finally:

@@ -38,7 +38,10 @@ class Worker:
         self.running: list[Job] = []
 
     def start(self) -> None:
-        self.thread.start()
+        """Start the thread once (the app's lifespan does; so does the first job, for hosts without one)."""
+        with self.book.cond:
+            if not self.thread.is_alive() and not self.book.closed:
+                self.thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Refuse new work, cancel what waits and what runs (it stops at its next step), then join."""

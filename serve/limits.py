@@ -90,7 +90,7 @@ def sample_request(body: dict, models: dict[str, Served], config: ServerConfig, 
         return JobRequest(served.name, n, 1, "none", seed, label)
     steps = _int(body, "steps", min(DEFAULT_STEPS, config.max_steps), 1, config.max_steps)
     sampler = body.get("sampler") or DEFAULT_SAMPLER
-    if sampler not in SAMPLERS:
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
         raise ApiError(422, f"sampler must be one of {', '.join(sorted(SAMPLERS))}, got {_show(sampler)}")
     spacing = body.get("spacing")
     if spacing is not None and spacing not in SPACINGS:

@@ -2,6 +2,9 @@
 step), ends their event streams, and exits."""
 from __future__ import annotations
 
+import signal
+import threading
+
 from .app import create_app
 from .catalog import Served
 from .config import ServerConfig
@@ -23,5 +26,14 @@ def run(models: dict[str, Served], config: ServerConfig, host: str = "127.0.0.1"
             server_state.worker.stop(timeout=0)
             super().handle_exit(sig, frame)
 
-    Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=GRACE_S,
-                          lifespan="on")).run()
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                   timeout_graceful_shutdown=GRACE_S, lifespan="on"))
+    # uvicorn raises a caught signal again once it has shut down, to die of it; a SIGTERM that got a clean
+    # shutdown is a clean exit (status 0), so the handler it restores and re-raises to is a no-op.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: None) if main else None
+    try:
+        server.run()
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
