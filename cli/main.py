@@ -420,6 +420,45 @@ def doctor(json_out: Path | None = typer.Option(None, "--json", help=JSON_HELP))
         raise typer.Exit(3)
 
 
+@app.command()
+@_user_errors
+def serve(
+    artifacts: list[str] = typer.Argument(..., help="artifact folders, each named by its stem, or name=path"),
+    host: str = typer.Option("127.0.0.1", help="address to bind; any but loopback needs --token or --insecure-no-auth"),
+    port: int = typer.Option(8000, help="TCP port"),
+    max_n: int = typer.Option(1024, "--max-n", help="most samples one request may ask"),
+    max_steps: int = typer.Option(1000, "--max-steps", help="most sampler steps one request may ask"),
+    max_queue: int = typer.Option(64, "--max-queue", help="jobs that may wait; more are answered 429"),
+    max_body_bytes: int = typer.Option(65536, "--max-body-bytes", help="largest request body; larger is 413"),
+    batch_size: int = typer.Option(64, "--batch-size", help="rows of one compiled batch (requests merge up to it)"),
+    batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", help="how long a request waits for others to join"),
+    preview_every: int = typer.Option(10, "--preview-every", help="job events carry a preview every this many steps"),
+    token: str | None = typer.Option(None, "--token", envvar="GENCC_SERVE_TOKEN",
+                                     help="bearer token every route but /v2/health/* requires"),
+    insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
+                                          help="serve a non-loopback address without a token"),
+    require_signature: bool = typer.Option(False, "--require-signature",
+                                           help="refuse an artifact not signed by a --trusted-key"),
+    trusted_key: list[Path] | None = typer.Option(None, "--trusted-key",
+                                                     help="public key (PEM) to accept signatures from; repeatable"),
+):
+    """Serve compiled artifacts over HTTP: sync samples, async jobs with live previews, a web page at /.
+
+    Example: gencc serve digits.gencc moons=out/moons.gencc --port 8000  (docs/SERVING.md)
+    """
+    from gencc.serve.catalog import load_models
+    from gencc.serve.config import ServerConfig, check_binding
+    from gencc.serve.server import run
+
+    check_binding(host, token, insecure_no_auth)
+    config = ServerConfig(max_n=max_n, max_steps=max_steps, max_queue=max_queue, max_body_bytes=max_body_bytes,
+                          batch_size=batch_size, batch_wait_ms=batch_wait_ms, preview_every=preview_every, token=token)
+    if require_signature and not trusted_key:
+        raise GenccError("--require-signature needs at least one --trusted-key")
+    keys = tuple(trusted_key or ()) if require_signature or trusted_key else None
+    run(load_models(artifacts, trusted_keys=keys, require_signature=require_signature or None), config, host, port)
+
+
 plain_help(app)  # every command's --help without typer's Python-type metavars
 
 

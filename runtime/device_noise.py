@@ -5,6 +5,7 @@ writes the artifact), so a run that draws its noise here gives the same samples 
 with numpy, only faster: at batch 1024 the numpy draw took about 150 us of a 1.3 ms MLP step.
 
 Draw j (the noise of sampler step j) is Philox stream j + 1; stream 0 is the prior (runtime/noise.py).
+Rows of several seeds (a server's merged requests) draw with numpy, the same numbers.
 Every call writes into freshly allocated host memory, never into a shared buffer, so two threads sampling
 from one model cannot overwrite each other's noise.
 """
@@ -59,6 +60,8 @@ class DeviceNoise:
 
     def steps(self, noise: SampleNoise, k0: int, k1: int) -> list:
         """The draws of steps k0 .. k1 - 1 as k1 - k0 tensors (B, *shape), each 64-byte aligned in one block."""
+        if noise.row_seeds is not None:   # the kernel takes one key per call: rows of several seeds draw on the host
+            return host_steps(self.tvm, noise, k0, k1)
         block, stride, rows = _step_rows(k1 - k0, noise)
         key, index = self._inputs(noise)
         streams = self._wrap(np.arange(k0 + 1, k1 + 1, dtype=np.uint32))
@@ -68,6 +71,8 @@ class DeviceNoise:
 
     def chain_block(self, noise: SampleNoise, draws: list) -> object:
         """The (B, L, *shape) noise input of a chained call: row k is draw draws[k], or zeros where None."""
+        if noise.row_seeds is not None:   # one key per call, as in steps
+            return host_chain_block(self.tvm, noise, draws)
         block = _chain_block(noise, len(draws))
         if any(d is not None for d in draws):
             key, index = self._inputs(noise)

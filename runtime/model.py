@@ -14,7 +14,7 @@ import math
 import os
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -86,6 +86,7 @@ class _Chunk:
     """One chunk of a sample call: the sample indices and the network calls with its labels bound in."""
 
     idx: np.ndarray
+    seeds: Any = None                  # one seed per row (sample_rows); None: the config's seed
     eps: Callable | None = None        # diffusion: (x, t) -> eps
     step: Callable | None = None       # diffusion with a fused step: the Backend.step contract
     generate: Callable | None = None   # gan: z -> x
@@ -154,6 +155,30 @@ class Model:
                 out[lo:lo + len(idx)] = self._sample_chunk(chunk, config, watchers)
             return self.normalization.decode(out)
 
+    def sample_rows(self, seeds, indices, config: SamplingConfig, watchers: Watchers | None = None,
+                    labels=None) -> np.ndarray:
+        """Explicit rows as one call: row r is sample indices[r] of a `sample(seed=seeds[r])` call, with label
+        labels[r] (-1 or None: none given), in data units (len(rows), *sample_shape).
+
+        Each row equals the same sample of a call with its own seed alone, bit for bit: a server answers
+        several requests with one batch this way. config.seed, label and start are not used; chunks of
+        config.batch_size rows each make one on_step view."""
+        watchers = watchers or Watchers()
+        seeds, idx = np.asarray(seeds, np.uint64), np.asarray(indices, np.int64)
+        rows = np.full(len(idx), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+        if not (seeds.ndim == idx.ndim == rows.ndim == 1 and len(seeds) == len(idx) == len(rows)):
+            raise GenccError(f"sample_rows takes one seed, index and label per row, got {len(seeds)} seeds, "
+                             f"{len(idx)} indices and {len(rows)} labels")
+        given = rows[rows >= 0]
+        self._check(len(idx), replace(config, label=given if given.size else None))
+        with self.around_sample(), _allocation_failure_as_error(len(idx), config.batch_size):
+            out = np.empty((len(idx),) + self.sample_shape, np.float32)
+            for lo in range(0, len(idx), config.batch_size):
+                part = slice(lo, lo + config.batch_size)
+                chunk = replace(self._chunk(idx[part], rows[part], config), seeds=seeds[part])
+                out[part] = self._sample_chunk(chunk, config, watchers)
+            return self.normalization.decode(out)
+
     def _check(self, n: int, config: SamplingConfig) -> None:
         """Refuse bad settings before any work, each error naming its value."""
         check_condition(self.kind, self.num_classes, config.label, config.guidance)
@@ -213,7 +238,7 @@ class DiffusionModel(Model):
 
     def _diffuse(self, chunk: _Chunk, config: SamplingConfig, watchers: Watchers) -> np.ndarray:
         """The reverse-SDE loop on states of `state_shape`, in model space."""
-        noise = SampleNoise(config.seed, chunk.idx, self.state_shape)
+        noise = SampleNoise(_seeds(config, chunk), chunk.idx, self.state_shape)
         if self._chained(config, watchers, len(chunk.idx)):
             return self._diffuse_chained(noise, config, chunk.step)
         fused = chunk.step is not None
@@ -335,7 +360,7 @@ class GanModel(Model):
 
     def _sample_chunk(self, chunk: _Chunk, config: SamplingConfig, watchers: Watchers) -> np.ndarray:
         assert chunk.generate is not None   # a GAN chunk always has its generator (_chunk)
-        x = np.asarray(self.net.to_numpy(chunk.generate(SampleNoise(config.seed, chunk.idx,
+        x = np.asarray(self.net.to_numpy(chunk.generate(SampleNoise(_seeds(config, chunk), chunk.idx,
                                                                     self.latent_shape).prior())))
         _check_finite(x, "the generator output")
         if watchers.callback:
@@ -347,6 +372,11 @@ class GanModel(Model):
 
 MODEL_CLASSES: dict[Kind, type[Model]] = {Kind.DIFFUSION: DiffusionModel, Kind.GAN: GanModel,
                                           Kind.LATENT_DIFFUSION: LatentDiffusionModel}
+
+
+def _seeds(config: SamplingConfig, chunk: _Chunk):
+    """The chunk's noise seed: the call's one seed, or its rows' own (sample_rows)."""
+    return config.seed if chunk.seeds is None else chunk.seeds
 
 
 def _final(x) -> np.ndarray:

@@ -45,6 +45,19 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
+def _check_seeds(seed, rows: int) -> tuple[int, np.ndarray | None]:
+    """(the seed, None) for one seed, or for a sequence whose seeds are all equal (the one-seed path,
+    unchanged); (0, uint64 per-row seeds) for a sequence of different seeds, one per row."""
+    if isinstance(seed, numbers.Integral) or np.ndim(seed) == 0:
+        return _check_seed(seed), None
+    seeds = [_check_seed(s) for s in seed]
+    if len(seeds) != rows:
+        raise GenccError(f"noise seeds must give one seed per index: {len(seeds)} seeds for {rows} indices")
+    if len(set(seeds)) <= 1:
+        return (seeds[0] if seeds else 0), None
+    return 0, np.array(seeds, dtype=np.uint64)
+
+
 def _check_indices(indices) -> np.ndarray:
     arr = np.asarray(indices)
     if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
@@ -70,26 +83,32 @@ def _check_stream(stream: int, what: str = "noise stream") -> int:
 _CHUNK_BLOCKS = 1 << 14  # Philox blocks per pass: keeps the ~20 temporaries cache-sized
 
 
-def _normals(seed: int, indices: np.ndarray, streams: np.ndarray, shape: tuple[int, ...],
+def _normals(seed: int | np.ndarray, indices: np.ndarray, streams: np.ndarray, shape: tuple[int, ...],
              dtype) -> np.ndarray:
-    """Validated inputs -> normals of shape (len(streams), len(indices), *shape)."""
+    """Validated inputs -> normals of shape (len(streams), len(indices), *shape); `seed` is one seed, or a
+    uint64 array of one seed per index (rows of several requests sampled as one batch)."""
     n, (s, b) = math.prod(shape), (len(streams), len(indices))
     blocks = -(-n // 4)  # each Philox call yields four normals
     row_stream, row_index = np.repeat(streams, b), np.tile(indices, s)
+    row_seed = np.tile(seed, s) if isinstance(seed, np.ndarray) else None
     out = np.empty((s * b, n), dtype=dtype)
     # Passes over a few rows at a time run faster than one pass over everything; rows never mix.
     rows = max(1, _CHUNK_BLOCKS // max(blocks, 1))
     for a in range(0, s * b, rows):
-        out[a:a + rows] = _row_normals(seed, row_stream[a:a + rows], row_index[a:a + rows], blocks)[:, :n]
+        key = seed if row_seed is None else row_seed[a:a + rows]
+        out[a:a + rows] = _row_normals(key, row_stream[a:a + rows], row_index[a:a + rows], blocks)[:, :n]
     return out.reshape(s, b, *shape)
 
 
-def _row_normals(seed: int, stream: np.ndarray, index: np.ndarray, blocks: int) -> np.ndarray:
-    """float64 normals (rows, 4 * blocks) for uint64 per-row stream and sample index."""
+def _row_normals(seed: int | np.ndarray, stream: np.ndarray, index: np.ndarray, blocks: int) -> np.ndarray:
+    """float64 normals (rows, 4 * blocks) for uint64 per-row stream and sample index (and seed, if an array)."""
     # Counter = (block j, stream, index lo, index hi): element j of a row never depends on the batch.
     c0 = np.arange(blocks, dtype=np.uint64)[None, :]
     c1, c2, c3 = stream[:, None], (index & _MASK32)[:, None], (index >> _SHIFT32)[:, None]
-    k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
+    if isinstance(seed, np.ndarray):   # per-row keys: the same words, each row's from its own seed
+        k0, k1 = (seed & _MASK32)[:, None], (seed >> _SHIFT32)[:, None]
+    else:
+        k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
     x = _philox_words(c0, c1, c2, c3, k0, k1, rounds=10)
     # (x + 0.5) / 2^32 lies strictly inside (0, 1), so log never sees 0 and no value is special-cased.
     u = [(w.astype(np.float64) + 0.5) * 2.0**-32 for w in x]
@@ -117,9 +136,11 @@ class SampleNoise:
     noise for sampler step k, so any batch size, chunking or backend reproduces the same sample i.
     """
 
-    def __init__(self, seed: int, indices: np.ndarray, shape: tuple[int, ...], dtype=np.float32):
-        self.seed = _check_seed(seed)
+    def __init__(self, seed, indices: np.ndarray, shape: tuple[int, ...], dtype=np.float32):
+        """`seed`: one seed for every row, or a sequence of one seed per index (row r is then sample
+        indices[r] of seed seed[r], exactly the row a call with that one seed draws)."""
         self.indices = _check_indices(indices)
+        self.seed, self.row_seeds = _check_seeds(seed, len(self.indices))
         self.shape = _check_shape(shape)
         self.dtype = dtype
 
@@ -140,4 +161,5 @@ class SampleNoise:
 
     def _streams(self, lo: int, hi: int) -> np.ndarray:
         streams = np.arange(lo, hi, dtype=np.uint64)
-        return _normals(self.seed, self.indices, streams, self.shape, self.dtype)
+        seed = self.seed if self.row_seeds is None else self.row_seeds
+        return _normals(seed, self.indices, streams, self.shape, self.dtype)

@@ -16,8 +16,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"runtime": "gencc.runtime", "models": "gencc.models", "compiler": "gencc.compiler",
-            "cli": "gencc.cli", "gencc": "gencc"}
-RANK = {"gencc.runtime": 0, "gencc.models": 1, "gencc.compiler": 2, "gencc": 3, "gencc.cli": 4}
+            "cli": "gencc.cli", "gencc": "gencc", "serve": "gencc.serve"}
+# gencc.serve (issue 16) sits between the interface and the CLI, and stays on the light runtime besides: see
+# test_the_server_imports_no_training_or_compiling_code.
+RANK = {"gencc.runtime": 0, "gencc.models": 1, "gencc.compiler": 2, "gencc": 3, "gencc.serve": 3.5, "gencc.cli": 4}
+LIGHT = ("gencc.serve",)   # layers that may use the runtime and the interface, but never models or compiler
 # Known upward edges, each with the reason it cannot point down. None today: the torch backend, which
 # builds gencc.models' networks, lives in models/torch_backend.py and the runtime's loader finds it by name.
 ALLOWED: set[tuple[str, str]] = set()
@@ -81,6 +84,13 @@ def upward_edges() -> list[str]:
 def test_no_module_imports_an_upper_layer():
     bad = upward_edges()
     assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_the_server_imports_no_training_or_compiling_code():
+    """gencc serve runs on the light runtime: models and compiler pull in torch (issue 16)."""
+    bad = [f"{module} imports {name}" for module, path in modules().items() if layer(module) in LIGHT
+           for name in sorted(imports(module, path)) if layer(name) in ("gencc.models", "gencc.compiler")]
+    assert not bad, bad
 
 
 def test_the_allowed_edge_is_still_needed():

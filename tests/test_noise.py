@@ -131,3 +131,20 @@ def test_compiled_noise_kernel_equals_numpy_and_its_gate_can_fail(tmp_path, monk
     noise_kernel.build_noise(tmp_path / "bad.so", target)
     with pytest.raises(GenccError, match="compiled noise kernel differs from runtime/noise.py"):
         noise_kernel.check_noise(tmp_path / "bad.so")
+
+
+def test_rows_of_several_seeds_each_equal_their_own_seeds_draw():
+    """Issue 16: a server's merged batch gives row r seed seeds[r]; every row equals its seed's solo draw."""
+    seeds, idx = [3, 2**40 + 7, 3, 0], [0, 0, 5, 9]
+    mixed = SampleNoise(seeds, idx, (3, 5))
+    assert mixed.row_seeds is not None
+    for r, (seed, i) in enumerate(zip(seeds, idx, strict=True)):
+        alone = SampleNoise(seed, [i], (3, 5))
+        assert np.array_equal(mixed.prior()[r], alone.prior()[0])
+        assert np.array_equal(mixed.steps(2, 6)[:, r], alone.steps(2, 6)[:, 0])
+    same = SampleNoise([4, 4], [0, 1], (2,))
+    assert same.row_seeds is None and same.seed == 4   # one seed: the one-seed path, unchanged
+    with pytest.raises(GenccError, match="one seed per index"):
+        SampleNoise([1, 2], [0, 1, 2], (2,))
+    with pytest.raises(GenccError, match="seed"):
+        SampleNoise([1, -2], [0, 1], (2,))
