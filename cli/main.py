@@ -432,6 +432,7 @@ def serve(
     max_body_bytes: int = typer.Option(65536, "--max-body-bytes", help="largest request body; larger is 413"),
     batch_size: int = typer.Option(64, "--batch-size", help="rows of one compiled batch (requests merge up to it)"),
     batch_wait_ms: float = typer.Option(5.0, "--batch-wait-ms", help="how long a request waits for others to join"),
+    preview_every: int = typer.Option(10, "--preview-every", help="job events carry a preview every this many steps"),
     token: str | None = typer.Option(None, "--token", envvar="GENCC_SERVE_TOKEN",
                                      help="bearer token every route but /v2/health/* requires"),
     insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
@@ -451,7 +452,7 @@ def serve(
 
     check_binding(host, token, insecure_no_auth)
     config = ServerConfig(max_n=max_n, max_steps=max_steps, max_queue=max_queue, max_body_bytes=max_body_bytes,
-                          batch_size=batch_size, batch_wait_ms=batch_wait_ms, token=token)
+                          batch_size=batch_size, batch_wait_ms=batch_wait_ms, preview_every=preview_every, token=token)
     if require_signature and not trusted_key:
         raise GenccError("--require-signature needs at least one --trusted-key")
     keys = tuple(trusted_key or ()) if require_signature or trusted_key else None

@@ -65,14 +65,15 @@ class GenccServer:
             self.worker, self.closing = self._worker(), False
         self.worker.start()
 
-    def submit(self, request: JobRequest) -> tuple[Job, int]:
+    def submit(self, request: JobRequest, watched: bool = True) -> tuple[Job, int]:
+        """Queue a job (`watched`: it reports its steps; sync requests need not) -> (job, queue position)."""
         if self.closing:
             raise ApiError(503, "the server is shutting down")
         if self.book.queued() >= self.config.max_queue:
             raise ApiError(429, f"the queue is full ({self.config.max_queue} jobs wait); retry later",
                            {"Retry-After": str(self.config.retry_after_s)})
         chunks = -(-request.n // self.config.batch_size)
-        job = Job(request, total_steps=request.steps * chunks)
+        job = Job(request, total_steps=request.steps * chunks, watched=watched)
         self.worker.start()
         return job, self.book.add(job)
 
@@ -140,10 +141,12 @@ def _samples_response(job: Job, fmt: str) -> Response:
     return JSONResponse({"id": job.id, **encode.json_samples(job.result)}, headers=headers)
 
 
-def _ended(job: Job) -> None:
+def _ended(job: Job, closing: bool = False) -> None:
     """Refuse the result of a job that did not finish."""
     if job.state == DONE:
         return
+    if closing and job.state == "cancelled":
+        raise ApiError(503, "the server is shutting down; the request was cancelled")
     if job.state in TERMINAL:
         raise ApiError(409 if job.state != "failed" else 500, f"job {job.id} {job.state}"
                        + (f": {job.error}" if job.error else "") + "; it has no result")
@@ -175,9 +178,9 @@ async def samples(request: Request, server: GenccServer):
     body = await read_json(request, server.config.max_body_bytes)
     req = sample_request(body, server.models, server.config, extra=frozenset({"format"}))
     fmt = output_format(body)
-    job, _ = server.submit(req)
+    job, _ = server.submit(req, watched=False)
     await _wait(job)
-    _ended(job)
+    _ended(job, server.closing)
     return _samples_response(job, fmt)
 
 
@@ -235,7 +238,7 @@ def _after(request: Request) -> int:
 
 async def _stream(job: Job, seen: int):
     """The job's kept events after `seen` (the last EVENTS_KEPT), then each new one until `end`."""
-    ev = job.subscribe()
+    ev = job.subscribe(stream=True)
     try:
         while True:
             for seq, name, data in job.events_after(seen):
@@ -249,15 +252,15 @@ async def _stream(job: Job, seen: int):
                 yield b": keepalive\n\n"
             ev.clear()
     finally:
-        job.unsubscribe(ev)
+        job.unsubscribe(ev, stream=True)
 
 
 @_route
 async def images_generations(request: Request, server: GenccServer):
     body = await read_json(request, server.config.max_body_bytes)
-    job, _ = server.submit(openai_request(body, server.models, server.config))
+    job, _ = server.submit(openai_request(body, server.models, server.config), watched=False)
     await _wait(job)
-    _ended(job)
+    _ended(job, server.closing)
     assert job.result is not None
     data = [{"b64_json": base64.b64encode(encode.png_bytes(x[None])).decode("ascii")} for x in job.result]
     return JSONResponse({"created": int(job.created), "data": data})

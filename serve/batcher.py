@@ -66,8 +66,8 @@ class Worker:
             except Exception as e:   # the worker must outlive any one batch: its jobs fail, the server serves on
                 message = str(e).splitlines()[0] if str(e) else type(e).__name__
                 for job in batch:
-                    job.set_state(FAILED, error=message[:300])
-                    self.metrics.finished(FAILED)
+                    if job.set_state(FAILED, error=message[:300]):
+                        self.metrics.finished(FAILED)
             finally:
                 with self.book.cond:
                     self.running = []
@@ -82,7 +82,7 @@ class Worker:
                 if not book.waiting:
                     return None   # closed, and nothing waits
                 head = book.waiting[0]
-                deadline = time.monotonic() + self.wait_s
+                deadline = head.queued_at + self.wait_s   # a head that waited behind a batch has waited already
                 while self._head_waits(head):
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -127,7 +127,10 @@ class Worker:
                                  for j in batch])
         config = SamplingConfig(steps=req.steps, sampler=req.sampler, spacing=req.spacing, guidance=req.guidance,
                                 batch_size=min(rows, self.batch_size))
-        watch = _Watch(batch, served, self)
+        # A batch of sync requests only runs unwatched: nobody reads its steps, and an unwatched run may take
+        # the backend's fastest path (several steps per compiled call). Same samples either way.
+        watch = _Watch(batch, served, self) if any(j.watched for j in batch) else None
+        began = time.perf_counter()
         try:
             out = served.model.sample_rows(seeds, idx, config, Watchers(on_step=watch), labels=labels)
         except _AllCancelled:
@@ -137,6 +140,8 @@ class Worker:
                 if job.set_state(FAILED, error=str(e).splitlines()[0][:300]):
                     self.metrics.finished(FAILED)
             return
+        if watch is None:
+            self.metrics.unwatched(time.perf_counter() - began, batch[0].total_steps, len(idx))
         lo = 0
         for job in batch:
             part = out[lo:lo + job.request.n]
@@ -159,6 +164,7 @@ class _Watch:
         self.last = time.perf_counter()
         self.chunk_steps = 0   # steps seen in the current chunk, for a chunked (oversized) job
         self.done_steps = 0
+        self.x0 = None         # this step's denoised estimate, computed once for all the jobs that preview it
 
     def __call__(self, view: StepView) -> None:
         now = time.perf_counter()
@@ -169,7 +175,7 @@ class _Watch:
             self.done_steps += self.chunk_steps
         self.chunk_steps = view.k + 1
         reached = self.done_steps + view.k + 1
-        live = 0
+        self.x0, live = None, 0
         for i, job in enumerate(self.batch):
             if job.terminal:
                 continue
@@ -182,13 +188,15 @@ class _Watch:
                 job.step = min(reached, job.total_steps)
             job.publish("progress", {"state": RUNNING, "step": job.step, "steps": job.total_steps})
             every = self.worker.preview_every
-            if (view.k + 1) % every == 0 or view.k + 1 == steps:
+            if job.streams and ((view.k + 1) % every == 0 or view.k + 1 == steps):   # previews only for readers
                 self._preview(job, i, view)
         if not live:
             raise _AllCancelled
 
     def _preview(self, job: Job, i: int, view: StepView) -> None:
-        x = view.denoised()
+        if self.x0 is None:
+            self.x0 = view.denoised()
+        x = self.x0
         lo, hi = self.offsets[i], self.offsets[i + 1]
         rows = x[lo:hi] if len(x) == self.offsets[-1] else x   # a chunked single job shows its chunk
         job.publish("preview", {"state": RUNNING, "step": job.step, "steps": job.total_steps,

@@ -60,6 +60,9 @@ class Job:
     result: np.ndarray | None = None
     cancel_requested: bool = False
     batch_rows: int = 0                                # rows of the compiled batch the job ran in (micro-batching)
+    watched: bool = True                               # False: a sync request, nobody reads its steps
+    streams: int = 0                                   # event streams reading it: previews are drawn only for them
+    queued_at: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
     _events: deque = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
@@ -125,15 +128,18 @@ class Job:
         with self._lock:
             return [e for e in self._events if e[0] > seq]
 
-    def subscribe(self) -> asyncio.Event:
+    def subscribe(self, stream: bool = False) -> asyncio.Event:
+        """An event set whenever the job publishes; `stream`: an SSE reader, which wants previews."""
         ev = asyncio.Event()
         with self._lock:
             self._waiters.add((asyncio.get_running_loop(), ev))
+            self.streams += stream
         return ev
 
-    def unsubscribe(self, ev: asyncio.Event) -> None:
+    def unsubscribe(self, ev: asyncio.Event, stream: bool = False) -> None:
         with self._lock:
             self._waiters = {w for w in self._waiters if w[1] is not ev}
+            self.streams -= stream
 
 
 class JobBook:

@@ -98,6 +98,11 @@ def openapi_schema(models: dict, config: ServerConfig) -> dict:
         "/v2/models/{name}/ready": {"get": {"summary": "model readiness", "operationId": "modelReady",
                                             "parameters": [model_name],
                                             "responses": {"200": {"description": "ready"}, **_errors(404, 503)}}},
+        "/": {"get": {"summary": "the web page (no auth: it holds no data)", "operationId": "page", "security": [],
+                      "responses": {"200": {"description": "HTML", "content": {
+                          "text/html": {"schema": {"type": "string"}}}}}}},
+        "/openapi.json": {"get": {"summary": "this schema", "operationId": "openapi", "responses": {
+            "200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics", "responses": {
             "200": {"description": "text exposition format",
                     "content": {"text/plain": {"schema": {"type": "string"}}}}}}},

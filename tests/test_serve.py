@@ -146,12 +146,27 @@ def test_gan_samples_ignore_steps(client):
 
 
 # -- jobs ---------------------------------------------------------------------------------------------------
-def test_a_job_goes_queued_running_done_with_progress_and_previews(client):
-    r = client.post("/v1/jobs", json={"model": "digits", "n": 2, "steps": 6, "seed": 1, "label": 3})
-    assert r.status_code == 202
-    job = r.json()
-    assert set(job) >= {"id", "queue_position"} and job["queue_position"] >= 0
-    seen = events(client, job["id"])
+def read_events_from_the_start(client, gate, body) -> tuple[dict, list]:
+    """Queue `body` behind a job held at the gate, start reading its events, then let it run: the reader
+    sees the job from its first step (previews are drawn only while someone reads them)."""
+    blocker = client.post("/v1/jobs", json={"model": "slow", "n": 1, "steps": 1}).json()
+    wait_state(client, blocker["id"], "running")
+    job = client.post("/v1/jobs", json=body).json()
+    seen: list = []
+    reader = threading.Thread(target=lambda: seen.extend(events(client, job["id"])))
+    reader.start()
+    book = client.app.state.gencc.book
+    while not book.get(job["id"]).streams:
+        time.sleep(0.01)
+    gate.open.set()
+    reader.join()
+    return job, seen
+
+
+def test_a_job_goes_queued_running_done_with_progress_and_previews(client, gate):
+    job, seen = read_events_from_the_start(client, gate, {"model": "digits", "n": 2, "steps": 6, "seed": 1,
+                                                           "label": 3})
+    assert set(job) >= {"id", "queue_position"} and job["queue_position"] == 0
     names = [n for n, _ in seen]
     assert names[:2] == ["state", "state"] and [d["state"] for _, d in seen[:2]] == ["queued", "running"]
     assert names[-1] == "end" and seen[-1][1]["state"] == "done"
@@ -166,9 +181,9 @@ def test_a_job_goes_queued_running_done_with_progress_and_previews(client):
     assert client.get(view["result"], params={"format": "json"}).json()["shape"] == [2, 1, 8, 8]
 
 
-def test_point_previews_carry_the_points(client):
-    job = client.post("/v1/jobs", json={"model": "moons", "n": 3, "steps": 2}).json()
-    previews = [d for n, d in events(client, job["id"]) if n == "preview"]
+def test_point_previews_carry_the_points(client, gate):
+    _, seen = read_events_from_the_start(client, gate, {"model": "moons", "n": 3, "steps": 2})
+    previews = [d for n, d in seen if n == "preview"]
     assert previews and np.array(previews[-1]["points"]).shape == (3, 2)
 
 
@@ -448,6 +463,8 @@ def test_mixed_seed_batches_on_the_tvm_backend_equal_solo_runs(tiny_moons_artifa
         for job_id, r in zip(ids, REQUESTS, strict=True):
             solo = model.sample(r["n"], steps=12, seed=r["seed"])   # its own batch, device noise, no watchers
             assert np.array_equal(npy(c.get(f"/v1/jobs/{job_id}/result")), solo)
+        sync = c.post("/v1/samples", json={"model": "moons", "steps": 12, "seed": 8, "n": rows})   # unwatched
+        assert np.array_equal(npy(sync), model.sample(rows, steps=12, seed=8))
 
 
 def _free_port() -> int:
