@@ -1,6 +1,6 @@
 """gencc serve's costs: serving overhead against Model.sample, and micro-batching's throughput (issue 16).
 
-    .venv/bin/python scripts/bench_serve.py [--artifact out/demo/digits-diffusion.gencc] [--steps 50]
+    .venv/bin/python scripts/bench_serve.py [--artifact out/demo/digits-diffusion.gencc] [--steps 200]
         [--repeats 9] [--clients 32] [--requests 8] [--json out.json] [--md out.md]
 
 Without --artifact it trains the default digits diffusion network for 3 steps and compiles it into --work
@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from gencc.runtime.defaults import DEFAULT_STEPS
 
 
 def free_port() -> int:
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifact", type=Path, help="a compiled digits diffusion artifact (default: build one)")
     ap.add_argument("--work", type=Path, default=Path("out/bench-serve"), help="where the default artifact goes")
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="sampler steps (default: the server's)")
     ap.add_argument("--repeats", type=int, default=9, help="timed batch-64 requests (and direct calls)")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--requests", type=int, default=8, help="batch-1 requests each client sends in turn")
