@@ -1,7 +1,7 @@
 """gencc serve's costs: serving overhead against Model.sample, and micro-batching's throughput (issue 16).
 
     .venv/bin/python scripts/bench_serve.py [--artifact out/demo/digits-diffusion.gencc] [--steps 200]
-        [--repeats 9] [--clients 32] [--requests 8] [--json out.json] [--md out.md]
+        [--repeats 9] [--clients 32] [--requests 16] [--client raw] [--json out.json] [--md out.md]
 
 Without --artifact it trains the default digits diffusion network for 3 steps and compiles it into --work
 (the network's size, not its training, sets the times). Three measurements, each against `gencc serve`
@@ -119,18 +119,56 @@ def overhead(artifact: Path, steps: int, repeats: int) -> dict:
             "direct_p99_s": quantile(direct, 0.99)}
 
 
-async def clients(base: str, n_clients: int, requests: int, steps: int) -> tuple[float, list[float]]:
+class RawClient:
+    """One keep-alive HTTP/1.1 connection, written and parsed by hand: a client that costs a few microseconds a
+    request, so that on a small machine the benchmark times the server rather than its client (httpx spends
+    about 3 ms of CPU a request here, which caps a same-host httpx client near 300 requests/s)."""
+
+    def __init__(self, base: str):
+        host, _, port = base.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: dict) -> bytes:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        data = json.dumps(body).encode()
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(head[0].split()[1])
+        length = next(int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:"))
+        content = await self.reader.readexactly(length)
+        if status != 200:
+            raise SystemExit(f"POST {path} answered {status}: {content[:200]!r}")
+        return content
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            await self.writer.wait_closed()
+
+
+async def clients(base: str, n_clients: int, requests: int, steps: int, kind: str = "raw"
+                  ) -> tuple[float, list[float]]:
     import httpx
 
     async def one_client(c: int) -> list[float]:
         out = []
-        async with httpx.AsyncClient(base_url=base, timeout=600) as http:
+        http = RawClient(base) if kind == "raw" else httpx.AsyncClient(base_url=base, timeout=600)
+        try:
             for j in range(requests):
+                body = {"model": "m", "n": 1, "steps": steps, "seed": 1000 * c + j, "format": "npy"}
                 t0 = time.perf_counter()
-                r = await http.post("/v1/samples", json={"model": "m", "n": 1, "steps": steps,
-                                                         "seed": 1000 * c + j, "format": "npy"})
-                r.raise_for_status()
+                if kind == "raw":
+                    await http.post("/v1/samples", body)
+                else:
+                    (await http.post("/v1/samples", json=body)).raise_for_status()
                 out.append(time.perf_counter() - t0)
+        finally:
+            await (http.close() if kind == "raw" else http.aclose())
         return out
 
     t0 = time.perf_counter()
@@ -138,11 +176,12 @@ async def clients(base: str, n_clients: int, requests: int, steps: int) -> tuple
     return time.perf_counter() - t0, [x for xs in per_client for x in xs]
 
 
-def throughput(artifact: Path, steps: int, n_clients: int, requests: int, extra: tuple[str, ...]) -> dict:
+def throughput(artifact: Path, steps: int, n_clients: int, requests: int, extra: tuple[str, ...],
+               kind: str = "raw") -> dict:
     with serve(artifact, *extra) as base:
-        asyncio.run(clients(base, n_clients, 1, steps))   # warm-up: the batch sizes this run will see
+        asyncio.run(clients(base, n_clients, 1, steps, kind))   # warm-up: the batch sizes this run will see
         before = batch_counts(base)
-        wall, lat = asyncio.run(clients(base, n_clients, requests, steps))
+        wall, lat = asyncio.run(clients(base, n_clients, requests, steps, kind))
         after = batch_counts(base)
     rows = (after[1] - before[1]) / max(after[0] - before[0], 1)
     return {"samples_per_s": len(lat) / wall, "wall_s": wall, "requests": len(lat),
@@ -175,7 +214,7 @@ def markdown(r: dict) -> str:
                 f"| {x['rows_per_batch']:.1f} | {x['samples_per_s'] / u['samples_per_s']:.2f}x |")
 
     lines = [f"`{r['artifact']}`, {r['machine']}, {r['date']}; load average {r['load_before']} before, "
-             f"{r['load_after']} after; {r['steps']} `em` steps.", ""]
+             f"{r['load_after']} after; {r['steps']} `em` steps; {r['client']} clients.", ""]
     if o:
         lines += [
             "| one batch-64 job | median | p99 | overhead (target <= 10%) |",
@@ -201,9 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="sampler steps (default: the server's)")
     ap.add_argument("--repeats", type=int, default=9, help="timed batch-64 requests (and direct calls)")
     ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--requests", type=int, default=8, help="batch-1 requests each client sends in turn")
+    ap.add_argument("--requests", type=int, default=16, help="batch-1 requests each client sends in turn")
     ap.add_argument("--wait-ms", type=float, nargs="*", default=[20.0],
                     help="more --batch-wait-ms values to measure micro-batching with, besides the default 5")
+    ap.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                    help="the concurrent clients: hand-written HTTP/1.1 (cheap) or httpx.AsyncClient")
     ap.add_argument("--no-overhead", action="store_true", help="measure throughput only (e.g. a points model)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path)
@@ -215,10 +256,11 @@ def main(argv: list[str] | None = None) -> dict:
          "clients": a.clients, "requests": a.requests, "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     r["artifact"] = a.artifact.name
     r["overhead"] = None if a.no_overhead else overhead(a.artifact, a.steps, a.repeats)
-    r["batched"] = throughput(a.artifact, a.steps, a.clients, a.requests, ())
-    r["waits"] = {w: throughput(a.artifact, a.steps, a.clients, a.requests, ("--batch-wait-ms", str(w)))
+    r["client"] = a.client
+    r["batched"] = throughput(a.artifact, a.steps, a.clients, a.requests, (), a.client)
+    r["waits"] = {w: throughput(a.artifact, a.steps, a.clients, a.requests, ("--batch-wait-ms", str(w)), a.client)
                   for w in a.wait_ms}
-    r["unbatched"] = throughput(a.artifact, a.steps, a.clients, a.requests, ("--batch-size", "1"))
+    r["unbatched"] = throughput(a.artifact, a.steps, a.clients, a.requests, ("--batch-size", "1"), a.client)
     r["batching_speedup"] = r["batched"]["samples_per_s"] / r["unbatched"]["samples_per_s"]
     r["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     md = markdown(r)
