@@ -28,7 +28,7 @@ from . import encode
 from .batcher import Worker
 from .catalog import Served
 from .config import ServerConfig
-from .jobs import DONE, TERMINAL, Job, JobBook, JobRequest
+from .jobs import CANCELLED, DONE, TERMINAL, Job, JobBook, JobRequest
 from .limits import ApiError, openai_request, output_format, read_json, sample_request
 from .metrics import Metrics
 from .openapi import openapi_schema
@@ -201,8 +201,8 @@ async def job_state(request: Request, server: GenccServer):
 @_route
 async def cancel_job(request: Request, server: GenccServer):
     job = server.job(request.path_params["id"])
-    if not job.terminal:
-        server.book.cancel(job)
+    if not job.terminal and server.book.cancel(job):
+        server.metrics.finished(CANCELLED)
     return JSONResponse(job.view(server.book.position(job)))
 
 

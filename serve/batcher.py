@@ -50,7 +50,8 @@ class Worker:
             waiting = list(self.book.waiting)
             running = list(self.running)
         for job in waiting + running:
-            self.book.cancel(job)
+            if self.book.cancel(job):
+                self.metrics.finished(CANCELLED)
         with self.book.cond:
             self.book.cond.notify_all()
         if self.thread.is_alive():

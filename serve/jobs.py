@@ -179,14 +179,17 @@ class JobBook:
         with self.cond:
             return self.jobs.get(job_id)
 
-    def cancel(self, job: Job) -> None:
-        """A queued job ends now; a running one at its next step boundary (the worker checks the flag)."""
+    def cancel(self, job: Job) -> bool:
+        """A queued job ends now (True: the caller counts it); a running one at its next step boundary (the worker
+        checks the flag, and counts it)."""
         with self.cond:
             job.cancel_requested = True
+            ended = False
             if job in self.waiting:
                 self.waiting.remove(job)
-                job.set_state(CANCELLED)
+                ended = job.set_state(CANCELLED)
             self.cond.notify_all()
+            return ended
 
     def counts(self) -> dict[str, int]:
         with self.cond:

@@ -78,3 +78,13 @@ def tiny_moons_artifact(tmp_path_factory, tiny_moons_diffusion):
     out = tmp_path_factory.mktemp("moons-artifact") / "moons.gencc"
     compile_artifact(tiny_moons_diffusion, out, target="llvm")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_artifact(tmp_path_factory, tiny_digits_diffusion):
+    """tiny_digits_diffusion compiled for this CPU: the image model `gencc serve`'s process tests serve."""
+    from gencc.compiler.compile import compile_artifact
+
+    out = tmp_path_factory.mktemp("digits-artifact") / "digits.gencc"
+    compile_artifact(tiny_digits_diffusion, out, target="llvm")
+    return out
