@@ -111,10 +111,11 @@ def load_autoencoder(path: str | Path) -> tuple[Autoencoder, dict]:
     return load_net(path, config), config
 
 
-def ae_config(sample_shape: tuple[int, ...], width: int | None = None) -> AEConfig:
+def ae_config(sample_shape: tuple[int, ...], width: int | None = None, **options) -> AEConfig:
+    """The autoencoder of a new run; `options` override AEConfig's other fields (studies only)."""
     if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2] or sample_shape[1] % 4:
         raise GenccError(f"the autoencoder needs square images with a side divisible by 4, got shape {sample_shape}")
-    return AEConfig(channels=sample_shape[0], size=sample_shape[1], **({"width": width} if width else {}))
+    return AEConfig(channels=sample_shape[0], size=sample_shape[1], **({"width": width} if width else {}), **options)
 
 
 class _AutoencoderRun(_Run):
@@ -129,8 +130,9 @@ class _AutoencoderRun(_Run):
         self.opt = torch.optim.Adam(self.ae.parameters(), lr=cfg.lr)
 
     @classmethod
-    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None):
-        return cls(data, cfg, Normalization.fit(data.data, "image"), ae_config(tuple(data.data.shape[1:]), width))
+    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None, options: dict | None = None):
+        net_cfg = ae_config(tuple(data.data.shape[1:]), width, **(options or {}))
+        return cls(data, cfg, Normalization.fit(data.data, "image"), net_cfg)
 
     def train_step(self, x: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> dict:
         losses = self.ae.loss(x, g)
@@ -146,8 +148,9 @@ class _AutoencoderRun(_Run):
 
 
 def train_autoencoder(data: Dataset, out: str | Path, cfg: TrainConfig, *, width: int | None = None,
-                      resume: bool = False, progress=None) -> TrainResult:
-    """Train (or, with `resume`, continue) an autoencoder checkpoint on image data."""
+                      resume: bool = False, progress=None, options: dict | None = None) -> TrainResult:
+    """Train (or, with `resume`, continue) an autoencoder checkpoint on image data; `options`: AEConfig
+    fields of a new run (a resumed run keeps its own)."""
     if data.kind != "image":
         raise GenccError(f"the autoencoder needs images; {data.name!r} holds vectors of shape {data.data.shape[1:]}")
     out = check_output(out, resume)
@@ -155,7 +158,7 @@ def train_autoencoder(data: Dataset, out: str | Path, cfg: TrainConfig, *, width
         check_resume(out, "autoencoder", data, cfg, width=width)
         r = _AutoencoderRun.resume(out, data, cfg)
     else:
-        r = _AutoencoderRun.new(data, cfg, width)
+        r = _AutoencoderRun.new(data, cfg, width, options)
     return r.fit(out, progress)
 
 
