@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gencc.runtime.errors import GenccError
+
 UPSAMPLES = ("transpose", "resize")
 
 
@@ -38,7 +40,7 @@ class AEConfig:
 
     def __post_init__(self) -> None:
         if self.upsample not in UPSAMPLES:
-            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLES)}, got {self.upsample!r}")
+            raise GenccError(f"autoencoder upsample must be one of {', '.join(UPSAMPLES)}, got {self.upsample!r}")
 
     def to_dict(self) -> dict:
         return {"arch": "autoencoder", **asdict(self)}

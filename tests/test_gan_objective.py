@@ -83,4 +83,5 @@ def test_cli_gan_loss_and_r1(tmp_path):
     assert r.exit_code == 0, r.output
     assert_user_error(cli("train", "diffusion", "--data", "moons", "--out", tmp_path / "d", "--gan-loss", "hinge"),
                       "--gan-loss and --r1 apply to gan, not 'diffusion'")
-    assert_user_error(cli(*args[:4], "--out", tmp_path / "x", "--gan-loss", "wgan"), "GAN loss must be one of", "'wgan'")
+    assert_user_error(cli(*args[:4], "--out", tmp_path / "x", "--gan-loss", "wgan"),
+                      "GAN loss must be one of", "'wgan'")
