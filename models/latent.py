@@ -28,7 +28,7 @@ from gencc.runtime.normalize import Normalization
 from . import checkpoint as ckpt
 from .autoencoder import AEConfig, Autoencoder, encode_means, latent_scale
 from .data import Dataset, data_digest
-from .factory import load_net
+from .factory import config_from_dict, load_net
 from .train import TrainConfig, TrainResult, _Run, _seeded, check_output, check_resume, check_same_data, train
 
 MARKER, FORMAT, VERSION = "latent-diffusion.json", "gencc-latent-diffusion", 1
@@ -95,7 +95,7 @@ def autoencoder_info(path: str | Path) -> tuple[dict, tuple[int, ...], float]:
     if config["model"] != "autoencoder":
         raise GenccError(f"{str(path)!r} is a {config['model']} checkpoint, not an autoencoder")
     latent = config.get("latent")
-    net = AEConfig(**{k: v for k, v in config["net"].items() if k != "arch"})
+    net = config_from_dict(config["net"])
     ok = isinstance(latent, dict) and latent.get("shape") == list(net.latent_shape) and \
         isinstance(latent.get("scale"), float) and math.isfinite(latent["scale"]) and latent["scale"] > 0
     if not ok:

@@ -153,12 +153,24 @@ def score_main(argv: list[str]) -> None:
             seconds = time.perf_counter() - start
             if seed == 0:
                 save_png(a.out.with_name(f"{a.out.stem}-{name}.png"), x[:64])
-            r = evaluate(x, a.data, n_ref=1000, seed=0)
+            r = evaluate(x, a.data, n_ref=1000 if a.data == "shapes" else None, seed=0)
             rows[f"{name}/seed{seed}"] = {"artifact": str(art), "seed": seed, "n": a.n, **kw,
                                           "nfe": nfe(kw["sampler"], kw["steps"]) if diffusion else 1,
                                           "ms_per_image": 1000 * seconds / a.n, "metrics": _values(r)}
             print(name, seed, json.dumps(rows[f"{name}/seed{seed}"]), flush=True)
             a.out.write_text(json.dumps(rows, indent=2) + "\n")
+        if model.kind.value == "latent-diffusion":
+            rows[f"{name}/latent_spread"] = latent_spread(model, kw)
+            a.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def latent_spread(model, kw: dict, n: int = 256) -> dict:
+    """Per-channel std of the sampler's final latents against the training latents' (both scaled): a
+    spread far from the real latents' (ae-floor mode) means the latent network, not the decoder, is off."""
+    last = {}
+    model.sample(n, seed=0, batch_size=n, callback=lambda k, x: last.update(x=np.asarray(x)), **kw)
+    return {"sampled_std_per_channel": last["x"].std(axis=(0, 2, 3)).round(3).tolist(),
+            "sampled_abs_max": float(np.abs(last["x"]).max())}
 
 
 def _values(result: dict) -> dict:
@@ -184,6 +196,8 @@ def ae_floor_main(argv: list[str]) -> None:
         mse = ((recon - x) ** 2).reshape(len(x), -1).mean(1)
         rows[name] = {"checkpoint": str(path), "net": config["net"], "ae_steps": config["step"],
                       "psnr_db": float(np.mean(10 * np.log10(1.0 / mse))), "latent_scale": config["latent"]["scale"],
+                      "scaled_latent_std_per_channel": (z * config["latent"]["scale"]).std(axis=(0, 2, 3)).round(3)
+                      .tolist(), "scaled_latent_abs_max": float(np.abs(z).max() * config["latent"]["scale"]),
                       "metrics": _values(evaluate(recon, "shapes", n_ref=1000, seed=SEED))}
         print(name, json.dumps(rows[name]), flush=True)
         a.out.write_text(json.dumps(rows, indent=2) + "\n")
