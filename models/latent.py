@@ -29,7 +29,17 @@ from . import checkpoint as ckpt
 from .autoencoder import AEConfig, Autoencoder, encode_means, latent_scale
 from .data import Dataset, data_digest
 from .factory import config_from_dict, load_net
-from .train import TrainConfig, TrainResult, _Run, _seeded, check_output, check_resume, check_same_data, train
+from .train import (
+    LossWeighting,
+    TrainConfig,
+    TrainResult,
+    _Run,
+    _seeded,
+    check_output,
+    check_resume,
+    check_same_data,
+    train,
+)
 
 MARKER, FORMAT, VERSION = "latent-diffusion.json", "gencc-latent-diffusion", 1
 AE_DIR, LATENT_DIR = "autoencoder", "latent"
@@ -175,7 +185,8 @@ def encode_dataset(data: Dataset, ae_path: str | Path) -> Dataset:
 def train_latent_diffusion(data: Dataset, out: str | Path, ae_cfg: TrainConfig, cfg: TrainConfig, *,
                            autoencoder: str | Path | None = None, width: int | None = None,
                            ae_width: int | None = None, resume: bool = False,
-                           progress: StageProgress | None = None) -> dict[str, TrainResult | None]:
+                           progress: StageProgress | None = None,
+                           weighting: LossWeighting | None = None) -> dict[str, TrainResult | None]:
     """Stage 1 trains the autoencoder (or copies `autoencoder`, an existing one); stage 2 trains the
     diffusion model on its latents. Each stage checkpoints and resumes on its own. The result's
     "autoencoder" is None when stage 1 had nothing to do (copied, or trained already)."""
@@ -201,7 +212,7 @@ def train_latent_diffusion(data: Dataset, out: str | Path, ae_cfg: TrainConfig, 
     identity = Normalization((0.0,), (1.0,), tuple(latents.data.shape[1:]))
     stage = progress("latent", cfg.steps) if progress else None
     result = train("diffusion", latents, latent_dir, cfg, width=width, resume=latent_dir.exists(),
-                   progress=stage, normalization=identity)
+                   progress=stage, normalization=identity, weighting=weighting)
     return {"autoencoder": ae_result, "latent": result}
 
 
