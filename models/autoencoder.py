@@ -7,8 +7,8 @@ blur reconstructions, strong enough that the latent stays smooth and roughly uni
 runs on z * scale, where scale = 1 / std(z) over training images (the LDM "scale factor").
 
 Two options against the decoder's artefacts, both on by default (docs/QUALITY.md measures them: together
-they take the shapes decoder's own Fréchet distance from 2.5x to 1.5x the floor, and the latent model's
-from about 6.4x to 4.2x):
+they take the shapes decoder's own Fréchet distance from 2.5x to 1.4-1.5x the floor, and the default
+latent model's from 6.4x to 5.0x, the mean of two training runs):
   upsample   "resize" (default): nearest-neighbour x2 then a 3x3 conv, which cannot make checkerboard
              patterns (Odena et al. 2016); "transpose": 4x4 stride-2 transposed convs, the first design,
              which checkpoints without the field were trained with.
