@@ -93,6 +93,13 @@ def train(
                                                "autoencoder (or a latent-diffusion checkpoint's) instead of training "
                                                "one"),
     ae_steps: int | None = typer.Option(None, "--ae-steps", help="latent-diffusion: autoencoder training steps"),
+    gan_loss: str | None = typer.Option(None, "--gan-loss", help="gan: ns (the non-saturating game, default) or "
+                                        "hinge; recorded in the checkpoint, and a resume refuses another"),
+    r1: float | None = typer.Option(None, "--r1", help="gan: gamma of the R1 penalty on D's gradient at real "
+                                    "data (default 0: none); recorded like --gan-loss"),
+    min_snr: float | None = typer.Option(None, "--min-snr", help="diffusion, latent-diffusion: weight the loss by "
+                                         "min(SNR, GAMMA) / SNR (min-SNR-gamma) instead of the default lambda = "
+                                         "sigma^2; recorded, and a resume refuses another"),
 ):
     """Train a diffusion model, a GAN, or latent diffusion (autoencoder, then diffusion on its latents).
 
@@ -107,7 +114,8 @@ def train(
     train_command(TrainRequest(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
                                resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every,
                                nproc=nproc, device=device, preview_dir=preview, preview_every=preview_every,
-                               conditional=conditional, autoencoder=autoencoder, ae_steps=ae_steps))
+                               conditional=conditional, autoencoder=autoencoder, ae_steps=ae_steps,
+                               gan_loss=gan_loss, r1=r1, min_snr=min_snr))
 
 
 @app.command()

@@ -48,6 +48,9 @@ class TrainRequest:
     conditional: bool = False
     autoencoder: Path | None = None     # latent-diffusion: reuse this autoencoder
     ae_steps: int | None = None         # latent-diffusion: autoencoder training steps
+    gan_loss: str | None = None         # gan: "ns" (the lecture's, default) or "hinge"; resume keeps its own
+    r1: float | None = None             # gan: R1 penalty gamma (default 0: none); resume keeps its own
+    min_snr: float | None = None        # diffusion: min-SNR-gamma loss weighting (default: lambda = sigma^2)
 
     def __post_init__(self) -> None:
         as_paths(self, "out", "preview_dir", "autoencoder")
@@ -67,6 +70,10 @@ class TrainOutcome:
 
 def train(request: TrainRequest, on_stage: StageHook | None = None, on_done: DoneHook | None = None) -> TrainOutcome:
     """Train as `request` says; see the module docstring for the hooks."""
+    if request.model != "gan" and (request.gan_loss is not None or request.r1 is not None):
+        raise GenccError(f"--gan-loss and --r1 apply to gan, not {request.model!r}")
+    if request.model == "gan" and request.min_snr is not None:
+        raise GenccError("--min-snr applies to diffusion and latent-diffusion, not 'gan'")
     if request.model == "latent-diffusion":
         if request.nproc is not None or request.conditional or request.preview_dir is not None:
             raise GenccError("--nproc, --conditional and --preview apply to diffusion and gan, not latent-diffusion")
@@ -95,6 +102,9 @@ def _train_one(req: TrainRequest, on_stage: StageHook | None, on_done: DoneHook 
         raise GenccError("--preview is for single-process training; drop it, or --nproc")
     if distributed and req.conditional:
         raise GenccError("--conditional is for single-process training for now; drop --nproc")
+    if distributed and (req.gan_loss is not None or req.r1 is not None):
+        raise GenccError("--gan-loss and --r1 are for single-process training for now; drop --nproc "
+                         "(a resumed run keeps its checkpoint's objective under --nproc)")
     reporting = launch is None or launch.rank == 0   # torchrun's other ranks: rank 0 reports for all
     if reporting:
         check_output(req.out, req.resume)
@@ -114,15 +124,20 @@ def _train_one(req: TrainRequest, on_stage: StageHook | None, on_done: DoneHook 
     base = resumed_config(prior) if prior else default_config(req.model, dataset.kind)   # resumed: the run's own
     cfg = replace(base, seed=seed, **_given(steps=req.steps, batch_size=req.batch_size, lr=req.lr,
                                             ckpt_every=req.ckpt_every))
+    objective, weighting = _objective(req, prior), _weighting(req)
+    if distributed and weighting is not None:
+        raise GenccError("--min-snr is for single-process training for now; drop --nproc")
     if prior and not distributed:   # before the progress bar; the ranks check for themselves
-        check_resume(req.out, req.model, dataset, cfg, width=req.width, conditional=req.conditional)
+        check_resume(req.out, req.model, dataset, cfg, width=req.width, conditional=req.conditional,
+                     objective=objective, weighting=weighting)
     if prior and req.steps is not None and req.steps < prior["step"]:
         raise GenccError(f"{str(req.out)!r} is at step {prior['step']} already, past --steps {req.steps}; "
                          "ask for more steps to continue it")
     if distributed:
         check_parallel(req.model, dataset, cfg, nproc=req.nproc, device=req.device)
     fit = partial(train_parallel, nproc=req.nproc, device=req.device) if distributed else \
-        partial(fit_one, watch=watch, conditional=req.conditional)
+        partial(fit_one, watch=watch, conditional=req.conditional,
+                **({"objective": objective} if req.model == "gan" else {"weighting": weighting}))
     progress = on_stage(req.model, cfg.steps) if on_stage is not None and reporting else None
     result = fit(req.model, dataset, req.out, cfg, width=req.width, resume=req.resume, progress=progress)
     outcome = TrainOutcome(req, result, up_to_date=bool(prior) and result.steps == prior["step"],
@@ -132,6 +147,26 @@ def _train_one(req: TrainRequest, on_stage: StageHook | None, on_done: DoneHook 
     if launch is not None:
         leave_rank()
     return outcome
+
+
+def _objective(req: TrainRequest, prior: dict | None):
+    """The GAN objective the request asks for, over the resumed checkpoint's own (or the default); None when
+    it gives neither --gan-loss nor --r1, so a resumed run keeps its own unchecked."""
+    if req.gan_loss is None and req.r1 is None:
+        return None
+    from gencc.models.gan import GANObjective
+
+    base = GANObjective.from_dict(prior.get("objective")) if prior else GANObjective()
+    return replace(base, **_given(loss=req.gan_loss, r1=req.r1))
+
+
+def _weighting(req: TrainRequest):
+    """The min-SNR weighting --min-snr asks for, or None (a new run: lambda = sigma^2; a resume: its own)."""
+    if req.min_snr is None:
+        return None
+    from gencc.models.train import LossWeighting
+
+    return LossWeighting("min-snr", req.min_snr)
 
 
 def _given(**settings) -> dict:
@@ -186,5 +221,5 @@ def _train_latent(req: TrainRequest, on_stage: StageHook | None) -> TrainOutcome
     cfg = replace(resumed_config(latent_prior) if latent_prior else LATENT_DEFAULT, **common,
                   **_given(steps=req.steps, batch_size=req.batch_size, lr=req.lr))
     results = train_latent_diffusion(dataset, req.out, ae_cfg, cfg, autoencoder=req.autoencoder, width=req.width,
-                                     resume=req.resume, progress=on_stage)
+                                     resume=req.resume, progress=on_stage, weighting=_weighting(req))
     return TrainOutcome(req, results["latent"], autoencoder=results["autoencoder"])

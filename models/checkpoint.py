@@ -13,6 +13,7 @@ field by field, and nothing is ever unpickled on load.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Callable
@@ -95,6 +96,9 @@ def _check_config(c: dict, where: str) -> None:
     net = c["net"]
     expect(isinstance(net, dict) and isinstance(net.get("arch"), str), "net must be an object with an 'arch'", net)
     for k, v in net.items():
+        if k in _NET_OPTIONS:   # the few fields that are not sizes: their own checks
+            expect(_NET_OPTIONS[k][0](v), f"net {k!r} must be {_NET_OPTIONS[k][1]}", v)
+            continue
         expect(k == "arch" or _net_value(v), f"net {k!r} must be a positive integer <= {MAX_NET_VALUE} "
                                              "or a short list of them", v)
     d = c["data"]
@@ -116,6 +120,13 @@ def _check_config(c: dict, where: str) -> None:
         sde_from_dict(c.get("sde"))
     for key in ("train", "losses", "versions"):
         expect(isinstance(c.get(key, {}), dict), f"{key} must be an object", c.get(key))
+
+
+_NET_OPTIONS = {   # the autoencoder's options (models/autoencoder.py)
+    "upsample": (lambda v: v in ("transpose", "resize"), "'transpose' or 'resize'"),
+    "edge_weight": (lambda v: type(v) in (int, float) and math.isfinite(v) and 0 <= v <= 1e3,
+                    "a number from 0 to 1000"),
+}
 
 
 def _net_value(v) -> bool:
@@ -200,7 +211,7 @@ def load_network(path: str | Path, config: dict, build: Callable[[], torch.nn.Mo
 _DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
            torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL"}
 _COUNTS = ("depth", "downsamples")   # how many layers: bounded by the number of tensors
-_UNPINNED = ("arch", "size", "sample_shape", "kl_divisor")   # no weight's dimension; checked otherwise
+_UNPINNED = ("arch", "size", "sample_shape", "kl_divisor", "upsample", "edge_weight")   # no weight's dimension
 
 
 def _check_memory(file: Path, header: WeightsHeader) -> None:

@@ -41,8 +41,8 @@ def config_from_dict(d: dict):
         if arch == "gan":
             return GANConfig(**{**d, "sample_shape": tuple(d["sample_shape"])})
         if arch == "autoencoder":
-            from .autoencoder import AEConfig
-            return AEConfig(**d)
+            from .autoencoder import LEGACY_OPTIONS, AEConfig
+            return AEConfig(**{**LEGACY_OPTIONS, **d})   # configs from before the options: what they trained
     except (TypeError, KeyError) as e:
         raise GenccError(f"malformed {arch} network config {d!r}: {e}") from None
     raise GenccError(f"unknown network architecture {arch!r}; expected 'mlp', 'unet', 'gan' or 'autoencoder'")

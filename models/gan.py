@@ -1,7 +1,10 @@
 """GAN networks and losses (Goodfellow et al. 2014): MLPs for vectors, DCGAN-style conv nets for images.
 
 The discriminator outputs a logit. D minimises -log D(x) - log(1 - D(G(z))); G minimises the
-non-saturating -log D(G(z)). Both are BCE-with-logits, which is the numerically stable form.
+non-saturating -log D(G(z)). Both are BCE-with-logits, which is the numerically stable form. That is the
+lecture's game and the default; `GANObjective` offers two common alternatives beside it: the hinge loss
+(D: relu(1 - D(x)) + relu(1 + D(G(z))), G: -D(G(z)); Lim & Ye 2017, Miyato et al. 2018) and the R1
+penalty gamma / 2 * E |grad_x D(x)|^2 on real data (Mescheder et al. 2018), which damps D's oscillation.
 
 Class-conditional variant (num_classes > 0; labels as one-hot rows, models/guidance.py): G sees
 [z, E_g y], a label embedding concatenated with z (Mirza & Osindero 2014); D is a projection
@@ -15,6 +18,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gencc.runtime.errors import GenccError
 
 from .nets import conditional_dict
 
@@ -108,6 +113,48 @@ def _num_upsamplings(size: int) -> int:
     if size < 8 or 4 * 2 ** n != size:
         raise ValueError(f"GAN image size must be 4 * 2^k >= 8, got {size}")
     return n
+
+
+GAN_LOSSES = ("ns", "hinge")
+
+
+@dataclass(frozen=True)
+class GANObjective:
+    """How D and G are trained; recorded in the checkpoint, so that a resumed run keeps playing one game."""
+    loss: str = "ns"   # "ns": the lecture's BCE game with non-saturating G; "hinge"
+    r1: float = 0.0    # gamma of the R1 penalty on D's gradient at real data; 0: none
+
+    def __post_init__(self) -> None:
+        if self.loss not in GAN_LOSSES:
+            raise GenccError(f"GAN loss must be one of {', '.join(GAN_LOSSES)}, got {self.loss!r}")
+        if not (isinstance(self.r1, (int, float)) and math.isfinite(self.r1) and self.r1 >= 0):
+            raise GenccError(f"r1 (the R1 penalty's gamma) must be a finite number >= 0, got {self.r1!r}")
+
+    def to_dict(self) -> dict:
+        return {"loss": self.loss, "r1": float(self.r1)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> GANObjective:
+        """A checkpoint's record; checkpoints from before the option played the default game."""
+        if d is None:
+            return cls()
+        if not isinstance(d, dict) or set(d) - {"loss", "r1"}:
+            raise GenccError(f"checkpoint's GAN objective record must be {{'loss', 'r1'}}, got {d!r}")
+        return cls(**d)
+
+    def d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+        if self.loss == "hinge":
+            return F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+        return discriminator_loss(d_real, d_fake)
+
+    def g_loss(self, d_fake: torch.Tensor) -> torch.Tensor:
+        return -d_fake.mean() if self.loss == "hinge" else generator_loss(d_fake)
+
+
+def r1_penalty(d_real: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """E |grad_x D(x)|^2 over the batch, for x that requires grad; differentiable (create_graph)."""
+    (grad,) = torch.autograd.grad(d_real.sum(), x, create_graph=True)
+    return grad.pow(2).reshape(len(grad), -1).sum(1).mean()
 
 
 def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:

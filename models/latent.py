@@ -28,8 +28,18 @@ from gencc.runtime.normalize import Normalization
 from . import checkpoint as ckpt
 from .autoencoder import AEConfig, Autoencoder, encode_means, latent_scale
 from .data import Dataset, data_digest
-from .factory import load_net
-from .train import TrainConfig, TrainResult, _Run, _seeded, check_output, check_resume, check_same_data, train
+from .factory import config_from_dict, load_net
+from .train import (
+    LossWeighting,
+    TrainConfig,
+    TrainResult,
+    _Run,
+    _seeded,
+    check_output,
+    check_resume,
+    check_same_data,
+    train,
+)
 
 MARKER, FORMAT, VERSION = "latent-diffusion.json", "gencc-latent-diffusion", 1
 AE_DIR, LATENT_DIR = "autoencoder", "latent"
@@ -95,7 +105,7 @@ def autoencoder_info(path: str | Path) -> tuple[dict, tuple[int, ...], float]:
     if config["model"] != "autoencoder":
         raise GenccError(f"{str(path)!r} is a {config['model']} checkpoint, not an autoencoder")
     latent = config.get("latent")
-    net = AEConfig(**{k: v for k, v in config["net"].items() if k != "arch"})
+    net = config_from_dict(config["net"])
     ok = isinstance(latent, dict) and latent.get("shape") == list(net.latent_shape) and \
         isinstance(latent.get("scale"), float) and math.isfinite(latent["scale"]) and latent["scale"] > 0
     if not ok:
@@ -111,10 +121,11 @@ def load_autoencoder(path: str | Path) -> tuple[Autoencoder, dict]:
     return load_net(path, config), config
 
 
-def ae_config(sample_shape: tuple[int, ...], width: int | None = None) -> AEConfig:
+def ae_config(sample_shape: tuple[int, ...], width: int | None = None, **options) -> AEConfig:
+    """The autoencoder of a new run; `options` override AEConfig's other fields (studies only)."""
     if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2] or sample_shape[1] % 4:
         raise GenccError(f"the autoencoder needs square images with a side divisible by 4, got shape {sample_shape}")
-    return AEConfig(channels=sample_shape[0], size=sample_shape[1], **({"width": width} if width else {}))
+    return AEConfig(channels=sample_shape[0], size=sample_shape[1], **({"width": width} if width else {}), **options)
 
 
 class _AutoencoderRun(_Run):
@@ -129,8 +140,9 @@ class _AutoencoderRun(_Run):
         self.opt = torch.optim.Adam(self.ae.parameters(), lr=cfg.lr)
 
     @classmethod
-    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None):
-        return cls(data, cfg, Normalization.fit(data.data, "image"), ae_config(tuple(data.data.shape[1:]), width))
+    def new(cls, data: Dataset, cfg: TrainConfig, width: int | None, options: dict | None = None):
+        net_cfg = ae_config(tuple(data.data.shape[1:]), width, **(options or {}))
+        return cls(data, cfg, Normalization.fit(data.data, "image"), net_cfg)
 
     def train_step(self, x: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> dict:
         losses = self.ae.loss(x, g)
@@ -146,8 +158,9 @@ class _AutoencoderRun(_Run):
 
 
 def train_autoencoder(data: Dataset, out: str | Path, cfg: TrainConfig, *, width: int | None = None,
-                      resume: bool = False, progress=None) -> TrainResult:
-    """Train (or, with `resume`, continue) an autoencoder checkpoint on image data."""
+                      resume: bool = False, progress=None, options: dict | None = None) -> TrainResult:
+    """Train (or, with `resume`, continue) an autoencoder checkpoint on image data; `options`: AEConfig
+    fields of a new run (a resumed run keeps its own)."""
     if data.kind != "image":
         raise GenccError(f"the autoencoder needs images; {data.name!r} holds vectors of shape {data.data.shape[1:]}")
     out = check_output(out, resume)
@@ -155,7 +168,7 @@ def train_autoencoder(data: Dataset, out: str | Path, cfg: TrainConfig, *, width
         check_resume(out, "autoencoder", data, cfg, width=width)
         r = _AutoencoderRun.resume(out, data, cfg)
     else:
-        r = _AutoencoderRun.new(data, cfg, width)
+        r = _AutoencoderRun.new(data, cfg, width, options)
     return r.fit(out, progress)
 
 
@@ -172,7 +185,8 @@ def encode_dataset(data: Dataset, ae_path: str | Path) -> Dataset:
 def train_latent_diffusion(data: Dataset, out: str | Path, ae_cfg: TrainConfig, cfg: TrainConfig, *,
                            autoencoder: str | Path | None = None, width: int | None = None,
                            ae_width: int | None = None, resume: bool = False,
-                           progress: StageProgress | None = None) -> dict[str, TrainResult | None]:
+                           progress: StageProgress | None = None,
+                           weighting: LossWeighting | None = None) -> dict[str, TrainResult | None]:
     """Stage 1 trains the autoencoder (or copies `autoencoder`, an existing one); stage 2 trains the
     diffusion model on its latents. Each stage checkpoints and resumes on its own. The result's
     "autoencoder" is None when stage 1 had nothing to do (copied, or trained already)."""
@@ -198,7 +212,7 @@ def train_latent_diffusion(data: Dataset, out: str | Path, ae_cfg: TrainConfig, 
     identity = Normalization((0.0,), (1.0,), tuple(latents.data.shape[1:]))
     stage = progress("latent", cfg.steps) if progress else None
     result = train("diffusion", latents, latent_dir, cfg, width=width, resume=latent_dir.exists(),
-                   progress=stage, normalization=identity)
+                   progress=stage, normalization=identity, weighting=weighting)
     return {"autoencoder": ae_result, "latent": result}
 
 

@@ -30,7 +30,7 @@ from gencc.runtime.threads import with_torch_threads
 from . import checkpoint as ckpt
 from .data import BUILTIN_2D, BUILTIN_IMAGES, Dataset, data_digest
 from .factory import build_eps_net, build_gan, config_from_dict, eps_net_config, gan_config
-from .gan import discriminator_loss, generator_loss
+from .gan import GANObjective, r1_penalty
 from .guidance import drop_labels, one_hot
 
 MODELS = ("diffusion", "gan")
@@ -66,6 +66,42 @@ _DEFAULTS = {
 }
 
 
+WEIGHTINGS = ("sigma2", "min-snr")
+
+
+@dataclass(frozen=True)
+class LossWeighting:
+    """lambda(t) of denoising score matching, recorded in a diffusion checkpoint. "sigma2" (default): the
+    lecture's lambda = sigma_t^2, which makes the loss the plain eps MSE; "min-snr": the eps MSE times
+    min(SNR_t, gamma) / SNR_t, SNR_t = gamma_t^2 / sigma_t^2 (min-SNR-gamma, Hang et al. 2023), which
+    stops the nearly clean, easy steps from dominating the gradient."""
+    kind: str = "sigma2"
+    gamma: float = 5.0   # min-snr only
+
+    def __post_init__(self) -> None:
+        if self.kind not in WEIGHTINGS:
+            raise GenccError(f"loss weighting must be one of {', '.join(WEIGHTINGS)}, got {self.kind!r}")
+        if not (isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma) and self.gamma > 0):
+            raise GenccError(f"min-SNR gamma must be a finite number > 0, got {self.gamma!r}")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind} if self.kind == "sigma2" else {"kind": self.kind, "gamma": float(self.gamma)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> LossWeighting:
+        """A checkpoint's record; checkpoints from before the option trained with lambda = sigma^2."""
+        if d is None:
+            return cls()
+        if not isinstance(d, dict) or set(d) - {"kind", "gamma"}:
+            raise GenccError(f"checkpoint's loss weighting record must be {{'kind', 'gamma'}}, got {short(d)}")
+        return cls(**d)
+
+    def weights(self, sde: VPSDE, t: torch.Tensor) -> torch.Tensor:
+        """min(SNR_t, gamma) / SNR_t per example; SNR_t = 1 / expm1(B(t)) for the VP-SDE."""
+        snr = 1.0 / torch.expm1(sde.int_beta(t))
+        return torch.clamp(self.gamma / snr, max=1.0)
+
+
 def default_config(model: str, kind: str) -> TrainConfig:
     if model not in MODELS:
         raise GenccError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
@@ -82,7 +118,8 @@ class TrainResult:
 
 def train(model: str, data: Dataset, out: str | Path, cfg: TrainConfig, *, width: int | None = None,
           resume: bool = False, progress: Progress | None = None, watch: Watch | None = None,
-          conditional: bool = False, normalization: Normalization | None = None) -> TrainResult:
+          conditional: bool = False, normalization: Normalization | None = None,
+          objective: GANObjective | None = None, weighting: LossWeighting | None = None) -> TrainResult:
     """Train a diffusion model or a GAN on `data`, writing a checkpoint to `out` as it goes.
 
     `watch` is called after every step with a `snapshot()` that builds a sampling Model from a copy of
@@ -90,16 +127,25 @@ def train(model: str, data: Dataset, out: str | Path, cfg: TrainConfig, *, width
     `conditional`: learn p(x | label) from data.labels (classes 0..K-1, K = the largest label + 1).
     `normalization`: the map to model space of a new run (default: fitted to the data); latent
     diffusion passes the identity, its latents being scaled already. A resumed run keeps its own.
+    `objective`: a GAN's loss and R1 penalty (default: the lecture's game); a resumed run refuses another.
+    `weighting`: a diffusion model's loss weighting (default: lambda = sigma^2); the same on resume.
     """
     out = check_output(out, resume)
     if model not in MODELS:
         raise GenccError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    if objective is not None and model != "gan":
+        raise GenccError(f"a GAN loss and R1 penalty apply to gan, not {model!r}")
+    if weighting is not None and model != "diffusion":
+        raise GenccError(f"a loss weighting (min-SNR) applies to diffusion, not {model!r}")
     run = _DiffusionRun if model == "diffusion" else _GANRun
     if resume and out.exists():
-        check_resume(out, model, data, cfg, width=width, conditional=conditional, normalization=normalization)
+        check_resume(out, model, data, cfg, width=width, conditional=conditional, normalization=normalization,
+                     objective=objective, weighting=weighting)
         r = run.resume(out, data, cfg)
+    elif model == "gan":
+        r = _GANRun.new(data, cfg, width, count_classes(data) if conditional else 0, normalization, objective)
     else:
-        r = run.new(data, cfg, width, count_classes(data) if conditional else 0, normalization)
+        r = _DiffusionRun.new(data, cfg, width, count_classes(data) if conditional else 0, normalization, weighting)
     return r.fit(out, progress, watch)
 
 
@@ -118,7 +164,8 @@ _KEEP = "only the steps, batch size, lr and checkpoint interval may change on re
 
 
 def check_resume(out: Path, model: str, data: Dataset, cfg: TrainConfig, *, width: int | None = None,
-                 conditional: bool = False, normalization: Normalization | None = None) -> dict:
+                 conditional: bool = False, normalization: Normalization | None = None,
+                 objective: GANObjective | None = None, weighting: LossWeighting | None = None) -> dict:
     """Checkpoint `out`'s config, once continuing it as asked would train the same model: the same data,
     seed, network and normalization. Anything else would silently train another model under the old
     one's name. `width` and `normalization` are compared when given; `conditional` when True (a resumed
@@ -134,6 +181,11 @@ def check_resume(out: Path, model: str, data: Dataset, cfg: TrainConfig, *, widt
         _same(out, "conditioning", "conditional" if net.get("num_classes") else "unconditional", "conditional")
     if normalization is not None:
         _same(out, "normalization", config["data"]["normalization"], normalization.to_dict())
+    if objective is not None:   # another loss would train another model, on D and G state of the old game
+        _same(out, "GAN objective", GANObjective.from_dict(config.get("objective")).to_dict(), objective.to_dict())
+    if weighting is not None:
+        _same(out, "loss weighting", LossWeighting.from_dict(config.get("loss_weighting")).to_dict(),
+              weighting.to_dict())
     return config
 
 
@@ -293,9 +345,11 @@ class _DiffusionRun(_Run):
     sampled_net = staticmethod(build_eps_net)   # the network weights.safetensors holds
     saved_net, saved_state = "ema", {"net": "net", "opt": "opt"}
 
-    def __init__(self, data, cfg, norm, net_cfg, sde: VPSDE, step: int = 0):
+    def __init__(self, data, cfg, norm, net_cfg, sde: VPSDE, weighting: LossWeighting | None = None,
+                 step: int = 0):
         super().__init__(data, cfg, norm, net_cfg, step)
         self.sde = sde
+        self.weighting = weighting or LossWeighting()
         with _seeded(cfg.seed):
             self.net = build_eps_net(net_cfg)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
@@ -303,13 +357,13 @@ class _DiffusionRun(_Run):
 
     @classmethod
     def new(cls, data: Dataset, cfg: TrainConfig, width: int | None, num_classes: int = 0,
-            norm: Normalization | None = None):
+            norm: Normalization | None = None, weighting: LossWeighting | None = None):
         norm = norm or Normalization.fit(data.data, data.kind)
-        return cls(data, cfg, norm, eps_net_config(data.data.shape[1:], width, num_classes), VPSDE())
+        return cls(data, cfg, norm, eps_net_config(data.data.shape[1:], width, num_classes), VPSDE(), weighting)
 
     @staticmethod
     def _resume_args(config: dict) -> tuple:
-        return (VPSDE.from_dict(config["sde"]),)
+        return VPSDE.from_dict(config["sde"]), LossWeighting.from_dict(config.get("loss_weighting"))
 
     def train_step(self, x0: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> dict:
         # Denoising score matching with lambda_t = sigma_t^2: regress eps_theta(x_t, t) on eps.
@@ -320,7 +374,11 @@ class _DiffusionRun(_Run):
             k = self.net_cfg.num_classes
             cond = (one_hot(drop_labels(labels, k, g), k + 1),)   # drawn for the global batch, like t and eps
         x0, t, eps, *cond = self.share(x0, t, eps, *cond)
-        loss = ((self.net(self.sde.marginal(x0, t, eps), t, *cond) - eps) ** 2).mean()
+        if self.weighting.kind == "sigma2":
+            loss = ((self.net(self.sde.marginal(x0, t, eps), t, *cond) - eps) ** 2).mean()
+        else:   # per-example eps MSE, weighted
+            err = (self.net(self.sde.marginal(x0, t, eps), t, *cond) - eps) ** 2
+            loss = (err.reshape(len(err), -1).mean(1) * self.weighting.weights(self.sde, t)).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self._clip_and_step(self.net.parameters(), self.opt, self.cfg.grad_clip)
@@ -342,7 +400,7 @@ class _DiffusionRun(_Run):
                               sde=self.sde, data_name=self.data.name)
 
     def save(self, out: Path) -> None:
-        config = {**self.config(), "sde": self.sde.to_dict()}
+        config = {**self.config(), "sde": self.sde.to_dict(), "loss_weighting": self.weighting.to_dict()}
         ckpt.save_checkpoint(out, config, self.ema.state_dict(),
                              {"step": self.step, "net": self.net.state_dict(), "opt": self.opt.state_dict()})
 
@@ -355,8 +413,9 @@ class _GANRun(_Run):
     def sampled_net(net_cfg):
         return build_gan(net_cfg)[0]
 
-    def __init__(self, data, cfg, norm, net_cfg, step: int = 0):
+    def __init__(self, data, cfg, norm, net_cfg, objective: GANObjective | None = None, step: int = 0):
         super().__init__(data, cfg, norm, net_cfg, step)
+        self.objective = objective or GANObjective()
         with _seeded(cfg.seed):
             self.G, self.D = build_gan(net_cfg)
         # beta1 = 0.5, as DCGAN: momentum at 0.9 makes the two-player game oscillate.
@@ -365,10 +424,13 @@ class _GANRun(_Run):
 
     @classmethod
     def new(cls, data: Dataset, cfg: TrainConfig, width: int | None, num_classes: int = 0,
-            norm: Normalization | None = None):
+            norm: Normalization | None = None, objective: GANObjective | None = None):
         norm = norm or Normalization.fit(data.data, data.kind)
-        return cls(data, cfg, norm, gan_config(tuple(data.data.shape[1:]), width, num_classes))
+        return cls(data, cfg, norm, gan_config(tuple(data.data.shape[1:]), width, num_classes), objective)
 
+    @staticmethod
+    def _resume_args(config: dict) -> tuple:
+        return (GANObjective.from_dict(config.get("objective")),)
 
     def train_step(self, x: torch.Tensor, g: torch.Generator, labels: torch.Tensor | None = None) -> dict:
         z = torch.randn(len(x), self.net_cfg.latent_dim, generator=g)
@@ -376,17 +438,25 @@ class _GANRun(_Run):
         cond = () if labels is None else (one_hot(labels, self.net_cfg.num_classes),)
         x, z, *cond = self.share(x, z, *cond)
         fake = self.G(z, *cond)
-        # 1) D step: minimise -log D(x) - log(1 - D(G(z))), with G held fixed.
-        d_loss = discriminator_loss(self.D(x, *cond), self.D(fake.detach(), *cond))
+        # 1) D step: minimise -log D(x) - log(1 - D(G(z))) (or the hinge), with G held fixed.
+        obj = self.objective
+        if obj.r1:
+            x = x.detach().requires_grad_(True)
+        d_real = self.D(x, *cond)
+        d_loss = obj.d_loss(d_real, self.D(fake.detach(), *cond))
+        losses = {"d_loss": d_loss}
+        if obj.r1:
+            losses["r1"] = r1_penalty(d_real, x)
+            d_loss = d_loss + 0.5 * obj.r1 * losses["r1"]
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self._clip_and_step(self.D.parameters(), self.opt_d, self.cfg.grad_clip * 10)
-        # 2) G step against the updated D: non-saturating -log D(G(z)).
-        g_loss = generator_loss(self.D(fake, *cond))
+        # 2) G step against the updated D: non-saturating -log D(G(z)) (or -D(G(z)) for the hinge).
+        g_loss = obj.g_loss(self.D(fake, *cond))
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self._clip_and_step(self.G.parameters(), self.opt_g, self.cfg.grad_clip * 10)
-        return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+        return {**{k: v.item() for k, v in losses.items()}, "g_loss": g_loss.item()}
 
     def snapshot(self):
         """A Model over a copy of G in eval mode: BatchNorm's running statistics of G itself stay untouched."""
@@ -396,6 +466,6 @@ class _GANRun(_Run):
                               latent_dim=self.net_cfg.latent_dim, data_name=self.data.name)
 
     def save(self, out: Path) -> None:
-        ckpt.save_checkpoint(out, self.config(), self.G.state_dict(),
+        ckpt.save_checkpoint(out, {**self.config(), "objective": self.objective.to_dict()}, self.G.state_dict(),
                              {"step": self.step, "D": self.D.state_dict(),
                               "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()})

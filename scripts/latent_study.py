@@ -11,6 +11,17 @@ call per step, plus the decoder once per sample for latent). It reports the auto
 images, the shapes scores of gencc eval (valid-shape share, shape coverage, Fréchet distance in the shapes
 classifier's features, beside the real-data floor), sampling time per image and network FLOPs per step.
 Checkpoints and artifacts under --out are reused on a rerun; results go to --out/latent_study.{json,md}.
+
+Two more modes give the rows of docs/QUALITY.md's image table and its ablation table:
+
+    # the default models, each through its compiled artifact with the default sampler, 2 seeds
+    scripts/latent_study.py score --data shapes --seeds 0,1 --n 1000 --out out/q/score.json \
+        latent=shapes-ld.gencc pixel=shapes-pixel.gencc gan=shapes-gan.gencc
+    # an autoencoder's own floor: real training images through encoder and decoder, scored like samples
+    scripts/latent_study.py ae-floor --n 1000 --out out/q/ae.json base=shapes-ld.ckpt resize=other.ckpt
+
+Each row: valid share (shapes) or confident share (digits), coverage, Fréchet distance and its floor,
+NFE, sampling ms per image (compiled artifact, one batch), and a 64-sample grid beside the JSON.
 """
 from __future__ import annotations
 
@@ -117,7 +128,86 @@ def markdown(a: argparse.Namespace, r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def score_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description="score compiled artifacts with their default sampler")
+    p.add_argument("models", nargs="+", help="NAME=ARTIFACT")
+    p.add_argument("--data", default="shapes")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--sampler", default=None, help="default: the runtime's default sampler")
+    p.add_argument("--steps", type=int, default=None, help="default: the runtime's default steps")
+    p.add_argument("--out", type=Path, required=True, help="JSON file; grids go beside it")
+    a = p.parse_args(argv)
+    from gencc.runtime.defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
+    from gencc.runtime.render import save_png
+    rows = json.loads(a.out.read_text()) if a.out.is_file() else {}
+    for spec in a.models:
+        name, art = spec.split("=", 1)
+        model = gencc.load(art)
+        diffusion = model.kind.value != "gan"
+        kw = {"steps": a.steps or DEFAULT_STEPS, "sampler": a.sampler or DEFAULT_SAMPLER} if diffusion else {}
+        model.sample(8, seed=0, **({**kw, "steps": 2} if diffusion else {}))   # warm-up: first calls allocate
+        for seed in (int(s) for s in a.seeds.split(",")):
+            start = time.perf_counter()
+            x = model.sample(a.n, seed=seed, batch_size=a.n, **kw)
+            seconds = time.perf_counter() - start
+            if seed == 0:
+                save_png(a.out.with_name(f"{a.out.stem}-{name}.png"), x[:64])
+            r = evaluate(x, a.data, n_ref=1000 if a.data == "shapes" else None, seed=0)
+            rows[f"{name}/seed{seed}"] = {"artifact": str(art), "seed": seed, "n": a.n, **kw,
+                                          "nfe": nfe(kw["sampler"], kw["steps"]) if diffusion else 1,
+                                          "ms_per_image": 1000 * seconds / a.n, "metrics": _values(r)}
+            print(name, seed, json.dumps(rows[f"{name}/seed{seed}"]), flush=True)
+            a.out.write_text(json.dumps(rows, indent=2) + "\n")
+        if model.kind.value == "latent-diffusion":
+            rows[f"{name}/latent_spread"] = latent_spread(model, kw)
+            a.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def latent_spread(model, kw: dict, n: int = 256) -> dict:
+    """Per-channel std of the sampler's final latents against the training latents' (both scaled): a
+    spread far from the real latents' (ae-floor mode) means the latent network, not the decoder, is off."""
+    last = {}
+    model.sample(n, seed=0, batch_size=n, callback=lambda k, x: last.update(x=np.asarray(x)), **kw)
+    return {"sampled_std_per_channel": last["x"].std(axis=(0, 2, 3)).round(3).tolist(),
+            "sampled_abs_max": float(np.abs(last["x"]).max())}
+
+
+def _values(result: dict) -> dict:
+    return {k: {"value": round(v["value"], 5), "floor": round(v["floor"], 5)} for k, v in result["metrics"].items()}
+
+
+def ae_floor_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description="an autoencoder's reconstructions of real images, scored like samples")
+    p.add_argument("models", nargs="+", help="NAME=CHECKPOINT (an autoencoder or a latent-diffusion checkpoint)")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    from gencc.runtime.render import save_png
+    rows = json.loads(a.out.read_text()) if a.out.is_file() else {}
+    x = load_dataset("shapes", seed=SEED).data[:a.n]   # the floor's own training images
+    for spec in a.models:
+        name, path = spec.split("=", 1)
+        model, config = load_autoencoder(path)
+        norm = Normalization.from_dict(config["data"]["normalization"])
+        z = encode_means(model.encoder, norm.encode(x))
+        recon = np.clip(norm.decode(decode(model.decoder, z)), 0, 1)
+        save_png(a.out.with_name(f"{a.out.stem}-{name}.png"), recon[:64])
+        mse = ((recon - x) ** 2).reshape(len(x), -1).mean(1)
+        rows[name] = {"checkpoint": str(path), "net": config["net"], "ae_steps": config["step"],
+                      "psnr_db": float(np.mean(10 * np.log10(1.0 / mse))), "latent_scale": config["latent"]["scale"],
+                      "scaled_latent_std_per_channel": (z * config["latent"]["scale"]).std(axis=(0, 2, 3)).round(3)
+                      .tolist(), "scaled_latent_abs_max": float(np.abs(z).max() * config["latent"]["scale"]),
+                      "metrics": _values(evaluate(recon, "shapes", n_ref=1000, seed=SEED))}
+        print(name, json.dumps(rows[name]), flush=True)
+        a.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
 def main() -> None:
+    import sys
+    modes = {"score": score_main, "ae-floor": ae_floor_main}
+    if len(sys.argv) > 1 and sys.argv[1] in modes:
+        return modes[sys.argv[1]](sys.argv[2:])
     a = parse()
     a.out.mkdir(parents=True, exist_ok=True)
     timings_file = a.out / "train_seconds.json"
