@@ -82,6 +82,10 @@ def train(
                                         "processes; --batch-size is the global batch"),
     device: str = typer.Option("cpu", help="distributed training device: cpu (gloo) or cuda (NCCL, one GPU "
                                "per process)"),
+    ray_workers: int | None = typer.Option(None, "--ray-workers", help="train with DistributedDataParallel over "
+                                              "this many Ray Train workers (docs/SCALING.md)"),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="--ray-workers: the Ray cluster to join "
+                                              "(HOST:PORT, ray://HOST:PORT or auto; default: a local instance)"),
     # Watching training (models/train_preview.py).
     preview: Path | None = typer.Option(None, "--preview", help="folder for loss.png and sample pictures "
                                            "(default: OUT.preview beside the checkpoint)"),
@@ -96,7 +100,7 @@ def train(
 ):
     """Train a diffusion model, a GAN, or latent diffusion (autoencoder, then diffusion on its latents).
 
-    Distributed: --nproc 2, or: torchrun --standalone --nproc_per_node 2 -m gencc.cli.main train ...
+    Distributed: --nproc 2, --ray-workers 2, or: torchrun --standalone --nproc_per_node 2 -m gencc.cli.main train ...
 
     Example: gencc train diffusion --data moons --out moons.ckpt
              gencc train latent-diffusion --data shapes --out shapes-ld.ckpt
@@ -106,7 +110,8 @@ def train(
 
     train_command(TrainRequest(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
                                resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every,
-                               nproc=nproc, device=device, preview_dir=preview, preview_every=preview_every,
+                               nproc=nproc, device=device, ray_workers=ray_workers, ray_address=ray_address,
+                               preview_dir=preview, preview_every=preview_every,
                                conditional=conditional, autoencoder=autoencoder, ae_steps=ae_steps))
 
 

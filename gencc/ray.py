@@ -359,3 +359,86 @@ def sample_request_on_ray(request, job: RayJob, progress: Progress | None = None
         write_png(req.png, first, model.data_name)
         outcome = replace(outcome, png_rows=len(first))
     return outcome, ran
+
+
+# ---- gencc train --ray-workers ------------------------------------------------------------------------------
+
+
+def train_on_ray(model: str, data, out, cfg, *, workers: int, width: int | None = None, resume: bool = False,
+                 progress=None, device: str = "cpu", address: str | None = None):
+    """models.distributed.train_parallel's DDP ranks, `workers` of them, run by Ray Train's TorchTrainer
+    (gloo on CPU, NCCL on GPU, the group formed by Ray): the same steps, the same checkpoints (rank 0
+    writes), the same --resume. `progress` is called here with rank 0's progress."""
+    import tempfile
+    import threading
+
+    import ray
+
+    from gencc.models.distributed import _Job, _Relay, check_parallel
+    from gencc.models.train import TrainResult, check_output
+
+    check_parallel(model, data, cfg, nproc=workers, device="cpu")   # the GPUs are the cluster's, checked below
+    check_output(Path(out), resume)
+    job = _Job(model, data, Path(out).resolve(), cfg, width, resume, device)
+    started = connect(address)
+    try:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if device == "cuda" and gpus < workers:
+            raise GenccError(f"--device cuda needs {workers} GPUs (one per worker); the Ray cluster has {gpus}")
+        from ray.util.queue import Queue
+
+        queue = Queue()
+        relay, failure = _Relay(queue, progress), []
+        with tempfile.TemporaryDirectory(prefix="gencc-ray-train-") as storage:
+            trainer = _trainer(job, workers, queue, storage)
+            fit = threading.Thread(target=_fit, args=(trainer, failure), daemon=True)
+            fit.start()
+            while fit.is_alive():
+                relay.drain()
+                fit.join(timeout=0.1)
+            relay.drain()
+        if relay.error is not None:
+            raise GenccError(relay.error)
+        if failure or relay.done is None:
+            raise GenccError(f"Ray Train failed: {_first_line(failure[0]) if failure else 'rank 0 reported no result'}")
+        return TrainResult(job.out, *relay.done)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _trainer(job, workers: int, queue, storage: str):
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cuda = job.device == "cuda"
+    return TorchTrainer(_ray_rank, train_loop_config={"job": job, "queue": queue},
+                        torch_config=TorchConfig(backend="nccl" if cuda else "gloo"),
+                        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cuda),
+                        # A failed rank is reported, not retried: the checkpoint on disk is what --resume continues.
+                        run_config=RunConfig(storage_path=storage, failure_config=FailureConfig(max_failures=0)))
+
+
+def _fit(trainer, failure: list) -> None:
+    try:
+        trainer.fit()
+    except Exception as e:   # reported by the caller, with the ranks' own message where one came
+        failure.append(e)
+
+
+def _ray_rank(config: dict) -> None:
+    """One Ray Train worker: DDP rank `world_rank` in the group Ray formed; rank 0 reports through the queue."""
+    import ray.train
+
+    from gencc.models.distributed import _run_rank
+
+    ctx = ray.train.get_context()
+    rank, queue = ctx.get_world_rank(), config["queue"]
+    progress = (lambda step, total, losses: queue.put(("progress", step, total, losses))) if rank == 0 else None
+    try:
+        result = _run_rank(config["job"], rank, ctx.get_world_size(), ctx.get_local_rank(), None, progress)
+    except GenccError as e:
+        queue.put(("error", str(e)))
+        raise
+    if rank == 0:
+        queue.put(("done", result.steps, result.losses, result.seconds))

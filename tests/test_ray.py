@@ -140,3 +140,51 @@ def test_bad_ray_settings_are_one_line_errors(tmp_path, tiny_moons_artifact, arg
     assert_user_error(result, *words)
     assert not (tmp_path / "s.npz").exists()
     assert ray.is_initialized() == ray_was_up
+
+
+@pytest.mark.slow
+def test_two_ray_train_workers_take_the_single_process_steps(tmp_path):
+    """2 Ray Train workers train steps 0-4, one process resumes their checkpoint to 8: the same as one
+    process 0-8 (as tests/test_distributed.py checks for --nproc and torchrun)."""
+    from dataclasses import replace
+
+    from gencc.models.train import train
+    from gencc.ray import train_on_ray
+    from test_distributed import CFG, MOONS, WIDTH, _assert_same_checkpoint
+
+    seen_one, seen_two = [], []
+    train("diffusion", MOONS, tmp_path / "one", CFG, width=WIDTH, progress=lambda *a: seen_one.append(a[2]))
+    done = train_on_ray("diffusion", MOONS, tmp_path / "two", replace(CFG, steps=4), workers=2, width=WIDTH,
+                        progress=lambda *a: seen_two.append(a[2]))
+    assert done.steps == 4
+    assert [s["loss"] for s in seen_two] == pytest.approx([s["loss"] for s in seen_one[:4]], rel=1e-5)
+    train("diffusion", MOONS, tmp_path / "two", CFG, resume=True)
+    _assert_same_checkpoint(tmp_path / "one", tmp_path / "two", ["net"])
+
+
+@pytest.mark.slow
+def test_ray_training_through_the_cli(tmp_path):
+    """The CLI's --ray-workers: rank 0 alone reports; a rank's refusal is one line and loses nothing."""
+    r = gencc("train", "diffusion", "--data", "moons", "--out", tmp_path / "c", "--ray-workers", 2, "--steps", 2,
+              "--batch-size", 16, "--width", 16)
+    assert r.exit_code == 0, r.output
+    assert r.output.count("wrote ") == 1 and "(step 2," in r.output, r.output
+    before = (tmp_path / "c" / "weights.safetensors").read_bytes()
+    r = gencc("train", "gan", "--data", "moons", "--out", tmp_path / "c", "--resume", "--ray-workers", 2,
+              "--steps", 4, "--batch-size", 16)
+    # As with --nproc: stdout keeps the bar drawn before the ranks failed; stderr is the one line.
+    assert r.exit_code == 2, r.output
+    assert r.stderr.splitlines() == [f"gencc: error: {str(tmp_path / 'c')!r} holds a diffusion checkpoint, "
+                                     "not a gan"], r.stderr
+    assert (tmp_path / "c" / "weights.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--ray-workers", 2, "--nproc", 2], ["drop --nproc"]),
+    (["--ray-address", "127.0.0.1:1"], ["--ray-address needs --ray-workers"]),
+    (["--ray-workers", 3, "--batch-size", 16], ["batch-size 16 does not split evenly over 3 processes"]),
+])
+def test_bad_ray_training_settings_are_one_line_errors(tmp_path, args, words):
+    r = gencc("train", "diffusion", "--data", "moons", "--out", tmp_path / "c", "--steps", 2, *args)
+    assert_user_error(r, *words)
+    assert not (tmp_path / "c").exists()
