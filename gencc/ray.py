@@ -125,7 +125,9 @@ def connect(address: str | None, local_cpus: int | None = None) -> bool:
         return False
     quiet = {"log_to_driver": False, "logging_level": "ERROR"}
     if address is None:
-        ray.init(num_cpus=local_cpus, object_store_memory=int(LOCAL_OBJECT_STORE), include_dashboard=False, **quiet)
+        # "local": a new instance, even where RAY_ADDRESS or a `ray start` of this machine names another.
+        ray.init(address="local", num_cpus=local_cpus, object_store_memory=int(LOCAL_OBJECT_STORE),
+                 include_dashboard=False, **quiet)
         return True
     try:
         ray.init(address=address, **quiet)
@@ -364,11 +366,13 @@ def sample_request_on_ray(request, job: RayJob, progress: Progress | None = None
 # ---- gencc train --ray-workers ------------------------------------------------------------------------------
 
 
-def train_on_ray(model: str, data, out, cfg, *, workers: int, width: int | None = None, resume: bool = False,
-                 progress=None, device: str = "cpu", address: str | None = None):
+def train_on_ray(model: str, data, out, cfg, *, workers: int, device: str = "cpu", address: str | None = None,
+                 **run):
     """models.distributed.train_parallel's DDP ranks, `workers` of them, run by Ray Train's TorchTrainer
     (gloo on CPU, NCCL on GPU, the group formed by Ray): the same steps, the same checkpoints (rank 0
-    writes), the same --resume. `progress` is called here with rank 0's progress."""
+    writes), the same --resume. `run`: train_parallel's width, resume and progress (called here with rank
+    0's progress)."""
+    width, resume, progress = run.get("width"), run.get("resume", False), run.get("progress")
     import tempfile
     import threading
 

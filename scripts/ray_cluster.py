@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,6 +63,15 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1):
     finally:
         for p in reversed(procs):
             _end(p)
+        _forget(port)
+
+
+def _forget(port: int) -> None:
+    """Drop `ray start`'s note of this cluster (what a later ray.init() would try to join), if still ours."""
+    note = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    with contextlib.suppress(OSError):
+        if note.read_text().strip().endswith(f":{port}"):
+            note.unlink()
 
 
 def _end(p: subprocess.Popen) -> None:

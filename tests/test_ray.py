@@ -14,7 +14,7 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, object_store_memory=int(200e6), include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, object_store_memory=int(200e6), include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
     yield
     ray.shutdown()
