@@ -7,10 +7,10 @@ exactly the rows the one-process run draws it over (the job's batches [kB, min((
 does: BLAS blocking can change with a batch's rows), so whatever rows Ray hands an actor, in whatever
 order, a retried or duplicated block included, each sample is bit-identical to `gencc sample`'s:
 
-    import ray, numpy as np
-    from gencc.ray import GenccSampler
-    ds = ray.data.range(100_000).map_batches(GenccSampler, fn_constructor_args=("moons.gencc", 100_000),
-                                             batch_size=1024, concurrency=8, batch_format="numpy")
+    import ray
+    from gencc.ray import GenccSampler, index_rows
+    ds = index_rows(100_000).map_batches(GenccSampler, fn_constructor_args=("moons.gencc", 100_000),
+                                         batch_size=1024, concurrency=8, batch_format="numpy")
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"): use(b["index"], b["sample"])
 
 `sample_on_ray` is `gencc sample --ray`: that pipeline, streamed into one .npy/.npz at the rows' offsets.
@@ -215,13 +215,7 @@ def _run_pipeline(artifact: Path, job: RayJob, args: dict, writer, progress: Pro
     ctx.enable_progress_bars = False   # gencc draws its own
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
-    batches = -(-n // batch)
-    # Blocks of whole job batches, so that an actor's call usually is exactly one network call's rows. The
-    # batch numbers are the driver's (n / batch_size of them) and their expansion takes no CPU: every CPU is
-    # left to the actors, which would otherwise hold them all while the rows they wait for cannot be made.
-    numbers = np.array_split(np.arange(batches, dtype=np.int64), min(batches, 4 * actors))
-    ds = ray.data.from_numpy(numbers) \
-        .map_batches(_batch_rows, fn_kwargs={"n": n, "batch_size": batch}, batch_format="numpy", num_cpus=0) \
+    ds = index_rows(n, batch, blocks=4 * actors) \
         .map_batches(GenccSampler, fn_constructor_args=(str(artifact), n),
                      fn_constructor_kwargs={k: v for k, v in args.items() if k != "n"} | {"report": True},
                      batch_size=batch, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
@@ -237,6 +231,22 @@ def _run_pipeline(artifact: Path, job: RayJob, args: dict, writer, progress: Pro
         if progress:
             progress(writer.done, n)
     return RayOutcome(rates, time.perf_counter() - began, actors)
+
+
+def index_rows(n: int, batch_size: int = DEFAULT_BATCH_SIZE, blocks: int = 64):
+    """A ray.data.Dataset of rows {"index": 0..n-1} in blocks of whole job batches, made without CPUs.
+
+    Use it instead of ray.data.range(n) before GenccSampler: its blocks start at batch boundaries, so an
+    actor's call usually is exactly one network call's rows, and its rows are expanded from the driver's
+    n / batch_size batch numbers by tasks that take no CPU. ray.data.range's read tasks each need a CPU, and
+    actors holding every CPU of a small cluster would wait forever for rows that cannot be made.
+    """
+    import ray
+
+    batches = -(-n // batch_size)
+    numbers = np.array_split(np.arange(batches, dtype=np.int64), max(1, min(batches, blocks)))
+    return ray.data.from_numpy(numbers).map_batches(_batch_rows, fn_kwargs={"n": n, "batch_size": batch_size},
+                                                    batch_format="numpy", num_cpus=0)
 
 
 def _batch_rows(b: dict, n: int, batch_size: int) -> dict:

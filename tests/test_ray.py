@@ -188,3 +188,18 @@ def test_bad_ray_training_settings_are_one_line_errors(tmp_path, args, words):
     r = gencc("train", "diffusion", "--data", "moons", "--out", tmp_path / "c", "--steps", 2, *args)
     assert_user_error(r, *words)
     assert not (tmp_path / "c").exists()
+
+
+def test_the_documented_recipe_runs_with_every_cpu_an_actor(tiny_moons_artifact):
+    """docs/SCALING.md's five lines, with as many actors as the instance has CPUs: index_rows needs none, so
+    the actors cannot starve the rows they wait for (ray.data.range's read tasks would)."""
+    import gencc
+    from gencc.ray import GenccSampler, index_rows
+
+    ds = index_rows(1000, 96).map_batches(GenccSampler, fn_constructor_args=(str(tiny_moons_artifact), 1000),
+                                          fn_constructor_kwargs={"steps": 4, "batch_size": 96},
+                                          batch_size=96, concurrency=2, batch_format="numpy")
+    got = np.full((1000, 2), np.nan, np.float32)
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        got[b["index"]] = b["sample"]
+    np.testing.assert_array_equal(got, gencc.load(tiny_moons_artifact).sample(1000, steps=4, batch_size=96))
