@@ -140,6 +140,11 @@ def _sample_on_ray(request, address, actors) -> None:
 
     try:
         outcome, ran = sample_request_on_ray(request, RayJob(address, actors), progress)
+    except KeyboardInterrupt:
+        bars.stop()
+        typer.echo(f"gencc: interrupted; a --ray job keeps nothing (no {request.out} was written): run it again",
+                   err=True)
+        raise typer.Exit(130) from None
     finally:
         bars.stop()
     _report_sample("samples", outcome)
