@@ -87,10 +87,16 @@ def _report_training(outcome) -> None:
         typer.echo(f"wrote {', '.join(str(p) for p in outcome.previews)}")
 
 
-def sample_command(request) -> None:
-    """`gencc sample`: each file's line as soon as it is written; Ctrl-C says what was kept (exit 130)."""
+def sample_command(request, on_ray: tuple = (False, None, None)) -> None:
+    """`gencc sample`: each file's line as soon as it is written; Ctrl-C says what was kept (exit 130).
+    `on_ray`: (--ray, --ray-address, --ray-actors)."""
     import gencc
     from gencc.runtime.stream import Interrupted
+
+    ray, address, actors = on_ray
+    if ray or actors is not None:
+        _sample_on_ray(request, address, actors)
+        return
 
     try:
         gencc.sample_to_file(request, on_written=_report_sample)
@@ -108,6 +114,46 @@ def _report_sample(what: str, o) -> None:
     elif what == "preview":
         typer.echo(f"wrote {req.preview_dir} ({o.preview_frames} frames of {o.preview_n} samples: PNGs and "
                    "reverse.gif)")
+
+
+def _sample_on_ray(request, address, actors) -> None:
+    """`gencc sample --ray`: a progress bar over the whole job, then the file lines and each actor's rate."""
+    import os
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    # Ray's core logs an error-level note for every restartable actor; gencc reports failures itself.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    from gencc.ray import RayJob, sample_request_on_ray
+
+    columns = (TextColumn("[bold]sample on Ray"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    bars = Progress(*columns, transient=False)
+    task = None
+
+    def progress(done: int, n: int) -> None:   # the bar appears with the first samples: a refusal draws none
+        nonlocal task
+        if task is None:
+            bars.start()
+            task = bars.add_task("sample", total=n)
+        bars.update(task, completed=done)
+
+    try:
+        outcome, ran = sample_request_on_ray(request, RayJob(address, actors), progress)
+    except KeyboardInterrupt:
+        bars.stop()
+        typer.echo(f"gencc: interrupted; a --ray job keeps nothing (no {request.out} was written): run it again",
+                   err=True)
+        raise typer.Exit(130) from None
+    finally:
+        bars.stop()
+    _report_sample("samples", outcome)
+    if request.png is not None:
+        _report_sample("png", outcome)
+    typer.echo(f"Ray: {len(ran.rates)} actors, {request.n / max(ran.seconds, 1e-9):.1f} samples/s in all "
+               f"({ran.seconds:.1f} s)")
+    for name, (count, busy) in sorted(ran.rates.items()):
+        typer.echo(f"  actor {name}: {count} samples, {count / max(busy, 1e-9):.1f} samples/s while busy")
 
 
 def _report_interrupt(e) -> None:

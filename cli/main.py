@@ -82,6 +82,10 @@ def train(
                                         "processes; --batch-size is the global batch"),
     device: str = typer.Option("cpu", help="distributed training device: cpu (gloo) or cuda (NCCL, one GPU "
                                "per process)"),
+    ray_workers: int | None = typer.Option(None, "--ray-workers", help="train with DistributedDataParallel over "
+                                              "this many Ray Train workers (docs/SCALING.md)"),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="--ray-workers: the Ray cluster to join "
+                                              "(HOST:PORT, ray://HOST:PORT or auto; default: a local instance)"),
     # Watching training (models/train_preview.py).
     preview: Path | None = typer.Option(None, "--preview", help="folder for loss.png and sample pictures "
                                            "(default: OUT.preview beside the checkpoint)"),
@@ -103,7 +107,7 @@ def train(
 ):
     """Train a diffusion model, a GAN, or latent diffusion (autoencoder, then diffusion on its latents).
 
-    Distributed: --nproc 2, or: torchrun --standalone --nproc_per_node 2 -m gencc.cli.main train ...
+    Distributed: --nproc 2, --ray-workers 2, or: torchrun --standalone --nproc_per_node 2 -m gencc.cli.main train ...
 
     Example: gencc train diffusion --data moons --out moons.ckpt
              gencc train latent-diffusion --data shapes --out shapes-ld.ckpt
@@ -113,7 +117,8 @@ def train(
 
     train_command(TrainRequest(model, data, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, width=width,
                                resume=resume, image_size=image_size, channels=channels, ckpt_every=ckpt_every,
-                               nproc=nproc, device=device, preview_dir=preview, preview_every=preview_every,
+                               nproc=nproc, device=device, ray_workers=ray_workers, ray_address=ray_address,
+                               preview_dir=preview, preview_every=preview_every,
                                conditional=conditional, autoencoder=autoencoder, ae_steps=ae_steps,
                                gan_loss=gan_loss, r1=r1, min_snr=min_snr))
 
@@ -154,21 +159,31 @@ def sample(
     guidance: float | None = typer.Option(None, "--guidance", help="conditional diffusion: classifier-free "
                                              "guidance w >= 0, eps = (1+w) eps(x,t,label) - w eps(x,t,null); "
                                              "default 0"),
+    # Scaling out (gencc/ray.py, docs/SCALING.md).
+    ray: bool = typer.Option(False, "--ray", help="draw on Ray (Ray Data actors): a local instance, or the "
+                             "cluster at --ray-address"),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to join (HOST:PORT, "
+                                              "ray://HOST:PORT or auto); implies --ray"),
+    ray_actors: int | None = typer.Option(None, "--ray-actors", help="--ray: sampling actors (default: one per "
+                                             "CPU of the cluster)"),
 ):
     """Draw samples from a checkpoint or artifact.
 
     Example: gencc sample moons.gencc --n 2000 --out s.npz --png s.png
              gencc sample moons.gencc --n 1000000 --shard 0/4 --out part0.npz   # on 4 machines, then gencc merge
              gencc sample moons.gencc --n 2000 --out s.npz --preview frames --preview-every 20   # watch it
+             gencc sample moons.gencc --n 10000000 --ray-address 10.0.0.1:6379 --out big.npy   # on a Ray cluster
     """
     from gencc.api import SampleRequest
     from gencc.cli.commands import sample_command
 
     keys = tuple(trusted_key or ()) if require_signature or trusted_key else None
+    on_ray = (ray or ray_address is not None, ray_address, ray_actors)
     sample_command(SampleRequest(path, n, out, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size,
                                  png=png, backend=backend, device=device, resume=resume, force=force,
                                  trusted_keys=keys, shard=shard, corrector_steps=corrector_steps, snr=snr,
-                                 preview_dir=preview, preview_every=preview_every, label=label, guidance=guidance))
+                                 preview_dir=preview, preview_every=preview_every, label=label, guidance=guidance),
+                   on_ray)
 
 
 @app.command()

@@ -43,6 +43,8 @@ class TrainRequest:
     ckpt_every: int | None = None
     nproc: int | None = None            # DistributedDataParallel over this many local processes
     device: str = "cpu"                 # distributed: cpu (gloo) or cuda (NCCL)
+    ray_workers: int | None = None      # DDP ranks run by Ray Train's TorchTrainer (gencc/ray.py)
+    ray_address: str | None = None      # the Ray cluster for ray_workers; None: a local instance
     preview_dir: Path | None = None     # default: OUT.preview beside the checkpoint
     preview_every: int = DEFAULT_EVERY  # 0: no previews
     conditional: bool = False
@@ -75,8 +77,10 @@ def train(request: TrainRequest, on_stage: StageHook | None = None, on_done: Don
     if request.model == "gan" and request.min_snr is not None:
         raise GenccError("--min-snr applies to diffusion and latent-diffusion, not 'gan'")
     if request.model == "latent-diffusion":
-        if request.nproc is not None or request.conditional or request.preview_dir is not None:
-            raise GenccError("--nproc, --conditional and --preview apply to diffusion and gan, not latent-diffusion")
+        if request.nproc is not None or request.ray_workers is not None or request.conditional \
+                or request.preview_dir is not None:
+            raise GenccError("--nproc, --ray-workers, --conditional and --preview apply to diffusion and gan, "
+                             "not latent-diffusion")
         outcome = _train_latent(request, on_stage)
     else:
         if request.autoencoder is not None or request.ae_steps is not None:
@@ -95,7 +99,12 @@ def _train_one(req: TrainRequest, on_stage: StageHook | None, on_done: DoneHook 
     from gencc.models.train import check_output, check_resume, default_config, resumed_config, train as fit_one
 
     launch = torchrun_launch()
-    distributed = req.nproc is not None or launch is not None
+    on_ray = req.ray_workers is not None or req.ray_address is not None
+    if on_ray and (req.nproc is not None or launch is not None):
+        raise GenccError("--ray-workers runs the ranks on Ray; drop --nproc (and torchrun), or --ray-workers")
+    if on_ray and req.ray_workers is None:
+        raise GenccError("--ray-address needs --ray-workers N, the number of training ranks")
+    distributed = req.nproc is not None or launch is not None or on_ray
     if req.device != "cpu" and not distributed:
         raise GenccError(f"--device {req.device} is for distributed training; pass --nproc N (1 is fine)")
     if distributed and req.preview_dir is not None:
@@ -134,10 +143,17 @@ def _train_one(req: TrainRequest, on_stage: StageHook | None, on_done: DoneHook 
         raise GenccError(f"{str(req.out)!r} is at step {prior['step']} already, past --steps {req.steps}; "
                          "ask for more steps to continue it")
     if distributed:
-        check_parallel(req.model, dataset, cfg, nproc=req.nproc, device=req.device)
-    fit = partial(train_parallel, nproc=req.nproc, device=req.device) if distributed else \
-        partial(fit_one, watch=watch, conditional=req.conditional,
-                **({"objective": objective} if req.model == "gan" else {"weighting": weighting}))
+        check_parallel(req.model, dataset, cfg, nproc=req.ray_workers if on_ray else req.nproc,
+                       device="cpu" if on_ray else req.device)   # Ray's GPUs are the cluster's: counted there
+    if on_ray:
+        from gencc.ray import train_on_ray
+
+        fit = partial(train_on_ray, workers=req.ray_workers, device=req.device, address=req.ray_address)
+    elif distributed:
+        fit = partial(train_parallel, nproc=req.nproc, device=req.device)
+    else:
+        fit = partial(fit_one, watch=watch, conditional=req.conditional,
+                      **({"objective": objective} if req.model == "gan" else {"weighting": weighting}))
     progress = on_stage(req.model, cfg.steps) if on_stage is not None and reporting else None
     result = fit(req.model, dataset, req.out, cfg, width=req.width, resume=req.resume, progress=progress)
     outcome = TrainOutcome(req, result, up_to_date=bool(prior) and result.steps == prior["step"],

@@ -176,13 +176,16 @@ class _GANDDP(_Distributed, _GANRun):
     nets = ("G", "D")
 
 
-def _run_rank(job: _Job, rank: int, world: int, local_rank: int, init_method: str,
+def _run_rank(job: _Job, rank: int, world: int, local_rank: int, init_method: str | None,
               progress: Progress | None) -> TrainResult:
+    """Train as `rank` of `world`. init_method None: the launcher (Ray Train) has formed the process group
+    already and tears it down itself."""
     cuda = job.device == "cuda"
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world)
+    if init_method is not None:
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world)
     try:
         if rank == 0:
             check_output(job.out, job.resume)   # again: torchrun's ranks start without a parent's checks
@@ -199,7 +202,8 @@ def _run_rank(job: _Job, rank: int, world: int, local_rank: int, init_method: st
         dist.barrier()
         return result
     finally:
-        dist.destroy_process_group()
+        if init_method is not None:
+            dist.destroy_process_group()
 
 
 def _spawn(job: _Job, nproc: int, progress: Progress | None) -> TrainResult:
