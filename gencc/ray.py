@@ -271,9 +271,13 @@ class OffsetWriter:
     def __init__(self, out: Path, n: int, shape: tuple[int, ...], batch_size: int):
         import tempfile
 
+        from gencc.runtime.atomic import remove_stale
         from gencc.runtime.stream import HEADER_BYTES, header
 
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".rows.npy", dir=out.parent)
+        # Named as runtime/atomic.py names temporaries (.OUT.PID.XXXX.tmp): a driver killed mid-job leaves an
+        # output-sized file that the next run on the same OUT removes, as it removes every other gencc temp.
+        remove_stale(out)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent)
         self.path, self.n, self.shape, self.batch_size = Path(name), n, shape, batch_size
         with os.fdopen(fd, "wb") as f:
             f.write(header(n, shape))

@@ -203,3 +203,22 @@ def test_the_documented_recipe_runs_with_every_cpu_an_actor(tiny_moons_artifact)
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         got[b["index"]] = b["sample"]
     np.testing.assert_array_equal(got, gencc.load(tiny_moons_artifact).sample(1000, steps=4, batch_size=96))
+
+
+def test_a_killed_drivers_hidden_rows_file_is_removed_by_the_next_run(tmp_path):
+    # The rows file is the size of the whole output; a driver killed with SIGKILL cannot clean it up, so
+    # the next run on the same --out must (as every other gencc output's temporaries are).
+    import signal
+    import subprocess
+    import sys
+
+    from gencc.ray import OffsetWriter
+
+    out = tmp_path / "big.npy"
+    code = ("import os, signal, pathlib; from gencc.ray import OffsetWriter; "
+            f"OffsetWriter(pathlib.Path({str(out)!r}), 1000, (2,), 10); os.kill(os.getpid(), signal.SIGKILL)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert len(list(tmp_path.iterdir())) == 1   # the dead driver's rows file
+    writer = OffsetWriter(out, 1000, (2,), 10)
+    assert list(tmp_path.iterdir()) == [writer.path]
