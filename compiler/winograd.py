@@ -68,8 +68,8 @@ def eligible(call: Call) -> bool:
 def _sparse_rows(m: np.ndarray) -> list[list[tuple[int, float]]]:
     """Each row of a transform matrix as its (column, coefficient) pairs, zeros left out."""
     rows = [[(int(j), float(v)) for j, v in enumerate(row) if v] for row in m]
-    width = max(len(r) for r in rows)
-    return [r + [(0, 0.0)] * (width - len(r)) for r in rows]   # padding terms multiply by zero
+    assert len({len(r) for r in rows}) == 1, "each row of F(2x2, 3x3)'s B^T, and of its A^T, has as many terms"
+    return rows
 
 
 def _pick(r, values: list):
@@ -125,10 +125,6 @@ def _output_transform(m: te.Tensor, height: int, width: int) -> te.Tensor:
 
 @expr_functor.mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule):
-        super().__init__(mod)
-        self.rewritten = 0
-
     def visit_call_(self, call: Call) -> Expr:
         call = super().visit_call_(call)
         if not eligible(call):
@@ -144,7 +140,6 @@ class _Rewriter(PyExprMutator):
         m = emit(relax.op.matmul(v, u))
         y = emit(self.builder_.call_te(_output_transform, m, height, width,
                                        primfunc_name_hint="winograd_output", primfunc_attrs=_OPAQUE))
-        self.rewritten += 1
         return relax.op.permute_dims(y, [0, 3, 1, 2])
 
 
